@@ -6,7 +6,8 @@
   const LS = { token: 'chatd.token', user: 'chatd.user', rooms: 'chatd.rooms', outbox: 'chatd.outbox' };
   const ROOM_RE = /^[a-z0-9_-]{1,64}$/;
   const USER_RE = /^[A-Za-z0-9_.-]{1,32}$/;
-  const PING_MS = 10000;          // app-level ping interval
+  // App-level ping interval; `?ping_ms=` overrides it (tests use a short one).
+  const PING_MS = Math.max(200, Number(new URLSearchParams(location.search).get('ping_ms')) || 10000);
   const DEAD_MS = 2 * PING_MS;    // nothing received for this long: the connection is dead
   const BACKOFF_BASE = 500, BACKOFF_CAP = 30000;
   const PAGE = 50;                // history page size (= the server's default replay without `since`)
@@ -456,8 +457,13 @@
     const push = (m, key, opts) => {
       const dk = dayKey(m.ts);
       if (dk !== prevDay) {
-        const sep = el('li', 'day'); sep.setAttribute('role', 'separator'); sep.dataset.testid = 'day-separator';
-        sep.append(el('span', null, dayLabel(m.ts)));
+        let sep = room.els.get('d' + dk);
+        if (!sep) {
+          sep = el('li', 'day'); sep.setAttribute('role', 'separator'); sep.dataset.testid = 'day-separator';
+          sep.append(el('span'));
+          room.els.set('d' + dk, sep);
+        }
+        sep.firstChild.textContent = dayLabel(m.ts);
         nodes.push(sep); prevDay = dk; prevUser = null;
       }
       opts.cont = prevUser === m.user.toLowerCase() && m.ts - prevTs < GROUP_MS;
@@ -475,7 +481,13 @@
       push({ user: S.user, text: e.text, ts: e.t }, 'c' + e.cid,
         { cid: e.cid, mine: true, state: e.failed ? 'failed' : 'pending', failed: e.failed, queued: !authed });
     }
-    list.replaceChildren(...nodes);
+    // Move only what changed (appends stay appends for screen readers; cheap for long lists).
+    let cur = list.firstChild;
+    for (const n of nodes) {
+      if (cur === n) { cur = cur.nextSibling; continue; }
+      list.insertBefore(n, cur);
+    }
+    while (cur) { const next = cur.nextSibling; cur.remove(); cur = next; }
     // Forget cached elements of messages no longer shown (e.g. discarded).
     if (room.els.size > nodes.length + 16) {
       const keep = new Set(nodes);

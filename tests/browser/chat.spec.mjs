@@ -218,6 +218,8 @@ describe('chatd web client', () => {
     const bot = await Bot.connect(srv.wsUrl, { user: 'robot', password: PW });
     await bot.join('general');
     for (let i = 1; i <= 3; i++) await bot.say('general', `missed ${i}`);
+    assert.notEqual(await status(page), 'connected', 'the page was still away while the bot talked');
+    assert.equal((await shownMessages(page)).filter((m) => m.text.startsWith('missed')).length, 0);
 
     await page.context().setOffline(false);
     await waitConnected(page, 40000);
@@ -248,6 +250,55 @@ describe('chatd web client', () => {
     assert.deepEqual(page.errors, []);
     await bot.close();
     await bot2.close();
+  });
+
+  it('detects a silent (stopped) server with app-level pings and recovers', async () => {
+    const page = await newPage();
+    await page.goto(srv.url + '?ping_ms=300#general');
+    await page.locator('#auth-user').fill('frank');
+    await page.locator('#auth-password').fill(PW);
+    await page.locator('[data-testid="register-btn"]').click();
+    await waitConnected(page);
+    process.kill(srv.proc.pid, 'SIGSTOP');
+    try {
+      // No pong or frame for 2 intervals: the page gives up on the socket and shows it.
+      await page.waitForSelector(`${sel.status}[data-state="reconnecting"]`, { timeout: 10000 });
+    } finally {
+      process.kill(srv.proc.pid, 'SIGCONT');
+    }
+    await waitConnected(page, 40000);
+    await say(page, 'alive again');
+    await waitMessage(page, 'alive again', { state: 'sent' });
+  });
+
+  it('shows errors near the composer: too long locally, server errors in words', async () => {
+    const page = await newPage();
+    // Sit between page and server so a server error can be produced on demand.
+    await page.routeWebSocket(/\/ws$/, (ws) => {
+      const server = ws.connectToServer();
+      ws.onMessage((m) => {
+        const f = JSON.parse(m);
+        if (f.type === 'send' && f.text === 'please fail') {
+          ws.send(JSON.stringify({ type: 'error', code: 'not_joined', message: 'join first', ref: f.cid }));
+          return;
+        }
+        server.send(m);
+      });
+      server.onMessage((m) => ws.send(m));
+    });
+    await signUp(page, 'gina');
+    await page.locator(sel.input).fill('x'.repeat(4001));
+    await page.locator(sel.input).press('Enter');
+    assert.match(await page.locator('[data-testid="composer-error"]').textContent(), /too long/i);
+    assert.equal(await page.locator(sel.msgs).filter({ hasText: 'xxxxxxxx' }).count(), 0);
+    await say(page, 'please fail');
+    // not_joined: the client rejoins and retries once; the interceptor fails it again.
+    await page.waitForSelector(`${sel.msgs}[data-state="failed"]`);
+    assert.match(await page.locator('[data-testid="composer-error"]').textContent(), /not in this room/i);
+    await page.locator(`${sel.msgs}[data-state="failed"] button[data-action="discard"]`).click();
+    assert.equal(await page.locator(`${sel.msgs}[data-state="failed"]`).count(), 0);
+    await say(page, 'this one works');
+    await waitMessage(page, 'this one works', { state: 'sent' });
   });
 
   it('resumes with the stored token after reload, and signs out', async () => {
