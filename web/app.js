@@ -52,6 +52,7 @@
   // ---- connection ----
   let welcomed = false;           // first welcome of this page load done (routes the URL fragment once)
   let ws = null, authed = false, creds = null, noReconnect = false, usedToken = false;
+  let authedAt = 0;               // when the current session got its welcome
   let attempt = 0, retryTimer = null, retryAt = 0, countdown = null, beat = null, lastRecv = 0;
   let bucket = 0, bucketAt = 0, pumpTimer = null;
 
@@ -112,6 +113,9 @@
   }
   function lost(code) {
     const sock = ws;
+    // Back off from scratch only after a connection that held for a while; a server that accepts
+    // and then drops us at once keeps growing the delay.
+    if (authed && Date.now() - authedAt > 10000) attempt = 0;
     if (sock) sock.onopen = sock.onmessage = sock.onclose = null;
     ws = null; authed = false;
     clearInterval(beat); beat = null;
@@ -192,7 +196,7 @@
   }
 
   function onWelcome(f) {
-    authed = true; attempt = 0; noReconnect = false;
+    authed = true; authedAt = Date.now(); noReconnect = false;
     S.token = f.token; S.user = f.user || (creds && creds.user) || S.user;
     creds = null;
     store.set(LS.token, S.token); store.set(LS.user, S.user);
@@ -248,6 +252,7 @@
     if (!e || typeof f.id !== 'number') return;       // already confirmed through its message: fine
     const room = S.rooms.get(e.room);
     if (!room) { removeOutbox(e.cid); return; }
+    if (e.errored) showComposerError('');
     addMessages(room, [{ type: 'message', room: e.room, id: f.id, user: S.user, text: e.text, ts: f.ts, cid: e.cid }], false);
   }
 
@@ -267,6 +272,7 @@
     if (f.code === 'banned') { noReconnect = true; signedOut(ERRORS.banned); return; }
     const e = f.ref != null ? S.outbox.find((x) => x.cid === f.ref) : null;
     if (e) {
+      e.errored = true;
       if (f.code === 'rate_limited') {
         e.sent = false;
         clearTimeout(pumpTimer); pumpTimer = setTimeout(pump, 1000);
@@ -328,7 +334,7 @@
     showComposerError('');
     S.outbox.push({ cid: newCid(), room: room.name, text, t: Date.now(), sent: false, failed: null });
     saveOutbox();
-    input.value = ''; autosize();
+    input.value = ''; autosize(); input.focus();
     stick = true;
     renderMessages();
     pump();
@@ -739,7 +745,7 @@
       if (!b) return;
       const e = S.outbox.find((x) => x.cid === b.dataset.cid);
       if (!e) return;
-      if (b.dataset.action === 'retry') { e.failed = null; e.sent = false; saveOutbox(); pump(); }
+      if (b.dataset.action === 'retry') { e.failed = null; e.sent = false; e.rejoined = false; saveOutbox(); pump(); }
       if (b.dataset.action === 'discard') { removeOutbox(e.cid); }
       renderMessages();
     });
