@@ -1,0 +1,50 @@
+//! The `chatd` binary: parses arguments and dispatches. The work lives in the library.
+
+mod serve;
+
+use std::process::ExitCode;
+
+use argh::FromArgs;
+
+/// chatd: a real-time chat server in one binary.
+#[derive(FromArgs)]
+struct Chatd {
+    #[argh(subcommand)]
+    command: Command,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Command {
+    Serve(serve::Serve),
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let name = args
+        .first()
+        .map_or("chatd", |a| a.rsplit('/').next().unwrap_or(a));
+    let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    let chatd = match Chatd::from_args(&[name], &rest) {
+        Ok(chatd) => chatd,
+        Err(early) => {
+            return if early.status.is_ok() {
+                println!("{}", early.output);
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("{}", early.output);
+                ExitCode::from(2)
+            };
+        }
+    };
+    let result = match chatd.command {
+        Command::Serve(serve) => serve.run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chatd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

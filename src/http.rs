@@ -1,0 +1,318 @@
+//! The HTTP side of the port: the request head, static files, health, metrics and the upgrade.
+//!
+//! tungstenite refuses plain GETs before any callback runs, so chatd reads the request head
+//! itself (httparse), answers ordinary requests, and for `/ws` writes the 101 response and hands
+//! the socket, with any bytes read past the head, to the WebSocket session. Every response
+//! closes the connection: browsers open one WebSocket and fetch three small files, so
+//! keep-alive would buy little and cost a parser state machine.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_tungstenite::tungstenite::handshake::derive_accept_key;
+use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use async_tungstenite::WebSocketStream;
+use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
+
+use crate::server::State;
+use crate::session::{self, Socket};
+
+/// Largest request head accepted.
+const MAX_HEAD: usize = 8 * 1024;
+/// Time allowed to send the request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Initial read buffer of a WebSocket connection. Small, because every idle connection pays
+/// for it; it grows while a large message is read.
+const WS_READ_BUFFER: usize = 1024;
+
+const INDEX_HTML: &str = include_str!("../web/index.html");
+const APP_JS: &str = include_str!("../web/app.js");
+const STYLE_CSS: &str = include_str!("../web/style.css");
+
+/// What was asked for, as far as routing cares.
+struct Head {
+    method: String,
+    path: String,
+    upgrade_websocket: bool,
+    connection_upgrade: bool,
+    ws_version: Option<String>,
+    ws_key: Option<String>,
+}
+
+enum HeadError {
+    /// Not HTTP, or too large: 400/431.
+    Malformed(&'static str, &'static str),
+    /// The peer went away or was too slow.
+    Gone,
+}
+
+/// Serves one TCP connection: one HTTP request, or a WebSocket session after an upgrade.
+pub async fn serve(mut stream: Socket, peer: SocketAddr, state: Arc<State>) {
+    let read = future::or(read_head(&mut stream), async {
+        smol::Timer::after(HEAD_TIMEOUT).await;
+        Err(HeadError::Gone)
+    });
+    let (head, rest) = match read.await {
+        Ok(parsed) => parsed,
+        Err(HeadError::Malformed(status, why)) => {
+            let _ = respond(
+                &mut stream,
+                status,
+                "text/plain",
+                &[],
+                why.as_bytes(),
+                false,
+            )
+            .await;
+            return;
+        }
+        Err(HeadError::Gone) => return,
+    };
+    let is_head = head.method == "HEAD";
+    if head.method != "GET" && !is_head {
+        let _ = respond(
+            &mut stream,
+            "405 Method Not Allowed",
+            "text/plain",
+            &[("Allow", "GET, HEAD")],
+            b"only GET and HEAD are served\n",
+            false,
+        )
+        .await;
+        return;
+    }
+    let path = head.path.split('?').next().unwrap_or_default();
+    let result = match path {
+        "/ws" => return upgrade(stream, peer, head, rest, state).await,
+        "/" | "/index.html" => {
+            static_file(&mut stream, "text/html; charset=utf-8", INDEX_HTML, is_head).await
+        }
+        "/app.js" => {
+            static_file(
+                &mut stream,
+                "text/javascript; charset=utf-8",
+                APP_JS,
+                is_head,
+            )
+            .await
+        }
+        "/style.css" => {
+            static_file(&mut stream, "text/css; charset=utf-8", STYLE_CSS, is_head).await
+        }
+        "/healthz" => {
+            let body = state.health_json();
+            respond(
+                &mut stream,
+                "200 OK",
+                "application/json",
+                &[("Cache-Control", "no-store")],
+                body.as_bytes(),
+                is_head,
+            )
+            .await
+        }
+        "/metrics" => {
+            let body = state.metrics.render();
+            respond(
+                &mut stream,
+                "200 OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                &[("Cache-Control", "no-store")],
+                body.as_bytes(),
+                is_head,
+            )
+            .await
+        }
+        _ => {
+            respond(
+                &mut stream,
+                "404 Not Found",
+                "text/plain",
+                &[],
+                b"not found\n",
+                is_head,
+            )
+            .await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "writing HTTP response failed");
+    }
+}
+
+/// Reads until the end of the request head; returns it and any bytes read past it.
+async fn read_head(stream: &mut Socket) -> Result<(Head, Vec<u8>), HeadError> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await.map_err(|_| HeadError::Gone)?;
+        if n == 0 {
+            return Err(HeadError::Gone);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let head = Head::from_request(&request);
+                return Ok((head, buf[len..].to_vec()));
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
+            Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+                return Err(HeadError::Malformed(
+                    "431 Request Header Fields Too Large",
+                    "request head too large\n",
+                ))
+            }
+            Err(_) => {
+                return Err(HeadError::Malformed(
+                    "400 Bad Request",
+                    "malformed HTTP request\n",
+                ))
+            }
+        }
+    }
+}
+
+impl Head {
+    fn from_request(request: &httparse::Request<'_, '_>) -> Head {
+        let header = |name: &str| {
+            request
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .and_then(|h| std::str::from_utf8(h.value).ok())
+                .map(|v| v.trim().to_owned())
+        };
+        let has_token = |name: &str, token: &str| {
+            header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        };
+        Head {
+            method: request.method.unwrap_or_default().to_owned(),
+            path: request.path.unwrap_or_default().to_owned(),
+            upgrade_websocket: has_token("Upgrade", "websocket"),
+            connection_upgrade: has_token("Connection", "upgrade"),
+            ws_version: header("Sec-WebSocket-Version"),
+            ws_key: header("Sec-WebSocket-Key"),
+        }
+    }
+}
+
+async fn upgrade(
+    mut stream: Socket,
+    peer: SocketAddr,
+    head: Head,
+    rest: Vec<u8>,
+    state: Arc<State>,
+) {
+    if !(head.upgrade_websocket && head.connection_upgrade) || head.method != "GET" {
+        let _ = respond(
+            &mut stream,
+            "426 Upgrade Required",
+            "text/plain",
+            &[("Upgrade", "websocket"), ("Connection", "Upgrade")],
+            b"this endpoint speaks WebSocket only\n",
+            head.method == "HEAD",
+        )
+        .await;
+        return;
+    }
+    if head.ws_version.as_deref() != Some("13") {
+        let _ = respond(
+            &mut stream,
+            "426 Upgrade Required",
+            "text/plain",
+            &[("Sec-WebSocket-Version", "13")],
+            b"unsupported WebSocket version\n",
+            false,
+        )
+        .await;
+        return;
+    }
+    let Some(key) = head.ws_key else {
+        let _ = respond(
+            &mut stream,
+            "400 Bad Request",
+            "text/plain",
+            &[],
+            b"missing Sec-WebSocket-Key\n",
+            false,
+        )
+        .await;
+        return;
+    };
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        derive_accept_key(key.as_bytes())
+    );
+    if stream.write_all(response.as_bytes()).await.is_err() {
+        return;
+    }
+    let max = state.config.max_frame;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(16 * 1024)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let ws = if rest.is_empty() {
+        WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await
+    } else {
+        WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config)).await
+    };
+    session::run(ws, peer, state).await;
+}
+
+async fn static_file(
+    stream: &mut Socket,
+    content_type: &str,
+    body: &str,
+    head_only: bool,
+) -> std::io::Result<()> {
+    respond(
+        stream,
+        "200 OK",
+        content_type,
+        &[
+            ("Cache-Control", "no-cache"),
+            (
+                "Content-Security-Policy",
+                "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; frame-ancestors 'none'",
+            ),
+            ("Referrer-Policy", "no-referrer"),
+        ],
+        body.as_bytes(),
+        head_only,
+    )
+    .await
+}
+
+/// Writes a complete response and closes (no keep-alive).
+pub async fn respond(
+    stream: &mut Socket,
+    status: &str,
+    content_type: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    head_only: bool,
+) -> std::io::Result<()> {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\nX-Content-Type-Options: nosniff\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        out.push_str(name);
+        out.push_str(": ");
+        out.push_str(value);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    if !head_only {
+        bytes.extend_from_slice(body);
+    }
+    stream.write_all(&bytes).await?;
+    stream.flush().await?;
+    let _ = stream.get_ref().shutdown(std::net::Shutdown::Write);
+    Ok(())
+}

@@ -1,0 +1,472 @@
+//! Rooms, presence and fan-out: who is in which room, and getting each message to each member
+//! in id order exactly once.
+//!
+//! Every room has one lock. Three things happen under it, and that is what makes the protocol's
+//! ordering promises hold:
+//! - `send`: take the next id, write the message to sled, queue its announcement with the
+//!   committer. Ids therefore reach the committer in id order per room.
+//! - announcement (on the commit thread, after the flush): raise the room's `published` id and
+//!   push the frame to every member's outbox.
+//! - `join`: add the member, read the replay from sled up to `published`, queue it.
+//!
+//! A joining connection thus gets every message up to `published` from the replay and every
+//! later one live, with no gap and no duplicate, and never sees a message before it is durable.
+//! Nothing under a room lock waits on a client: outboxes never block.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use crate::metrics::Metrics;
+use crate::outbox::{CloseRequest, Outbox};
+use crate::protocol::{encode, Encoded, HistoryPage, MessageEvent, ServerFrame};
+use crate::store::commit::Committer;
+use crate::store::{Appended, Message, Page, Store, StoreError};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One authenticated connection, as the hub knows it.
+#[derive(Clone)]
+pub struct Member {
+    /// Connection id (unique for the server's life).
+    pub conn: u64,
+    /// Lower-cased user name.
+    pub user_key: Arc<str>,
+    /// User name as displayed.
+    pub name: Arc<str>,
+    /// Where the connection comes from.
+    pub peer: SocketAddr,
+    /// When it authenticated, ms since the Unix epoch.
+    pub since_ms: u64,
+    /// Its outbound queue.
+    pub outbox: Arc<Outbox>,
+}
+
+struct Presence {
+    name: Arc<str>,
+    /// Connections of this user that have joined the room.
+    conns: u32,
+    /// Set while the user has no connection but is inside the grace period; the number tells
+    /// one grace period from the next.
+    grace: Option<u64>,
+}
+
+struct RoomState {
+    /// Highest id announced; replays read up to it.
+    published: u64,
+    members: HashMap<u64, Member>,
+    presence: BTreeMap<Arc<str>, Presence>,
+    grace_epoch: u64,
+}
+
+/// A room loaded in memory.
+pub struct Room {
+    name: String,
+    no: u32,
+    state: Mutex<RoomState>,
+}
+
+impl Room {
+    /// The room's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn member_names(state: &RoomState) -> Vec<&str> {
+        let mut names: Vec<&str> = state.presence.values().map(|p| &*p.name).collect();
+        names.sort_unstable_by_key(|n| n.to_ascii_lowercase());
+        names
+    }
+
+    /// Pushes `frame` to every member except connections of `except_user`.
+    fn fan_out(
+        &self,
+        state: &RoomState,
+        frame: &Encoded,
+        except_user: Option<&str>,
+        metrics: &Metrics,
+    ) {
+        for member in state.members.values() {
+            if except_user == Some(&*member.user_key) {
+                continue;
+            }
+            if member.outbox.broadcast(frame.clone()).is_err() {
+                metrics.slow_consumer_closes.inc();
+                tracing::info!(peer = %member.peer, user = %member.name, "closing slow consumer (4008)");
+            }
+        }
+    }
+}
+
+/// Who is connected and which rooms exist in memory.
+pub struct Hub {
+    store: Arc<Store>,
+    committer: Arc<Committer>,
+    metrics: Arc<Metrics>,
+    executor: Arc<smol::Executor<'static>>,
+    rooms: Mutex<HashMap<String, Arc<Room>>>,
+    connections: Mutex<HashMap<u64, Member>>,
+    presence_grace: Duration,
+    replay_limit: usize,
+}
+
+impl Hub {
+    /// A hub over `store`, announcing through `committer`; grace timers run on `executor`.
+    pub fn new(
+        store: Arc<Store>,
+        committer: Arc<Committer>,
+        metrics: Arc<Metrics>,
+        executor: Arc<smol::Executor<'static>>,
+        presence_grace: Duration,
+        replay_limit: usize,
+    ) -> Hub {
+        Hub {
+            store,
+            committer,
+            metrics,
+            executor,
+            rooms: Mutex::new(HashMap::new()),
+            connections: Mutex::new(HashMap::new()),
+            presence_grace,
+            replay_limit,
+        }
+    }
+
+    /// The store behind the hub.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The committer behind the hub.
+    pub fn committer(&self) -> &Arc<Committer> {
+        &self.committer
+    }
+
+    /// The room named `name`, loaded from the store or created there.
+    pub fn room(&self, name: &str) -> Result<Arc<Room>, StoreError> {
+        let mut rooms = lock(&self.rooms);
+        if let Some(room) = rooms.get(name) {
+            return Ok(room.clone());
+        }
+        let record = self.store.ensure_room(name, now_ms())?;
+        let room = Arc::new(Room {
+            name: record.name,
+            no: record.no,
+            state: Mutex::new(RoomState {
+                published: record.last_id,
+                members: HashMap::new(),
+                presence: BTreeMap::new(),
+                grace_epoch: 0,
+            }),
+        });
+        rooms.insert(name.to_owned(), room.clone());
+        Ok(room)
+    }
+
+    /// The room named `name` if it is loaded.
+    pub fn loaded_room(&self, name: &str) -> Option<Arc<Room>> {
+        lock(&self.rooms).get(name).cloned()
+    }
+
+    /// Forgets a loaded room (after an admin deleted it), telling its members they left.
+    pub fn unload_room(&self, name: &str) {
+        let Some(room) = lock(&self.rooms).remove(name) else {
+            return;
+        };
+        let state = lock(&room.state);
+        let left = encode(&ServerFrame::Left { room: &room.name });
+        for member in state.members.values() {
+            member.outbox.reply(left.clone());
+        }
+    }
+
+    // ----- connections -----
+
+    /// Records an authenticated connection (for `online`, kicks and bans).
+    pub fn register(&self, member: &Member) {
+        lock(&self.connections).insert(member.conn, member.clone());
+    }
+
+    /// Forgets a connection.
+    pub fn unregister(&self, conn: u64) {
+        lock(&self.connections).remove(&conn);
+    }
+
+    /// Every authenticated connection.
+    pub fn online(&self) -> Vec<Member> {
+        let mut all: Vec<Member> = lock(&self.connections).values().cloned().collect();
+        all.sort_by_key(|m| m.since_ms);
+        all
+    }
+
+    /// Closes every connection of `user_key` with `close`, after queueing `notice` to each.
+    /// Returns how many were closed.
+    pub fn close_user(
+        &self,
+        user_key: &str,
+        notice: Option<Encoded>,
+        close: CloseRequest,
+    ) -> usize {
+        let conns = lock(&self.connections);
+        let mut n = 0;
+        for member in conns.values().filter(|m| &*m.user_key == user_key) {
+            if let Some(notice) = &notice {
+                member.outbox.reply(notice.clone());
+            }
+            member.outbox.close(close.clone());
+            n += 1;
+        }
+        n
+    }
+
+    /// Closes every connection (server shutdown).
+    pub fn close_all(&self, close: CloseRequest) {
+        for member in lock(&self.connections).values() {
+            member.outbox.close(close.clone());
+        }
+    }
+
+    // ----- room operations -----
+
+    /// Joins `member` to `room` and queues `joined`, the replay and `synced` to it, announcing
+    /// the user as online to the others if this is their first connection in the room.
+    pub fn join(
+        &self,
+        room: &Arc<Room>,
+        member: &Member,
+        since: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let mut state = lock(&room.state);
+        let page = match since {
+            Some(since) => {
+                self.store
+                    .messages_after(room.no, since, state.published, self.replay_limit)?
+            }
+            None => Page {
+                more: false,
+                ..self
+                    .store
+                    .messages_before(room.no, u64::MAX, state.published, 50)?
+            },
+        };
+        let first_in_room = !state.members.values().any(|m| m.conn == member.conn);
+        state.members.insert(member.conn, member.clone());
+        if first_in_room {
+            let presence = state
+                .presence
+                .entry(member.user_key.clone())
+                .or_insert_with(|| Presence {
+                    name: member.name.clone(),
+                    conns: 0,
+                    grace: None,
+                });
+            let announce = presence.conns == 0 && presence.grace.is_none();
+            presence.conns += 1;
+            presence.grace = None;
+            if announce {
+                let frame = encode(&ServerFrame::Presence {
+                    room: &room.name,
+                    user: &member.name,
+                    state: "online",
+                });
+                room.fan_out(&state, &frame, Some(&member.user_key), &self.metrics);
+            }
+        }
+        let mut frames = Vec::with_capacity(page.messages.len() + 2);
+        frames.push(encode(&ServerFrame::Joined {
+            room: &room.name,
+            members: Room::member_names(&state),
+        }));
+        frames.extend(
+            page.messages
+                .iter()
+                .map(|m| encode(&MessageEvent::new(&room.name, m.id, &m.message))),
+        );
+        frames.push(encode(&ServerFrame::Synced {
+            room: &room.name,
+            last_id: state.published,
+            more: page.more,
+        }));
+        member.outbox.reply_all(frames);
+        Ok(())
+    }
+
+    /// Removes a connection from a room. With `graceful` (an explicit `leave`) the user goes
+    /// offline at once when this was their last connection there; otherwise after the grace
+    /// period, unless they come back.
+    pub fn part(self: &Arc<Self>, room: &Arc<Room>, conn: u64, graceful: bool) {
+        let mut state = lock(&room.state);
+        let Some(member) = state.members.remove(&conn) else {
+            return;
+        };
+        state.grace_epoch += 1;
+        let epoch = state.grace_epoch;
+        let Some(presence) = state.presence.get_mut(&member.user_key) else {
+            return;
+        };
+        presence.conns = presence.conns.saturating_sub(1);
+        if presence.conns > 0 {
+            return;
+        }
+        if graceful || self.presence_grace.is_zero() {
+            state.presence.remove(&member.user_key);
+            self.announce_offline(room, &state, &member.name);
+            return;
+        }
+        presence.grace = Some(epoch);
+        drop(state);
+        let hub = self.clone();
+        let room = room.clone();
+        let grace = self.presence_grace;
+        self.executor
+            .spawn(async move {
+                smol::Timer::after(grace).await;
+                hub.end_grace(&room, &member.user_key, epoch);
+            })
+            .detach();
+    }
+
+    fn end_grace(&self, room: &Room, user_key: &str, epoch: u64) {
+        let mut state = lock(&room.state);
+        let expired = state
+            .presence
+            .get(user_key)
+            .is_some_and(|p| p.conns == 0 && p.grace == Some(epoch));
+        if expired {
+            if let Some(presence) = state.presence.remove(user_key) {
+                self.announce_offline(room, &state, &presence.name);
+            }
+        }
+    }
+
+    fn announce_offline(&self, room: &Room, state: &RoomState, name: &str) {
+        let frame = encode(&ServerFrame::Presence {
+            room: &room.name,
+            user: name,
+            state: "offline",
+        });
+        room.fan_out(state, &frame, None, &self.metrics);
+    }
+
+    /// Users online in `room`.
+    pub fn members(&self, room: &Room) -> Encoded {
+        let state = lock(&room.state);
+        encode(&ServerFrame::Members {
+            room: &room.name,
+            users: Room::member_names(&state),
+        })
+    }
+
+    /// Stores a message from `member` and, once it is durable, acks it to the sender and
+    /// broadcasts it to the room. A repeated cid gets the original ack (also after the flush,
+    /// since the original may not be durable yet) and nothing else.
+    pub fn send(
+        &self,
+        room: &Arc<Room>,
+        member: &Member,
+        text: String,
+        cid: Option<String>,
+    ) -> Result<(), StoreError> {
+        let message = Message {
+            user: member.name.to_string(),
+            text,
+            ts: now_ms(),
+            cid,
+        };
+        let state = lock(&room.state);
+        let appended = self.store.append(&room.name, &member.user_key, &message)?;
+        let sender = member.outbox.clone();
+        match appended {
+            Appended::New(id) => {
+                self.metrics.messages_stored.inc();
+                let room = room.clone();
+                let metrics = self.metrics.clone();
+                self.committer.after_flush(Box::new(move |flushed| {
+                    let ack = encode(&ServerFrame::Ack {
+                        room: &room.name,
+                        cid: message.cid.as_deref(),
+                        id,
+                        ts: message.ts,
+                    });
+                    if flushed.is_err() {
+                        let error = crate::protocol::Rejection::new(
+                            crate::protocol::ErrorCode::Internal,
+                            "the message could not be written to disk",
+                        )
+                        .with_ref(message.cid.as_deref().or(Some("send")));
+                        sender.reply(error.encode());
+                        metrics.error(crate::protocol::ErrorCode::Internal);
+                        return;
+                    }
+                    let frame = encode(&MessageEvent::new(&room.name, id, &message));
+                    let mut state = lock(&room.state);
+                    state.published = state.published.max(id);
+                    sender.reply(ack);
+                    room.fan_out(&state, &frame, None, &metrics);
+                }));
+            }
+            Appended::Duplicate(original) => {
+                let cid = message.cid;
+                self.committer.after_flush(Box::new(move |_| {
+                    sender.reply(encode(&ServerFrame::Ack {
+                        room: &original.room,
+                        cid: cid.as_deref(),
+                        id: original.id,
+                        ts: original.ts,
+                    }));
+                }));
+            }
+        }
+        drop(state);
+        Ok(())
+    }
+
+    /// A page of `room`'s history, as the `history` reply.
+    pub fn history(
+        &self,
+        room: &Room,
+        page: HistoryPage,
+        limit: usize,
+    ) -> Result<Encoded, StoreError> {
+        let published = lock(&room.state).published;
+        let page = match page {
+            HistoryPage::Newest => {
+                self.store
+                    .messages_before(room.no, u64::MAX, published, limit)?
+            }
+            HistoryPage::Before(id) => self.store.messages_before(room.no, id, published, limit)?,
+            HistoryPage::After(id) => self.store.messages_after(room.no, id, published, limit)?,
+        };
+        Ok(encode(&ServerFrame::History {
+            room: &room.name,
+            messages: page
+                .messages
+                .iter()
+                .map(|m| MessageEvent::new(&room.name, m.id, &m.message))
+                .collect(),
+            more: page.more,
+        }))
+    }
+
+    /// Tells the live members of `room` that message `id` was removed (moderation extension).
+    pub fn announce_deleted(&self, room: &str, id: u64) {
+        if let Some(room) = self.loaded_room(room) {
+            let frame = encode(&ServerFrame::Deleted {
+                room: &room.name,
+                id,
+            });
+            let state = lock(&room.state);
+            room.fan_out(&state, &frame, None, &self.metrics);
+        }
+    }
+}

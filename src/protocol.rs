@@ -1,0 +1,689 @@
+//! Protocol v1 frames: parsing and validating what clients send, encoding what the server sends.
+//!
+//! Parsing goes through `serde_json::Value` rather than derived structs because the protocol's
+//! error rules are finer than serde's: `null` counts as absent, unknown fields are ignored, a
+//! wrong type is `bad_request`, an over-long text is `too_long`, and every error carries a `ref`
+//! (the frame's `cid`, else its `type`). Outgoing frames are plain `Serialize` structs; the
+//! server encodes each once and shares the bytes among recipients.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::config::MAX_TEXT;
+
+/// Close codes the server uses.
+pub mod close {
+    /// Normal close.
+    pub const NORMAL: u16 = 1000;
+    /// Server shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Binary frame received.
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// Invalid UTF-8 in a text frame.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// Auth timeout or failure, ban, kick, abuse.
+    pub const POLICY: u16 = 1008;
+    /// Message larger than the configured maximum.
+    pub const TOO_BIG: u16 = 1009;
+    /// Internal error.
+    pub const INTERNAL: u16 = 1011;
+    /// Nothing received for the idle timeout.
+    pub const IDLE: u16 = 4000;
+    /// The client did not read fast enough.
+    pub const TOO_SLOW: u16 = 4008;
+}
+
+/// Error codes of `error` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// Malformed frame or field.
+    BadRequest,
+    /// A frame other than `auth` before authenticating.
+    Unauthorized,
+    /// Wrong credentials or expired token.
+    AuthFailed,
+    /// Registration of a taken name.
+    UserExists,
+    /// Registration while the server does not allow it.
+    RegistrationClosed,
+    /// The user is banned.
+    Banned,
+    /// A room frame for a room the connection has not joined.
+    NotJoined,
+    /// Text longer than the limit.
+    TooLong,
+    /// Over the send rate.
+    RateLimited,
+    /// A server fault.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code, for metrics.
+    pub const ALL: [ErrorCode; 10] = [
+        ErrorCode::BadRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::AuthFailed,
+        ErrorCode::UserExists,
+        ErrorCode::RegistrationClosed,
+        ErrorCode::Banned,
+        ErrorCode::NotJoined,
+        ErrorCode::TooLong,
+        ErrorCode::RateLimited,
+        ErrorCode::Internal,
+    ];
+
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::AuthFailed => "auth_failed",
+            ErrorCode::UserExists => "user_exists",
+            ErrorCode::RegistrationClosed => "registration_closed",
+            ErrorCode::Banned => "banned",
+            ErrorCode::NotJoined => "not_joined",
+            ErrorCode::TooLong => "too_long",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// A refused frame: the `error` frame to send back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    /// Error code.
+    pub code: ErrorCode,
+    /// Human-readable explanation.
+    pub message: String,
+    /// The offending frame's `cid` or `type`.
+    pub reference: Option<String>,
+}
+
+impl Rejection {
+    /// A rejection with the given code and message, without a `ref`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Rejection {
+        Rejection {
+            code,
+            message: message.into(),
+            reference: None,
+        }
+    }
+
+    /// Sets the `ref`.
+    pub fn with_ref(mut self, reference: Option<&str>) -> Rejection {
+        self.reference = reference.map(str::to_owned);
+        self
+    }
+}
+
+/// How an `auth` frame identifies the user.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Auth {
+    /// Name and password; `register` creates the account.
+    Password {
+        /// User name as typed.
+        user: String,
+        /// Password.
+        password: String,
+        /// Create the account.
+        register: bool,
+    },
+    /// Resume with a token from an earlier `welcome`.
+    Token(String),
+}
+
+/// Which page of history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryPage {
+    /// The newest messages.
+    Newest,
+    /// Messages with smaller ids than this.
+    Before(u64),
+    /// Messages with larger ids than this.
+    After(u64),
+}
+
+/// A valid client frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// `auth`.
+    Auth(Auth),
+    /// `join`, optionally resuming after `since`.
+    Join {
+        /// Room name.
+        room: String,
+        /// Last id the client saw.
+        since: Option<u64>,
+    },
+    /// `leave`.
+    Leave {
+        /// Room name.
+        room: String,
+    },
+    /// `send`.
+    Send {
+        /// Room name.
+        room: String,
+        /// Message text.
+        text: String,
+        /// Idempotency key.
+        cid: Option<String>,
+    },
+    /// `history`.
+    History {
+        /// Room name.
+        room: String,
+        /// Which page.
+        page: HistoryPage,
+        /// Page size.
+        limit: usize,
+    },
+    /// `who`.
+    Who {
+        /// Room name.
+        room: String,
+    },
+    /// Application-level `ping`.
+    Ping {
+        /// Echoed back.
+        t: Option<Value>,
+    },
+}
+
+/// A parsed frame and the `ref` its errors carry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    /// What the client asked for.
+    pub request: Request,
+    /// The frame's `cid`, else its `type`.
+    pub reference: String,
+}
+
+/// Largest id a client may name (ids are JSON numbers and stay exact in doubles).
+pub const MAX_ID: u64 = (1 << 53) - 1;
+
+/// Whether `name` is a valid user name: 1 to 32 of `A-Z a-z 0-9 _ . -`.
+pub fn valid_user_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Whether `name` is a valid room name: 1 to 64 of `a-z 0-9 _ -`.
+pub fn valid_room_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
+}
+
+/// Whether `password` has an acceptable length (8 to 128 characters).
+pub fn valid_password(password: &str) -> bool {
+    (8..=128).contains(&password.chars().count())
+}
+
+/// Checks message text: `Ok` or the rejection (`bad_request` for blank, `too_long`).
+pub fn check_text(text: &str) -> Result<(), (ErrorCode, &'static str)> {
+    if text.chars().all(char::is_whitespace) {
+        return Err((
+            ErrorCode::BadRequest,
+            "text must contain a non-white-space character",
+        ));
+    }
+    // Cheap upper bound first: a text of at most MAX_TEXT bytes has at most MAX_TEXT chars.
+    if text.len() > MAX_TEXT && text.chars().count() > MAX_TEXT {
+        return Err((ErrorCode::TooLong, "text is longer than 4000 characters"));
+    }
+    Ok(())
+}
+
+fn valid_cid(cid: &str) -> bool {
+    (1..=64).contains(&cid.len()) && cid.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+/// Fields of one JSON object, with the protocol's rules for absent, `null` and wrong types.
+struct Fields<'a> {
+    object: &'a Map<String, Value>,
+    reference: &'a str,
+}
+
+impl<'a> Fields<'a> {
+    fn bad(&self, message: impl Into<String>) -> Rejection {
+        Rejection::new(ErrorCode::BadRequest, message).with_ref(Some(self.reference))
+    }
+
+    fn get(&self, name: &str) -> Option<&'a Value> {
+        self.object.get(name).filter(|v| !v.is_null())
+    }
+
+    fn opt_str(&self, name: &str) -> Result<Option<&'a str>, Rejection> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(self.bad(format!("`{name}` must be a string"))),
+        }
+    }
+
+    fn str(&self, name: &str) -> Result<&'a str, Rejection> {
+        self.opt_str(name)?
+            .ok_or_else(|| self.bad(format!("`{name}` is required")))
+    }
+
+    fn opt_u64(&self, name: &str, max: u64) -> Result<Option<u64>, Rejection> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(n) if n <= max => Ok(Some(n)),
+                _ => Err(self.bad(format!("`{name}` must be an integer from 0 to {max}"))),
+            },
+        }
+    }
+
+    fn opt_bool(&self, name: &str) -> Result<Option<bool>, Rejection> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(self.bad(format!("`{name}` must be true or false"))),
+        }
+    }
+
+    fn room(&self) -> Result<String, Rejection> {
+        let room = self.str("room")?;
+        if !valid_room_name(room) {
+            return Err(self.bad("`room` must be 1 to 64 characters of a-z 0-9 _ -"));
+        }
+        Ok(room.to_owned())
+    }
+}
+
+/// Parses one text frame into a request, or the error to answer it with.
+pub fn parse(text: &str) -> Result<Frame, Rejection> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| Rejection::new(ErrorCode::BadRequest, format!("frame is not JSON: {e}")))?;
+    let Value::Object(object) = value else {
+        return Err(Rejection::new(
+            ErrorCode::BadRequest,
+            "frame must be a JSON object",
+        ));
+    };
+    let cid_ref = object.get("cid").and_then(Value::as_str);
+    let type_ref = object.get("type").and_then(Value::as_str);
+    let reference = cid_ref.or(type_ref).unwrap_or_default().to_owned();
+    let fields = Fields {
+        object: &object,
+        reference: &reference,
+    };
+    let Some(kind) = type_ref else {
+        return Err(
+            Rejection::new(ErrorCode::BadRequest, "frame needs a string field `type`")
+                .with_ref(cid_ref),
+        );
+    };
+    let request = match kind {
+        "auth" => Request::Auth(match fields.opt_str("token")? {
+            Some(token) => Auth::Token(token.to_owned()),
+            None => Auth::Password {
+                user: fields.str("user")?.to_owned(),
+                password: fields.str("password")?.to_owned(),
+                register: fields.opt_bool("register")?.unwrap_or(false),
+            },
+        }),
+        "join" => Request::Join {
+            room: fields.room()?,
+            since: fields.opt_u64("since", MAX_ID)?,
+        },
+        "leave" => Request::Leave {
+            room: fields.room()?,
+        },
+        "send" => {
+            let room = fields.room()?;
+            let cid = fields.opt_str("cid")?;
+            if cid.is_some_and(|c| !valid_cid(c)) {
+                return Err(
+                    fields.bad("`cid` must be 1 to 64 printable ASCII characters without spaces")
+                );
+            }
+            let text = fields.str("text")?;
+            if let Err((code, message)) = check_text(text) {
+                return Err(Rejection::new(code, message).with_ref(Some(&reference)));
+            }
+            Request::Send {
+                room,
+                text: text.to_owned(),
+                cid: cid.map(str::to_owned),
+            }
+        }
+        "history" => {
+            let room = fields.room()?;
+            let page = match (
+                fields.opt_u64("before", MAX_ID)?,
+                fields.opt_u64("after", MAX_ID)?,
+            ) {
+                (Some(_), Some(_)) => {
+                    return Err(fields.bad("give at most one of `before` and `after`"))
+                }
+                (Some(b), None) => HistoryPage::Before(b),
+                (None, Some(a)) => HistoryPage::After(a),
+                (None, None) => HistoryPage::Newest,
+            };
+            let limit = match fields.get("limit") {
+                None => 50,
+                Some(v) => match v.as_u64() {
+                    Some(n @ 1..=200) => n as usize,
+                    _ => return Err(fields.bad("`limit` must be an integer from 1 to 200")),
+                },
+            };
+            Request::History { room, page, limit }
+        }
+        "who" => Request::Who {
+            room: fields.room()?,
+        },
+        "ping" => Request::Ping {
+            t: fields.get("t").cloned(),
+        },
+        other => {
+            return Err(fields.bad(format!("unknown frame type `{other}`")));
+        }
+    };
+    Ok(Frame { request, reference })
+}
+
+/// The limits announced in `welcome`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Limits {
+    /// Longest text, in Unicode scalar values.
+    pub max_text: usize,
+    /// Largest frame in bytes.
+    pub max_frame: usize,
+    /// Send rate per second.
+    pub rate_per_sec: u32,
+    /// Send burst.
+    pub rate_burst: u32,
+}
+
+/// A message as carried by `message` events and `history` replies.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    /// Room name.
+    pub room: &'a str,
+    /// Message id.
+    pub id: u64,
+    /// Author.
+    pub user: &'a str,
+    /// Text.
+    pub text: &'a str,
+    /// Acceptance time.
+    pub ts: u64,
+    /// Sender's idempotency key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cid: Option<&'a str>,
+}
+
+impl<'a> MessageEvent<'a> {
+    /// A `message` event for a stored message.
+    pub fn new(room: &'a str, id: u64, message: &'a crate::store::Message) -> Self {
+        MessageEvent {
+            kind: "message",
+            room,
+            id,
+            user: &message.user,
+            text: &message.text,
+            ts: message.ts,
+            cid: message.cid.as_deref(),
+        }
+    }
+}
+
+/// Frames the server sends. Serialized with `"type"` as the tag.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ServerFrame<'a> {
+    /// Successful `auth`.
+    Welcome {
+        /// Name as registered.
+        user: &'a str,
+        /// Session token.
+        token: &'a str,
+        /// Server clock.
+        server_time: u64,
+        /// Limits in force.
+        limits: Limits,
+    },
+    /// First reply to `join`.
+    Joined {
+        /// Room.
+        room: &'a str,
+        /// Users online in the room.
+        members: Vec<&'a str>,
+    },
+    /// End of a join replay.
+    Synced {
+        /// Room.
+        room: &'a str,
+        /// Newest id in the room.
+        last_id: u64,
+        /// Replay stopped at its limit.
+        more: bool,
+    },
+    /// Reply to `leave`.
+    Left {
+        /// Room.
+        room: &'a str,
+    },
+    /// A send was stored.
+    Ack {
+        /// Room.
+        room: &'a str,
+        /// The send's cid.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cid: Option<&'a str>,
+        /// Assigned id.
+        id: u64,
+        /// Acceptance time.
+        ts: u64,
+    },
+    /// Reply to `history`.
+    History {
+        /// Room.
+        room: &'a str,
+        /// Messages ascending by id.
+        messages: Vec<MessageEvent<'a>>,
+        /// More exist in that direction.
+        more: bool,
+    },
+    /// A user came online or went offline in a room.
+    Presence {
+        /// Room.
+        room: &'a str,
+        /// User.
+        user: &'a str,
+        /// `online` or `offline`.
+        state: &'a str,
+    },
+    /// Reply to `who`.
+    Members {
+        /// Room.
+        room: &'a str,
+        /// Users online in the room.
+        users: Vec<&'a str>,
+    },
+    /// Reply to `ping`.
+    Pong {
+        /// The ping's `t`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        t: Option<&'a Value>,
+    },
+    /// Extension: an admin removed a message; clients should drop it from view.
+    Deleted {
+        /// Room.
+        room: &'a str,
+        /// Id of the removed message.
+        id: u64,
+    },
+    /// A refused frame.
+    Error {
+        /// Error code.
+        code: &'a str,
+        /// Explanation.
+        message: &'a str,
+        /// The offending frame's cid or type.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+    },
+}
+
+/// An encoded frame, cheap to clone and share among connections.
+pub type Encoded = async_tungstenite::tungstenite::Utf8Bytes;
+
+/// Encodes any serializable frame.
+pub fn encode<T: Serialize + ?Sized>(frame: &T) -> Encoded {
+    // Our frames are strings, numbers and vectors of them: serializing to a string cannot fail.
+    serde_json::to_string(frame)
+        .expect("serializing a server frame")
+        .into()
+}
+
+impl Rejection {
+    /// The `error` frame for this rejection.
+    pub fn encode(&self) -> Encoded {
+        encode(&ServerFrame::Error {
+            code: self.code.as_str(),
+            message: &self.message,
+            reference: self.reference.as_deref(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(text: &str) -> (ErrorCode, Option<String>) {
+        let r = parse(text).unwrap_err();
+        (r.code, r.reference)
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_user_name("Al.ice_-9"));
+        assert!(!valid_user_name(""));
+        assert!(!valid_user_name(&"a".repeat(33)));
+        assert!(!valid_user_name("al ice"));
+        assert!(!valid_user_name("alicé"));
+        assert!(valid_room_name("general-2_x"));
+        assert!(!valid_room_name("General"));
+        assert!(!valid_room_name(&"a".repeat(65)));
+    }
+
+    #[test]
+    fn text_rules() {
+        assert!(check_text("hi\nthere").is_ok());
+        assert_eq!(
+            check_text(" \n\t\u{3000}").unwrap_err().0,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(check_text("").unwrap_err().0, ErrorCode::BadRequest);
+        assert!(check_text(&"é".repeat(4000)).is_ok());
+        assert_eq!(
+            check_text(&"é".repeat(4001)).unwrap_err().0,
+            ErrorCode::TooLong
+        );
+    }
+
+    #[test]
+    fn refs_prefer_cid_then_type() {
+        assert_eq!(
+            code(r#"{"type":"send","room":"Bad","text":"x","cid":"c1"}"#),
+            (ErrorCode::BadRequest, Some("c1".into()))
+        );
+        assert_eq!(
+            code(r#"{"type":"nope"}"#),
+            (ErrorCode::BadRequest, Some("nope".into()))
+        );
+        assert_eq!(code("[1]"), (ErrorCode::BadRequest, None));
+        assert_eq!(code("not json"), (ErrorCode::BadRequest, None));
+        assert_eq!(code(r#"{"type":5}"#).0, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn null_is_absent_and_unknown_fields_are_ignored() {
+        let f = parse(r#"{"type":"join","room":"a","since":null,"x":[1]}"#).unwrap();
+        assert_eq!(
+            f.request,
+            Request::Join {
+                room: "a".into(),
+                since: None
+            }
+        );
+        let f = parse(r#"{"type":"send","room":"a","text":"t","cid":null}"#).unwrap();
+        assert_eq!(f.reference, "send");
+    }
+
+    #[test]
+    fn field_validation() {
+        assert_eq!(
+            code(r#"{"type":"join","room":"a","since":-1}"#).0,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(r#"{"type":"join","room":"a","since":1.5}"#).0,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(r#"{"type":"send","room":"a","text":"t","cid":"a b"}"#).0,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(r#"{"type":"send","room":"a","text":5}"#).0,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(r#"{"type":"history","room":"a","before":1,"after":2}"#).0,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(r#"{"type":"history","room":"a","limit":0}"#).0,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(r#"{"type":"history","room":"a","limit":201}"#).0,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(r#"{"type":"auth","user":"a","password":1}"#).0,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(r#"{"type":"auth","user":"a","password":"p","register":"yes"}"#).0,
+            ErrorCode::BadRequest
+        );
+        let long = format!(
+            r#"{{"type":"send","room":"a","text":"{}"}}"#,
+            "x".repeat(4001)
+        );
+        assert_eq!(code(&long).0, ErrorCode::TooLong);
+    }
+
+    #[test]
+    fn encodes_frames_with_optional_fields_absent() {
+        let ack = encode(&ServerFrame::Ack {
+            room: "a",
+            cid: None,
+            id: 3,
+            ts: 9,
+        });
+        assert_eq!(ack.as_str(), r#"{"type":"ack","room":"a","id":3,"ts":9}"#);
+        let err = Rejection::new(ErrorCode::NotJoined, "m")
+            .with_ref(Some("c"))
+            .encode();
+        assert_eq!(
+            err.as_str(),
+            r#"{"type":"error","code":"not_joined","message":"m","ref":"c"}"#
+        );
+    }
+}

@@ -1,0 +1,317 @@
+//! The server: listener, executor threads, background chores and graceful shutdown.
+//!
+//! smol's global executor runs on one thread, so the server runs its own [`smol::Executor`] on
+//! `--threads` threads (the calling thread included). Shutdown: stop accepting, ask every
+//! connection to close with 1001, wait for them (bounded), run the last group commit, flush, and
+//! stop the threads. The store is dropped only after every task that could write is gone.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::{future, FutureExt};
+use smol::{Async, Executor, Timer};
+
+use crate::auth::Passwords;
+use crate::config::{Config, Durability};
+use crate::hub::{now_ms, Hub};
+use crate::metrics::Metrics;
+use crate::outbox::CloseRequest;
+use crate::protocol::close;
+use crate::store::commit::Committer;
+use crate::store::{Store, StoreError, StoreOptions};
+
+/// How long shutdown waits for connections to close before dropping them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How often sessions and cids that can no longer matter are removed.
+const JANITOR_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Errors that stop the server from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A setting is out of range.
+    #[error("invalid setting: {0}")]
+    Config(String),
+    /// The data directory cannot be created.
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The database cannot be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Everything connections share.
+pub struct State {
+    /// Settings.
+    pub config: Config,
+    /// The database.
+    pub store: Arc<Store>,
+    /// Rooms and connections.
+    pub hub: Arc<Hub>,
+    /// Password hashing.
+    pub passwords: Passwords,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    started: Instant,
+    conn_ids: AtomicU64,
+    sockets: AtomicUsize,
+    healthy: AtomicBool,
+}
+
+impl State {
+    /// A new connection id.
+    pub fn next_conn_id(&self) -> u64 {
+        self.conn_ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Time since start.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The `/healthz` body.
+    pub fn health_json(&self) -> String {
+        serde_json::json!({
+            "ok": self.healthy.load(Ordering::Relaxed),
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime": self.uptime().as_secs(),
+            "connections": self.metrics.connections.get(),
+        })
+        .to_string()
+    }
+}
+
+/// Counts an open socket for `--max-connections`; uncounts it when dropped.
+struct SocketSlot(Arc<State>);
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        self.0.sockets.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A bound, ready server.
+pub struct Server {
+    listener: Async<TcpListener>,
+    state: Arc<State>,
+    executor: Arc<Executor<'static>>,
+}
+
+impl Server {
+    /// Opens the database and binds the listener. Fails (never resets anything) if the database
+    /// is locked, corrupt or foreign, or the address is taken.
+    pub fn bind(config: Config) -> Result<Server, ServerError> {
+        config.validate().map_err(ServerError::Config)?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let store = Arc::new(Store::open(
+            &config.db_path(),
+            &StoreOptions {
+                cache_bytes: config.cache_bytes,
+                background_flush: config.durability == Durability::Relaxed,
+            },
+        )?);
+        let listener = TcpListener::bind(config.listen)
+            .and_then(Async::new)
+            .map_err(|source| ServerError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let metrics = Arc::new(Metrics::new());
+        let observed = metrics.clone();
+        let committer = Arc::new(Committer::start(
+            store.clone(),
+            config.durability == Durability::Strict,
+            Box::new(move |took| observed.flush_seconds.observe(took.as_secs_f64())),
+        ));
+        let executor = Arc::new(Executor::new());
+        let hub = Arc::new(Hub::new(
+            store.clone(),
+            committer,
+            metrics.clone(),
+            executor.clone(),
+            config.presence_grace,
+            config.replay_limit,
+        ));
+        let state = Arc::new(State {
+            passwords: Passwords::new(config.hash_concurrency),
+            config,
+            store,
+            hub,
+            metrics,
+            started: Instant::now(),
+            conn_ids: AtomicU64::new(1),
+            sockets: AtomicUsize::new(0),
+            healthy: AtomicBool::new(true),
+        });
+        Ok(Server {
+            listener,
+            state,
+            executor,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.get_ref().local_addr()
+    }
+
+    /// Shared state (for the admin endpoint and tests).
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
+    /// Serves until `shutdown` yields (or its sender is dropped), then shuts down gracefully.
+    pub fn run(self, shutdown: async_channel::Receiver<()>) -> Result<(), ServerError> {
+        let Server {
+            listener,
+            state,
+            executor,
+        } = self;
+        let (stop_threads, threads_stopped) = async_channel::bounded::<()>(1);
+        let workers: Vec<_> = (1..state.config.threads)
+            .map(|i| {
+                let executor = executor.clone();
+                let stopped = threads_stopped.clone();
+                std::thread::Builder::new()
+                    .name(format!("chatd-worker-{i}"))
+                    .spawn(move || smol::block_on(executor.run(stopped.recv())))
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|source| ServerError::Bind {
+                addr: state.config.listen,
+                source,
+            })?;
+        executor.spawn(janitor(state.clone())).detach();
+        let (live, all_closed) = async_channel::bounded::<()>(1);
+        smol::block_on(executor.run(accept(&listener, &state, &executor, &live, shutdown)));
+        drop(listener);
+        tracing::info!("shutting down: closing connections");
+        state.hub.close_all(CloseRequest {
+            code: close::GOING_AWAY,
+            reason: "server shutting down",
+        });
+        drop(live);
+        smol::block_on(executor.run(future::or(
+            async {
+                let _ = all_closed.recv().await;
+            },
+            async {
+                Timer::after(SHUTDOWN_GRACE).await;
+                tracing::warn!(
+                    "connections still open after the shutdown grace period; dropping them"
+                );
+            },
+        )));
+        state.hub.committer().shutdown();
+        let flushed = state.store.flush();
+        drop(stop_threads);
+        for worker in workers {
+            let _ = worker.join();
+        }
+        flushed?;
+        tracing::info!("shut down cleanly");
+        Ok(())
+    }
+}
+
+async fn accept(
+    listener: &Async<TcpListener>,
+    state: &Arc<State>,
+    executor: &Arc<Executor<'static>>,
+    live: &async_channel::Sender<()>,
+    shutdown: async_channel::Receiver<()>,
+) {
+    loop {
+        let accepted = future::or(async { Some(listener.accept().await) }, async {
+            let _ = shutdown.recv().await;
+            None
+        })
+        .await;
+        let (stream, peer) = match accepted {
+            None => return,
+            Some(Ok(accepted)) => accepted,
+            Some(Err(e)) => {
+                // Usually out of file descriptors: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                Timer::after(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.get_ref().set_nodelay(true);
+        let open = state.sockets.fetch_add(1, Ordering::Relaxed);
+        let slot = SocketSlot(state.clone());
+        if open >= state.config.max_connections {
+            executor
+                .spawn(async move {
+                    let mut stream = stream;
+                    let _ = crate::http::respond(
+                        &mut stream,
+                        "503 Service Unavailable",
+                        "text/plain",
+                        &[("Retry-After", "5")],
+                        b"too many connections\n",
+                        false,
+                    )
+                    .await;
+                    drop(slot);
+                })
+                .detach();
+            continue;
+        }
+        let state = state.clone();
+        let live = live.clone();
+        executor
+            .spawn(async move {
+                let served = std::panic::AssertUnwindSafe(crate::http::serve(stream, peer, state))
+                    .catch_unwind()
+                    .await;
+                if served.is_err() {
+                    tracing::error!(%peer, "connection task panicked; the connection was dropped");
+                }
+                drop(slot);
+                drop(live);
+            })
+            .detach();
+    }
+}
+
+/// Periodically removes sessions and cids that can no longer be used.
+async fn janitor(state: Arc<State>) {
+    loop {
+        let chores = state.clone();
+        let result = smol::unblock(move || -> Result<(usize, usize), StoreError> {
+            let sessions = chores.store.remove_dead_sessions(now_ms())?;
+            let cid_ttl = chores.config.cid_ttl.as_millis() as u64;
+            let cids = chores
+                .store
+                .remove_cids_before(now_ms().saturating_sub(cid_ttl))?;
+            Ok((sessions, cids))
+        })
+        .await;
+        match result {
+            Ok((sessions, cids)) if sessions + cids > 0 => {
+                tracing::info!(sessions, cids, "removed expired sessions and cids")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "cleaning up sessions and cids failed"),
+        }
+        Timer::after(JANITOR_INTERVAL).await;
+    }
+}

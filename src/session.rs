@@ -1,0 +1,646 @@
+//! One WebSocket connection's life: authentication, requests, heartbeats, and its writer.
+//!
+//! A connection is one task running two halves side by side:
+//! - the reader takes frames off the socket and handles them in order (so one connection's sends
+//!   are accepted in the order sent), and enforces the auth deadline, the idle timeout, rate
+//!   limits and the protocol's size and encoding rules;
+//! - the writer drains the connection's [`Outbox`] (replies, broadcasts, presence), writes what
+//!   it finds with one flush, and sends a WebSocket Ping every ping interval.
+//!
+//! Either half can end the connection by putting a close request in the outbox. The writer then
+//! sends the Close frame and the reader waits for the peer's reply, each bounded by
+//! [`CLOSE_LINGER`]: a peer that vanished cannot keep a connection alive.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use async_tungstenite::tungstenite::protocol::CloseFrame;
+use async_tungstenite::tungstenite::{Message, Utf8Bytes};
+use async_tungstenite::{WebSocketReceiver, WebSocketSender, WebSocketStream};
+use futures_lite::{future, StreamExt};
+use futures_util::SinkExt;
+use smol::{Async, Timer};
+
+use crate::auth;
+use crate::hub::{now_ms, Member, Room};
+use crate::outbox::{CloseRequest, Drained, Outbox};
+use crate::protocol::{self, close, Auth, ErrorCode, Limits, Rejection, Request, ServerFrame};
+use crate::server::State;
+use crate::store::{user_key, Session as StoredSession, User};
+
+/// The socket type sessions run on.
+pub type Socket = Async<std::net::TcpStream>;
+
+/// How long closing may take before the socket is dropped regardless.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Frames drained and written per flush.
+const WRITE_BATCH: usize = 128;
+
+/// Rooms one connection may be in at once.
+const MAX_ROOMS_PER_CONNECTION: usize = 256;
+
+/// Close codes that are not sent: the peer closed first, or is gone.
+const PEER_CLOSED: u16 = 0;
+
+fn peer_closed() -> CloseRequest {
+    CloseRequest {
+        code: PEER_CLOSED,
+        reason: "peer closed",
+    }
+}
+
+fn closing(code: u16, reason: &'static str) -> CloseRequest {
+    CloseRequest { code, reason }
+}
+
+/// A token bucket: `rate` tokens a second, at most `burst` saved up.
+struct TokenBucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    updated: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: f64, burst: f64) -> TokenBucket {
+        TokenBucket {
+            tokens: burst,
+            rate,
+            burst,
+            updated: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.updated).as_secs_f64();
+        self.updated = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The reader half's state.
+struct Session {
+    state: Arc<State>,
+    outbox: Arc<Outbox>,
+    conn: u64,
+    peer: SocketAddr,
+    member: Option<Member>,
+    rooms: Vec<Arc<Room>>,
+    sends: TokenBucket,
+    frames: TokenBucket,
+    /// Refused frames a connection may accumulate before it counts as abuse (1008).
+    strikes: TokenBucket,
+}
+
+enum Event {
+    Frame(Option<Result<Message, WsError>>),
+    Deadline,
+    Closing(CloseRequest),
+}
+
+/// Runs a connection to its end. Never panics on client input; errors end this connection only.
+pub async fn run(ws: WebSocketStream<Socket>, peer: SocketAddr, state: Arc<State>) {
+    let conn = state.next_conn_id();
+    let outbox = Arc::new(Outbox::new(state.config.send_queue));
+    let config = &state.config;
+    let rate = f64::from(config.rate_per_sec);
+    let burst = f64::from(config.rate_burst);
+    let mut session = Session {
+        state: state.clone(),
+        outbox: outbox.clone(),
+        conn,
+        peer,
+        member: None,
+        rooms: Vec::new(),
+        sends: TokenBucket::new(rate, burst),
+        // Other frames are bounded generously: they are cheap, but not free.
+        frames: TokenBucket::new((rate * 5.0).max(50.0), (burst * 5.0).max(200.0)),
+        strikes: TokenBucket::new(rate, (burst * 5.0).max(100.0)),
+    };
+    state.metrics.connections.inc();
+    tracing::info!(%peer, conn, "connection opened");
+    let (mut sink, mut stream) = ws.split();
+    let reader = async {
+        let request = session.read(&mut stream).await;
+        outbox.close(request.clone());
+        if request.code != PEER_CLOSED {
+            // Our Close is on its way; the peer's reply ends the stream.
+            let drain = async { while stream.next().await.is_some() {} };
+            future::or(drain, async {
+                Timer::after(CLOSE_LINGER).await;
+            })
+            .await;
+        }
+        request
+    };
+    let writer = write(&mut sink, &outbox, config.ping_interval, &state);
+    let (request, ()) = future::zip(reader, writer).await;
+    let reason = outbox.closing().unwrap_or(request);
+    session.finish();
+    state.metrics.connections.dec();
+    tracing::info!(
+        %peer,
+        conn,
+        user = session.member.as_ref().map(|m| &*m.name),
+        code = reason.code,
+        reason = reason.reason,
+        "connection closed"
+    );
+}
+
+impl Session {
+    /// Reads and handles frames until the connection should close; returns why.
+    async fn read(&mut self, stream: &mut WebSocketReceiver<Socket>) -> CloseRequest {
+        let (auth_timeout, idle_timeout) = (
+            self.state.config.auth_timeout,
+            self.state.config.idle_timeout,
+        );
+        let auth_deadline = Instant::now() + auth_timeout;
+        let mut last_received = Instant::now();
+        loop {
+            let deadline = match self.member {
+                Some(_) => last_received + idle_timeout,
+                None => auth_deadline.min(last_received + idle_timeout),
+            };
+            let outbox = &self.outbox;
+            // `or` prefers its first future: a requested close wins over pending frames.
+            let event = future::or(
+                async {
+                    Event::Closing(future::poll_fn(|cx| outbox.poll_closing_reader(cx)).await)
+                },
+                future::or(
+                    async {
+                        // Backpressure: read the next request only once our replies went out.
+                        outbox.drained().await;
+                        Event::Frame(stream.next().await)
+                    },
+                    async {
+                        Timer::at(deadline).await;
+                        Event::Deadline
+                    },
+                ),
+            )
+            .await;
+            let message = match event {
+                Event::Closing(request) => return request,
+                Event::Deadline if self.member.is_none() && Instant::now() >= auth_deadline => {
+                    return closing(close::POLICY, "auth timeout");
+                }
+                Event::Deadline => return closing(close::IDLE, "idle timeout"),
+                Event::Frame(None) => return peer_closed(),
+                Event::Frame(Some(Err(error))) => return self.read_error(error),
+                Event::Frame(Some(Ok(message))) => message,
+            };
+            last_received = Instant::now();
+            match message {
+                Message::Text(text) => {
+                    self.state.metrics.frames_in.inc();
+                    if let Some(request) = self.handle(&text).await {
+                        return request;
+                    }
+                }
+                Message::Binary(_) => {
+                    self.reject(Rejection::new(
+                        ErrorCode::BadRequest,
+                        "binary frames are not supported",
+                    ));
+                    return closing(close::UNSUPPORTED_DATA, "binary frame");
+                }
+                Message::Close(_) => return peer_closed(),
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            }
+        }
+    }
+
+    fn read_error(&self, error: WsError) -> CloseRequest {
+        match error {
+            WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+                closing(close::TOO_BIG, "message too big")
+            }
+            WsError::Utf8(_) => closing(close::INVALID_PAYLOAD, "invalid UTF-8"),
+            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)
+            | WsError::Io(_)
+            | WsError::ConnectionClosed
+            | WsError::AlreadyClosed => peer_closed(),
+            WsError::Protocol(e) => {
+                tracing::debug!(peer = %self.peer, error = %e, "protocol error");
+                closing(1002, "protocol error")
+            }
+            other => {
+                tracing::debug!(peer = %self.peer, error = %other, "read error");
+                peer_closed()
+            }
+        }
+    }
+
+    fn reject(&self, rejection: Rejection) {
+        self.state.metrics.error(rejection.code);
+        self.outbox.reply(rejection.encode());
+    }
+
+    /// Counts a refused frame; a connection that keeps flooding is closed with 1008.
+    fn strike(&mut self) -> Option<CloseRequest> {
+        (!self.strikes.take()).then(|| closing(close::POLICY, "flooding"))
+    }
+
+    /// Handles one text frame; returns a close request if the connection must end.
+    async fn handle(&mut self, text: &str) -> Option<CloseRequest> {
+        let frame = match protocol::parse(text) {
+            Ok(frame) => frame,
+            Err(rejection) => {
+                self.reject(rejection);
+                return self.strike();
+            }
+        };
+        let reference = Some(frame.reference.as_str());
+        if !self.frames.take() {
+            self.reject(
+                Rejection::new(ErrorCode::RateLimited, "too many frames").with_ref(reference),
+            );
+            return self.strike();
+        }
+        let Some(member) = self.member.clone() else {
+            return match frame.request {
+                Request::Auth(auth) => self.authenticate(auth, &frame.reference).await,
+                _ => {
+                    self.reject(
+                        Rejection::new(ErrorCode::Unauthorized, "authenticate first")
+                            .with_ref(reference),
+                    );
+                    self.strike()
+                }
+            };
+        };
+        let result = match frame.request {
+            Request::Auth(_) => Err(Rejection::new(
+                ErrorCode::BadRequest,
+                "already authenticated",
+            )),
+            Request::Ping { t } => {
+                self.outbox
+                    .reply(protocol::encode(&ServerFrame::Pong { t: t.as_ref() }));
+                Ok(())
+            }
+            Request::Join { room, since } => self.join(&member, &room, since),
+            Request::Leave { room } => self.leave(&room),
+            Request::Send { room, text, cid } => {
+                if !self.sends.take() {
+                    self.reject(
+                        Rejection::new(ErrorCode::RateLimited, "sending too fast")
+                            .with_ref(reference),
+                    );
+                    return self.strike();
+                }
+                self.joined(&room).and_then(|room| {
+                    self.state
+                        .hub
+                        .send(&room, &member, text, cid)
+                        .map_err(|e| self.internal(e))
+                })
+            }
+            Request::History { room, page, limit } => self.joined(&room).and_then(|room| {
+                let reply = self
+                    .state
+                    .hub
+                    .history(&room, page, limit)
+                    .map_err(|e| self.internal(e))?;
+                self.outbox.reply(reply);
+                Ok(())
+            }),
+            Request::Who { room } => self.joined(&room).map(|room| {
+                self.outbox.reply(self.state.hub.members(&room));
+            }),
+        };
+        if let Err(rejection) = result {
+            self.reject(rejection.with_ref(reference));
+        }
+        None
+    }
+
+    fn internal(&self, error: impl std::fmt::Display) -> Rejection {
+        tracing::error!(peer = %self.peer, %error, "request failed");
+        Rejection::new(
+            ErrorCode::Internal,
+            "the server could not complete the request",
+        )
+    }
+
+    fn joined(&self, room: &str) -> Result<Arc<Room>, Rejection> {
+        self.rooms
+            .iter()
+            .find(|r| r.name() == room)
+            .cloned()
+            .ok_or_else(|| Rejection::new(ErrorCode::NotJoined, format!("join `{room}` first")))
+    }
+
+    fn join(&mut self, member: &Member, name: &str, since: Option<u64>) -> Result<(), Rejection> {
+        let room = match self.joined(name) {
+            Ok(room) => room,
+            Err(_) if self.rooms.len() >= MAX_ROOMS_PER_CONNECTION => {
+                return Err(Rejection::new(
+                    ErrorCode::BadRequest,
+                    format!("a connection may join at most {MAX_ROOMS_PER_CONNECTION} rooms"),
+                ))
+            }
+            Err(_) => {
+                let room = self.state.hub.room(name).map_err(|e| self.internal(e))?;
+                self.rooms.push(room.clone());
+                room
+            }
+        };
+        self.state
+            .hub
+            .join(&room, member, since)
+            .map_err(|e| self.internal(e))
+    }
+
+    fn leave(&mut self, name: &str) -> Result<(), Rejection> {
+        let room = self.joined(name)?;
+        self.rooms.retain(|r| !Arc::ptr_eq(r, &room));
+        self.outbox
+            .reply(protocol::encode(&ServerFrame::Left { room: room.name() }));
+        self.state.hub.part(&room, self.conn, true);
+        Ok(())
+    }
+
+    /// Handles `auth`; on failure that ends the session returns the close request.
+    async fn authenticate(&mut self, auth: Auth, reference: &str) -> Option<CloseRequest> {
+        let fail = |session: &Self, code: ErrorCode, message: &str| {
+            session.reject(Rejection::new(code, message).with_ref(Some(reference)));
+            Some(closing(close::POLICY, "authentication failed"))
+        };
+        let state = self.state.clone();
+        let (user, token) = match auth {
+            Auth::Password {
+                user,
+                password,
+                register: true,
+            } => {
+                let stay_open = |session: &Self, code: ErrorCode, message: &str| {
+                    session.reject(Rejection::new(code, message).with_ref(Some(reference)));
+                    None
+                };
+                if state.config.registration == crate::config::Registration::Closed {
+                    return stay_open(
+                        self,
+                        ErrorCode::RegistrationClosed,
+                        "registration is closed on this server",
+                    );
+                }
+                if !protocol::valid_user_name(&user) {
+                    return stay_open(
+                        self,
+                        ErrorCode::BadRequest,
+                        "user names are 1 to 32 characters of A-Z a-z 0-9 _ . -",
+                    );
+                }
+                if !protocol::valid_password(&password) {
+                    return stay_open(
+                        self,
+                        ErrorCode::BadRequest,
+                        "passwords are 8 to 128 characters",
+                    );
+                }
+                match self.register(user, password).await {
+                    Ok(Some(user)) => match self.issue_token(&user).await {
+                        Ok(token) => (user, token),
+                        Err(rejection) => {
+                            return stay_open(self, rejection.code, &rejection.message)
+                        }
+                    },
+                    Ok(None) => {
+                        return stay_open(self, ErrorCode::UserExists, "that name is taken")
+                    }
+                    Err(rejection) => return stay_open(self, rejection.code, &rejection.message),
+                }
+            }
+            Auth::Password { user, password, .. } => {
+                let plausible =
+                    protocol::valid_user_name(&user) && protocol::valid_password(&password);
+                let record = if plausible {
+                    match state.store.user(&user) {
+                        Ok(record) => record,
+                        Err(e) => {
+                            return fail(self, ErrorCode::Internal, &self.internal(e).message)
+                        }
+                    }
+                } else {
+                    None
+                };
+                let hash = record.as_ref().map(|u| u.password_hash.clone());
+                let matches = state.passwords.verify(password, hash).await;
+                let Some(user) = record.filter(|_| matches) else {
+                    return fail(self, ErrorCode::AuthFailed, "wrong user name or password");
+                };
+                if user.banned {
+                    return fail(self, ErrorCode::Banned, "this account is banned");
+                }
+                match self.issue_token(&user).await {
+                    Ok(token) => (user, token),
+                    Err(rejection) => return fail(self, rejection.code, &rejection.message),
+                }
+            }
+            Auth::Token(token) => {
+                let session = state.store.session(&auth::token_hash(&token));
+                let user = match session {
+                    Ok(Some(s)) if s.expires_ms > now_ms() => match state.store.user(&s.user_key) {
+                        Ok(user) => user.filter(|u| u.token_epoch == s.epoch || u.banned),
+                        Err(e) => {
+                            return fail(self, ErrorCode::Internal, &self.internal(e).message)
+                        }
+                    },
+                    Ok(_) => None,
+                    Err(e) => return fail(self, ErrorCode::Internal, &self.internal(e).message),
+                };
+                match user {
+                    Some(user) if user.banned => {
+                        return fail(self, ErrorCode::Banned, "this account is banned")
+                    }
+                    Some(user) => (user, token),
+                    None => {
+                        return fail(
+                            self,
+                            ErrorCode::AuthFailed,
+                            "the token is invalid or expired",
+                        )
+                    }
+                }
+            }
+        };
+        let member = Member {
+            conn: self.conn,
+            user_key: user_key(&user.name).into(),
+            name: user.name.as_str().into(),
+            peer: self.peer,
+            since_ms: now_ms(),
+            outbox: self.outbox.clone(),
+        };
+        state.hub.register(&member);
+        // A ban between our check and the registration would have missed this connection.
+        if matches!(state.store.user(&user.name), Ok(Some(u)) if u.banned) {
+            state.hub.unregister(self.conn);
+            return fail(self, ErrorCode::Banned, "this account is banned");
+        }
+        self.member = Some(member);
+        let config = &state.config;
+        self.outbox.reply(protocol::encode(&ServerFrame::Welcome {
+            user: &user.name,
+            token: &token,
+            server_time: now_ms(),
+            limits: Limits {
+                max_text: crate::config::MAX_TEXT,
+                max_frame: config.max_frame,
+                rate_per_sec: config.rate_per_sec,
+                rate_burst: config.rate_burst,
+            },
+        }));
+        None
+    }
+
+    /// Creates an account; `Ok(None)` if the name is taken.
+    async fn register(&self, name: String, password: String) -> Result<Option<User>, Rejection> {
+        let store = &self.state.store;
+        if store.user(&name).map_err(|e| self.internal(e))?.is_some() {
+            return Ok(None);
+        }
+        let password_hash = self
+            .state
+            .passwords
+            .hash(password)
+            .await
+            .map_err(|e| self.internal(e))?;
+        let user = User {
+            name,
+            password_hash,
+            created_ms: now_ms(),
+            banned: false,
+            token_epoch: 0,
+        };
+        let created = store.insert_user(&user).map_err(|e| self.internal(e))?;
+        Ok(created.then_some(user))
+    }
+
+    /// Stores a new session for `user` durably and returns its token.
+    async fn issue_token(&self, user: &User) -> Result<String, Rejection> {
+        let (token, hash) = auth::new_token().map_err(|e| self.internal(e))?;
+        let now = now_ms();
+        let ttl = self.state.config.token_ttl.as_millis() as u64;
+        self.state
+            .store
+            .insert_session(
+                &hash,
+                &StoredSession {
+                    user_key: user_key(&user.name),
+                    created_ms: now,
+                    expires_ms: now.saturating_add(ttl),
+                    epoch: user.token_epoch,
+                },
+            )
+            .map_err(|e| self.internal(e))?;
+        self.state
+            .hub
+            .committer()
+            .barrier()
+            .await
+            .map_err(|e| self.internal(e))?;
+        Ok(token)
+    }
+
+    /// Leaves every room (presence grace applies) and forgets the connection.
+    fn finish(&mut self) {
+        for room in std::mem::take(&mut self.rooms) {
+            self.state.hub.part(&room, self.conn, false);
+        }
+        if self.member.is_some() {
+            self.state.hub.unregister(self.conn);
+        }
+    }
+}
+
+/// The writer half: drains the outbox, pings, and sends the Close frame when asked.
+async fn write(
+    sink: &mut WebSocketSender<Socket>,
+    outbox: &Outbox,
+    ping_interval: Duration,
+    state: &State,
+) {
+    let mut next_ping = Instant::now() + ping_interval;
+    loop {
+        let next = future::or(async { Some(outbox.drain(WRITE_BATCH).await) }, async {
+            Timer::at(next_ping).await;
+            None
+        })
+        .await;
+        let (frames, close) = match next {
+            None => {
+                next_ping = Instant::now() + ping_interval;
+                (vec![Message::Ping(Default::default())], None)
+            }
+            Some(Drained::Frames(frames)) => {
+                (frames.into_iter().map(Message::Text).collect(), None)
+            }
+            Some(Drained::Close(frames, request)) => (
+                frames.into_iter().map(Message::Text).collect(),
+                Some(request),
+            ),
+        };
+        let count = frames.len() as u64;
+        let Some(request) = close else {
+            // Stop writing as soon as a close is requested: the peer may never read this batch.
+            let written = future::or(async { Some(send_all(sink, frames).await) }, async {
+                future::poll_fn(|cx| outbox.poll_closing_writer(cx)).await;
+                None
+            })
+            .await;
+            match written {
+                Some(Ok(())) => {
+                    state.metrics.frames_out.inc_by(count);
+                }
+                Some(Err(_)) => {
+                    outbox.close(peer_closed());
+                    return;
+                }
+                None => {}
+            }
+            continue;
+        };
+        let finish = async {
+            if request.code == PEER_CLOSED {
+                // Flushes tungstenite's queued reply to the peer's Close, if any.
+                let _ = sink.flush().await;
+                return;
+            }
+            let mut frames = frames;
+            frames.push(Message::Close(Some(CloseFrame {
+                code: CloseCode::from(request.code),
+                reason: Utf8Bytes::from_static(request.reason),
+            })));
+            if send_all(sink, frames).await.is_ok() {
+                state.metrics.frames_out.inc_by(count);
+            }
+        };
+        future::or(finish, async {
+            Timer::after(CLOSE_LINGER).await;
+        })
+        .await;
+        return;
+    }
+}
+
+async fn send_all(sink: &mut WebSocketSender<Socket>, frames: Vec<Message>) -> Result<(), WsError> {
+    for frame in frames {
+        sink.feed(frame).await?;
+    }
+    sink.flush().await
+}

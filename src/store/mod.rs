@@ -1,0 +1,794 @@
+//! The durable store: users, sessions, rooms, messages and cids in one embedded sled database.
+//!
+//! Key layout (also in docs/STORAGE.md):
+//!
+//! | tree       | key                                   | value            |
+//! |------------|---------------------------------------|------------------|
+//! | `users`    | lower-cased user name                 | [`User`]         |
+//! | `sessions` | SHA-256 of the token (32 bytes)       | [`Session`]      |
+//! | `rooms`    | room name                             | [`Room`]         |
+//! | `messages` | room no (u32 BE) ++ message id (u64 BE) | [`Message`]    |
+//! | `cids`     | user key ++ 0x00 ++ cid               | [`CidEntry`]     |
+//! | `meta`     | `schema`, `next_room_no`, `id_floor`, `users` | u32/u64 BE |
+//!
+//! Big-endian ids make sled's byte order the id order, so a room's history is one range scan.
+//! Writes that must agree (a message, its cid and its room's counters) go in one sled
+//! transaction. Nothing here waits for the disk: durability is the [`commit::Committer`]'s job.
+
+mod codec;
+pub mod commit;
+mod records;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+pub use codec::Record;
+pub use records::{CidEntry, Message, Room, Session, User};
+
+/// The on-disk schema this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const META_SCHEMA: &[u8] = b"schema";
+const META_NEXT_ROOM_NO: &[u8] = b"next_room_no";
+const META_ID_FLOOR: &[u8] = b"id_floor";
+const META_USERS: &[u8] = b"users";
+
+/// Errors from the store. Messages name the path or record so an operator can act on them.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process holds sled's exclusive lock.
+    #[error("the database at {path} is locked by another process (is `chatd serve` already running on this data directory?)")]
+    Locked {
+        /// The database directory.
+        path: PathBuf,
+    },
+    /// Opening failed for another reason (permissions, corruption detected by sled, …).
+    #[error("cannot open the database at {path}: {source}")]
+    Open {
+        /// The database directory.
+        path: PathBuf,
+        /// What sled said.
+        source: sled::Error,
+    },
+    /// The database was written by an incompatible chatd.
+    #[error("the database at {path} has schema version {found}, this chatd supports version {supported}; use a matching chatd release")]
+    Schema {
+        /// The database directory.
+        path: PathBuf,
+        /// Version found on disk.
+        found: u32,
+        /// Version this build reads.
+        supported: u32,
+    },
+    /// A stored value does not decode.
+    #[error("corrupt {kind} record (key {key:?}): {detail}")]
+    Corrupt {
+        /// Record kind.
+        kind: &'static str,
+        /// Key, lossily as text.
+        key: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A read or write failed.
+    #[error("database error: {0}")]
+    Sled(#[from] sled::Error),
+}
+
+/// Outcome of [`Store::append`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Appended {
+    /// Stored under this id.
+    New(u64),
+    /// The user already used this cid: nothing was stored; here is the original.
+    Duplicate(CidEntry),
+}
+
+/// Options for [`Store::open`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// sled's page cache size in bytes.
+    pub cache_bytes: u64,
+    /// Let sled flush in the background every 500 ms (only for relaxed durability; in strict
+    /// mode the committer flushes and a background flush would only add disk traffic).
+    pub background_flush: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_bytes: 128 * 1024 * 1024,
+            background_flush: false,
+        }
+    }
+}
+
+/// A message with its id, as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMessage {
+    /// Message id.
+    pub id: u64,
+    /// The message.
+    pub message: Message,
+}
+
+/// A page of messages, ascending by id, and whether more exist in the direction read.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Page {
+    /// Messages, ascending by id.
+    pub messages: Vec<StoredMessage>,
+    /// Whether more messages exist beyond this page in the direction read.
+    pub more: bool,
+}
+
+/// The open database.
+pub struct Store {
+    db: sled::Db,
+    users: sled::Tree,
+    sessions: sled::Tree,
+    rooms: sled::Tree,
+    messages: sled::Tree,
+    cids: sled::Tree,
+    meta: sled::Tree,
+    path: PathBuf,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+fn abort<T>(e: StoreError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+fn tx_error(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Sled(e),
+    }
+}
+
+/// The `messages` key of a message.
+pub fn message_key(room_no: u32, id: u64) -> [u8; 12] {
+    let mut key = [0u8; 12];
+    key[..4].copy_from_slice(&room_no.to_be_bytes());
+    key[4..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+fn split_message_key(key: &[u8]) -> Option<(u32, u64)> {
+    let room: [u8; 4] = key.get(..4)?.try_into().ok()?;
+    let id: [u8; 8] = key.get(4..12)?.try_into().ok()?;
+    Some((u32::from_be_bytes(room), u64::from_be_bytes(id)))
+}
+
+fn cid_key(user_key: &str, cid: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(user_key.len() + 1 + cid.len());
+    key.extend_from_slice(user_key.as_bytes());
+    key.push(0);
+    key.extend_from_slice(cid.as_bytes());
+    key
+}
+
+fn be_u64(bytes: &[u8]) -> u64 {
+    bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+/// The case-insensitive key of a user name.
+pub fn user_key(name: &str) -> String {
+    name.to_ascii_lowercase()
+}
+
+fn decode_message(key: &[u8], value: &[u8]) -> Result<StoredMessage, StoreError> {
+    let (_, id) = split_message_key(key).ok_or_else(|| StoreError::Corrupt {
+        kind: Message::KIND,
+        key: format!("{key:?}"),
+        detail: "key is not room no + id".into(),
+    })?;
+    Ok(StoredMessage {
+        id,
+        message: codec::decode(value, key)?,
+    })
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `dir`. Never resets an existing database: a
+    /// lock held by another process, corruption or a foreign schema is an error naming the path.
+    pub fn open(dir: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
+        let path = dir.to_path_buf();
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(options.cache_bytes)
+            .flush_every_ms(options.background_flush.then_some(500))
+            .open()
+            .map_err(|source| match &source {
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                    StoreError::Locked { path: path.clone() }
+                }
+                _ => StoreError::Open {
+                    path: path.clone(),
+                    source,
+                },
+            })?;
+        let open = |name: &str| db.open_tree(name);
+        let store = Store {
+            users: open("users")?,
+            sessions: open("sessions")?,
+            rooms: open("rooms")?,
+            messages: open("messages")?,
+            cids: open("cids")?,
+            meta: open("meta")?,
+            db,
+            path,
+            next_id: AtomicU64::new(1),
+        };
+        store.check_schema()?;
+        let mut max_id = be_u64(&store.meta.get(META_ID_FLOOR)?.unwrap_or_default());
+        for room in store.rooms() {
+            max_id = max_id.max(room?.last_id);
+        }
+        store.next_id.store(max_id + 1, Ordering::SeqCst);
+        Ok(store)
+    }
+
+    fn check_schema(&self) -> Result<(), StoreError> {
+        match self.meta.get(META_SCHEMA)? {
+            Some(v) => {
+                let found = v
+                    .as_ref()
+                    .try_into()
+                    .map(u32::from_be_bytes)
+                    .unwrap_or(u32::MAX);
+                if found != SCHEMA_VERSION {
+                    return Err(StoreError::Schema {
+                        path: self.path.clone(),
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+            }
+            None => {
+                let populated =
+                    !self.users.is_empty() || !self.rooms.is_empty() || !self.messages.is_empty();
+                if populated {
+                    return Err(StoreError::Schema {
+                        path: self.path.clone(),
+                        found: 0,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+                self.meta
+                    .insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The database directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes everything so far to disk and fsyncs it. Slow (hundreds of µs): the server calls it
+    /// only through the committer, once per batch.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Bytes the database occupies on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    // ----- users -----
+
+    /// The user named `name` (any case).
+    pub fn user(&self, name: &str) -> Result<Option<User>, StoreError> {
+        let key = user_key(name);
+        self.users
+            .get(key.as_bytes())?
+            .map(|v| codec::decode(&v, key.as_bytes()))
+            .transpose()
+    }
+
+    /// Creates `user` unless the name (any case) is taken; returns whether it was created.
+    pub fn insert_user(&self, user: &User) -> Result<bool, StoreError> {
+        let key = user_key(&user.name);
+        let value = codec::encode(user);
+        (&self.users, &self.meta)
+            .transaction(|(users, meta)| {
+                if users.get(key.as_bytes())?.is_some() {
+                    return Ok(false);
+                }
+                users.insert(key.as_bytes(), value.as_slice())?;
+                let n = be_u64(&meta.get(META_USERS)?.unwrap_or_default());
+                meta.insert(META_USERS, &(n + 1).to_be_bytes())?;
+                Ok(true)
+            })
+            .map_err(tx_error)
+    }
+
+    /// Replaces an existing user's record (password, ban, token epoch).
+    pub fn update_user(&self, user: &User) -> Result<(), StoreError> {
+        let key = user_key(&user.name);
+        self.users.insert(key.as_bytes(), codec::encode(user))?;
+        Ok(())
+    }
+
+    /// Removes a user; returns the removed record.
+    pub fn delete_user(&self, name: &str) -> Result<Option<User>, StoreError> {
+        let key = user_key(name);
+        let removed = (&self.users, &self.meta)
+            .transaction(|(users, meta)| {
+                let old = users.remove(key.as_bytes())?;
+                if old.is_some() {
+                    let n = be_u64(&meta.get(META_USERS)?.unwrap_or_default());
+                    meta.insert(META_USERS, &n.saturating_sub(1).to_be_bytes())?;
+                }
+                Ok(old)
+            })
+            .map_err(tx_error)?;
+        removed
+            .map(|v| codec::decode(&v, key.as_bytes()))
+            .transpose()
+    }
+
+    /// All users, ordered by key.
+    pub fn users(&self) -> impl Iterator<Item = Result<User, StoreError>> + '_ {
+        self.users.iter().map(|kv| {
+            let (k, v) = kv?;
+            codec::decode(&v, &k)
+        })
+    }
+
+    /// Number of users (a maintained counter, not a scan).
+    pub fn user_count(&self) -> Result<u64, StoreError> {
+        Ok(be_u64(&self.meta.get(META_USERS)?.unwrap_or_default()))
+    }
+
+    // ----- sessions -----
+
+    /// Stores a session under the hash of its token.
+    pub fn insert_session(&self, token_hash: &[u8], session: &Session) -> Result<(), StoreError> {
+        self.sessions.insert(token_hash, codec::encode(session))?;
+        Ok(())
+    }
+
+    /// The session whose token hashes to `token_hash`.
+    pub fn session(&self, token_hash: &[u8]) -> Result<Option<Session>, StoreError> {
+        self.sessions
+            .get(token_hash)?
+            .map(|v| codec::decode(&v, token_hash))
+            .transpose()
+    }
+
+    /// Removes sessions that can no longer be used: expired at `now_ms`, or whose user is gone
+    /// or has had its tokens revoked. Returns how many were removed.
+    pub fn remove_dead_sessions(&self, now_ms: u64) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for kv in self.sessions.iter() {
+            let (k, v) = kv?;
+            let session: Session = codec::decode(&v, &k)?;
+            let alive = session.expires_ms > now_ms
+                && self
+                    .user(&session.user_key)?
+                    .is_some_and(|u| u.token_epoch == session.epoch);
+            if !alive {
+                self.sessions.remove(&k)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    // ----- rooms -----
+
+    /// The room named `name`.
+    pub fn room(&self, name: &str) -> Result<Option<Room>, StoreError> {
+        self.rooms
+            .get(name.as_bytes())?
+            .map(|v| codec::decode(&v, name.as_bytes()))
+            .transpose()
+    }
+
+    /// The room named `name`, created (empty) if it does not exist.
+    pub fn ensure_room(&self, name: &str, now_ms: u64) -> Result<Room, StoreError> {
+        if let Some(room) = self.room(name)? {
+            return Ok(room);
+        }
+        let no = self
+            .meta
+            .update_and_fetch(META_NEXT_ROOM_NO, |old| {
+                let n = old
+                    .and_then(|b| b.try_into().ok())
+                    .map(u32::from_be_bytes)
+                    .unwrap_or(0);
+                Some((n + 1).to_be_bytes().to_vec())
+            })?
+            .and_then(|b| b.as_ref().try_into().ok())
+            .map(u32::from_be_bytes)
+            .unwrap_or(1);
+        let room = Room {
+            name: name.to_owned(),
+            no,
+            created_ms: now_ms,
+            last_id: 0,
+            count: 0,
+        };
+        match self.rooms.compare_and_swap(
+            name.as_bytes(),
+            None as Option<&[u8]>,
+            Some(codec::encode(&room)),
+        )? {
+            Ok(()) => Ok(room),
+            // Created concurrently: the other one wins, our number stays unused.
+            Err(current) => codec::decode(&current.current.unwrap_or_default(), name.as_bytes()),
+        }
+    }
+
+    /// All rooms, ordered by name.
+    pub fn rooms(&self) -> impl Iterator<Item = Result<Room, StoreError>> + '_ {
+        self.rooms.iter().map(|kv| {
+            let (k, v) = kv?;
+            codec::decode(&v, &k)
+        })
+    }
+
+    /// Deletes a room and all its messages. Its ids stay retired (a recreated room continues
+    /// after them), so clients resuming with an old `since` never miss new messages.
+    pub fn delete_room(&self, name: &str) -> Result<Option<Room>, StoreError> {
+        let Some(room) = self.room(name)? else {
+            return Ok(None);
+        };
+        self.raise_id_floor(room.last_id)?;
+        let mut batch = sled::Batch::default();
+        let mut pending = 0;
+        for kv in self.messages.scan_prefix(room.no.to_be_bytes()) {
+            batch.remove(kv?.0);
+            pending += 1;
+            if pending == 10_000 {
+                self.messages.apply_batch(std::mem::take(&mut batch))?;
+                pending = 0;
+            }
+        }
+        self.messages.apply_batch(batch)?;
+        self.rooms.remove(name.as_bytes())?;
+        Ok(Some(room))
+    }
+
+    fn raise_id_floor(&self, id: u64) -> Result<(), StoreError> {
+        self.meta.update_and_fetch(META_ID_FLOOR, |old| {
+            let floor = be_u64(old.unwrap_or_default());
+            Some(floor.max(id).to_be_bytes().to_vec())
+        })?;
+        Ok(())
+    }
+
+    // ----- messages -----
+
+    /// Stores a message in `room` and returns its new id, or the original if `user_key` already
+    /// used `message.cid`. The caller must serialize appends to one room (the hub's room lock):
+    /// ids are taken from one counter in call order, and must reach the room in that order.
+    pub fn append(
+        &self,
+        room: &str,
+        user_key: &str,
+        message: &Message,
+    ) -> Result<Appended, StoreError> {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let cid = message.cid.as_deref().map(|c| cid_key(user_key, c));
+        let cid_value = codec::encode(&CidEntry {
+            room: room.to_owned(),
+            id,
+            ts: message.ts,
+        });
+        let message_value = codec::encode(message);
+        (&self.messages, &self.cids, &self.rooms)
+            .transaction(|(messages, cids, rooms)| {
+                if let Some(cid) = &cid {
+                    if let Some(existing) = cids.get(cid)? {
+                        return match codec::decode(&existing, cid) {
+                            Ok(entry) => Ok(Appended::Duplicate(entry)),
+                            Err(e) => abort(e),
+                        };
+                    }
+                    cids.insert(cid.as_slice(), cid_value.as_slice())?;
+                }
+                let Some(current) = rooms.get(room.as_bytes())? else {
+                    return abort(StoreError::Corrupt {
+                        kind: Room::KIND,
+                        key: room.to_owned(),
+                        detail: "room record missing while appending".into(),
+                    });
+                };
+                let mut record: Room = match codec::decode(&current, room.as_bytes()) {
+                    Ok(r) => r,
+                    Err(e) => return abort(e),
+                };
+                messages.insert(&message_key(record.no, id), message_value.as_slice())?;
+                record.last_id = id;
+                record.count += 1;
+                rooms.insert(room.as_bytes(), codec::encode(&record))?;
+                Ok(Appended::New(id))
+            })
+            .map_err(tx_error)
+    }
+
+    /// What `user_key` first used `cid` for, if anything.
+    pub fn cid(&self, user_key: &str, cid: &str) -> Result<Option<CidEntry>, StoreError> {
+        let key = cid_key(user_key, cid);
+        self.cids
+            .get(&key)?
+            .map(|v| codec::decode(&v, &key))
+            .transpose()
+    }
+
+    /// Forgets cids first used before `before_ms`; returns how many.
+    pub fn remove_cids_before(&self, before_ms: u64) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for kv in self.cids.iter() {
+            let (k, v) = kv?;
+            let entry: CidEntry = codec::decode(&v, &k)?;
+            if entry.ts < before_ms {
+                self.cids.remove(&k)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Messages of room `room_no` with `after < id <= upto`, oldest first, at most `limit`;
+    /// `more` says whether messages remain in that range past the page.
+    pub fn messages_after(
+        &self,
+        room_no: u32,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        if after >= upto {
+            return Ok(Page::default());
+        }
+        let range = message_key(room_no, after + 1)..=message_key(room_no, upto);
+        let mut page = Page::default();
+        for kv in self.messages.range(range) {
+            let (k, v) = kv?;
+            if page.messages.len() == limit {
+                page.more = true;
+                break;
+            }
+            page.messages.push(decode_message(&k, &v)?);
+        }
+        Ok(page)
+    }
+
+    /// The newest messages of room `room_no` with `id < before` and `id <= upto`, at most
+    /// `limit`, returned oldest first; `more` says whether older ones remain.
+    pub fn messages_before(
+        &self,
+        room_no: u32,
+        before: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let end = before.min(upto.saturating_add(1));
+        if end == 0 {
+            return Ok(Page::default());
+        }
+        let range = message_key(room_no, 0)..message_key(room_no, end);
+        let mut page = Page::default();
+        for kv in self.messages.range(range).rev() {
+            let (k, v) = kv?;
+            if page.messages.len() == limit {
+                page.more = true;
+                break;
+            }
+            page.messages.push(decode_message(&k, &v)?);
+        }
+        page.messages.reverse();
+        Ok(page)
+    }
+
+    /// One message by room and id.
+    pub fn message(&self, room_no: u32, id: u64) -> Result<Option<StoredMessage>, StoreError> {
+        let key = message_key(room_no, id);
+        self.messages
+            .get(key)?
+            .map(|v| decode_message(&key, &v))
+            .transpose()
+    }
+
+    /// All messages of one room, oldest first.
+    pub fn room_messages(
+        &self,
+        room_no: u32,
+    ) -> impl DoubleEndedIterator<Item = Result<StoredMessage, StoreError>> + '_ {
+        self.messages.scan_prefix(room_no.to_be_bytes()).map(|kv| {
+            let (k, v) = kv?;
+            decode_message(&k, &v)
+        })
+    }
+
+    /// Removes the given message ids from `room`, keeping its counters right. Ids that do not
+    /// exist are skipped. Returns how many were removed.
+    pub fn remove_messages(&self, room: &str, ids: &[u64]) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        for chunk in ids.chunks(1000) {
+            removed += (&self.messages, &self.rooms)
+                .transaction(|(messages, rooms)| {
+                    let Some(current) = rooms.get(room.as_bytes())? else {
+                        return Ok(0);
+                    };
+                    let mut record: Room = match codec::decode(&current, room.as_bytes()) {
+                        Ok(r) => r,
+                        Err(e) => return abort(e),
+                    };
+                    let mut n = 0;
+                    for &id in chunk {
+                        if messages.remove(&message_key(record.no, id))?.is_some() {
+                            n += 1;
+                        }
+                    }
+                    record.count = record.count.saturating_sub(n);
+                    rooms.insert(room.as_bytes(), codec::encode(&record))?;
+                    Ok(n)
+                })
+                .map_err(tx_error)?;
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> Store {
+        Store::open(dir, &StoreOptions::default()).unwrap()
+    }
+
+    fn msg(text: &str, cid: Option<&str>) -> Message {
+        Message {
+            user: "Alice".into(),
+            text: text.into(),
+            ts: 1,
+            cid: cid.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn append_assigns_increasing_ids_and_pages_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let room = store.ensure_room("general", 0).unwrap();
+        let mut ids = vec![];
+        for i in 0..10 {
+            match store
+                .append("general", "alice", &msg(&i.to_string(), None))
+                .unwrap()
+            {
+                Appended::New(id) => ids.push(id),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        let last = *ids.last().unwrap();
+        let page = store.messages_after(room.no, ids[2], last, 3).unwrap();
+        assert_eq!(
+            page.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+            ids[3..6]
+        );
+        assert!(page.more);
+        let page = store.messages_before(room.no, ids[4], last, 10).unwrap();
+        assert_eq!(
+            page.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+            ids[..4]
+        );
+        assert!(!page.more);
+        // The upper bound hides ids beyond it (not yet published).
+        let page = store.messages_before(room.no, u64::MAX, ids[5], 2).unwrap();
+        assert_eq!(
+            page.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+            ids[4..6]
+        );
+        assert_eq!(store.room("general").unwrap().unwrap().count, 10);
+    }
+
+    #[test]
+    fn duplicate_cid_returns_original_in_any_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.ensure_room("a", 0).unwrap();
+        store.ensure_room("b", 0).unwrap();
+        let Appended::New(id) = store.append("a", "alice", &msg("x", Some("c1"))).unwrap() else {
+            panic!()
+        };
+        let again = store
+            .append("b", "alice", &msg("other", Some("c1")))
+            .unwrap();
+        assert_eq!(
+            again,
+            Appended::Duplicate(CidEntry {
+                room: "a".into(),
+                id,
+                ts: 1
+            })
+        );
+        assert_eq!(store.room("b").unwrap().unwrap().count, 0);
+        // Another user may use the same cid.
+        assert!(matches!(
+            store.append("a", "bob", &msg("x", Some("c1"))).unwrap(),
+            Appended::New(_)
+        ));
+    }
+
+    #[test]
+    fn ids_are_never_reused_after_pruning_or_room_deletion() {
+        let dir = tempfile::tempdir().unwrap();
+        let last = {
+            let store = open(dir.path());
+            store.ensure_room("a", 0).unwrap();
+            let mut last = 0;
+            for _ in 0..3 {
+                if let Appended::New(id) = store.append("a", "u", &msg("x", None)).unwrap() {
+                    last = id;
+                }
+            }
+            store.delete_room("a").unwrap();
+            store.flush().unwrap();
+            last
+        };
+        let store = open(dir.path());
+        store.ensure_room("a", 0).unwrap();
+        let Appended::New(id) = store.append("a", "u", &msg("x", None)).unwrap() else {
+            panic!()
+        };
+        assert!(id > last, "{id} should exceed {last}");
+    }
+
+    #[test]
+    fn users_are_case_insensitive_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let user = User {
+            name: "Alice".into(),
+            password_hash: "h".into(),
+            created_ms: 0,
+            banned: false,
+            token_epoch: 0,
+        };
+        assert!(store.insert_user(&user).unwrap());
+        let mut other = user.clone();
+        other.name = "ALICE".into();
+        assert!(!store.insert_user(&other).unwrap());
+        assert_eq!(store.user("alice").unwrap().unwrap().name, "Alice");
+        assert_eq!(store.user_count().unwrap(), 1);
+        store.delete_user("aLiCe").unwrap();
+        assert_eq!(store.user_count().unwrap(), 0);
+    }
+
+    #[test]
+    fn second_open_reports_lock_and_foreign_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let err = Store::open(dir.path(), &StoreOptions::default()).unwrap_err();
+        assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+        store
+            .meta
+            .insert(META_SCHEMA, &99u32.to_be_bytes())
+            .unwrap();
+        store.flush().unwrap();
+        drop(store);
+        let err = Store::open(dir.path(), &StoreOptions::default()).unwrap_err();
+        assert!(matches!(err, StoreError::Schema { found: 99, .. }), "{err}");
+    }
+}

@@ -1,0 +1,95 @@
+//! The values kept in each tree. Every struct here is part of the on-disk format: changing a
+//! field means a new `VERSION` and a conversion from the old layout (see `codec`).
+
+use serde::{Deserialize, Serialize};
+
+use super::codec::Record;
+
+/// An account. Keyed by the lower-cased name in the `users` tree.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct User {
+    /// The name as first registered (case preserved for display).
+    pub name: String,
+    /// PHC string of the argon2id hash.
+    pub password_hash: String,
+    /// Registration time, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// A banned user can neither log in nor resume.
+    pub banned: bool,
+    /// Tokens carry the epoch they were issued in; bumping it revokes them all at once.
+    pub token_epoch: u32,
+}
+impl Record for User {
+    const KIND: &'static str = "user";
+    const VERSION: u8 = 1;
+}
+
+/// A session token. Keyed by the SHA-256 of the token in the `tokens` tree: the token itself is
+/// never stored, so a copy of the database does not hand out sessions.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Session {
+    /// Lower-cased user name (the `users` key).
+    pub user_key: String,
+    /// Issue time, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// Expiry, ms since the Unix epoch.
+    pub expires_ms: u64,
+    /// The user's `token_epoch` at issue time.
+    pub epoch: u32,
+}
+impl Record for Session {
+    const KIND: &'static str = "session";
+    const VERSION: u8 = 1;
+}
+
+/// A room. Keyed by its name in the `rooms` tree.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Room {
+    /// The room's name.
+    pub name: String,
+    /// Short number used as the prefix of the room's message keys.
+    pub no: u32,
+    /// Creation time, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// The newest id ever assigned in this room (kept when messages are pruned, so ids are
+    /// never reused and a client resuming with `since` misses nothing).
+    pub last_id: u64,
+    /// How many messages the room holds now (maintained on append and removal).
+    pub count: u64,
+}
+impl Record for Room {
+    const KIND: &'static str = "room";
+    const VERSION: u8 = 1;
+}
+
+/// A chat message. Keyed by room number (u32 big-endian) + id (u64 big-endian) in `messages`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Message {
+    /// The author's name as displayed.
+    pub user: String,
+    /// The text exactly as sent.
+    pub text: String,
+    /// Acceptance time, ms since the Unix epoch.
+    pub ts: u64,
+    /// The sender's idempotency key, if any.
+    pub cid: Option<String>,
+}
+impl Record for Message {
+    const KIND: &'static str = "message";
+    const VERSION: u8 = 1;
+}
+
+/// What a `cid` was first used for. Keyed by user key + 0x00 + cid in the `cids` tree.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct CidEntry {
+    /// Room the original message went to.
+    pub room: String,
+    /// Id of the original message.
+    pub id: u64,
+    /// Its acceptance time, ms since the Unix epoch.
+    pub ts: u64,
+}
+impl Record for CidEntry {
+    const KIND: &'static str = "cid";
+    const VERSION: u8 = 1;
+}
