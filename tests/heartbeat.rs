@@ -13,7 +13,9 @@ fn server_sends_websocket_pings_at_the_interval() {
     let mut pings = Vec::new();
     while t0.elapsed() < ms(1500) {
         match raw.read_frame(ms(1500).saturating_sub(t0.elapsed())) {
-            RawEvent::Frame { opcode: OP_PING, .. } => {
+            RawEvent::Frame {
+                opcode: OP_PING, ..
+            } => {
                 pings.push(t0.elapsed());
                 // Answer like a browser would, so only the ping timing is under test.
                 raw.send_frame(true, OP_PONG, b"").unwrap();
@@ -22,8 +24,15 @@ fn server_sends_websocket_pings_at_the_interval() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert!(pings.len() >= 4, "expected a ping about every 200 ms for 1.5 s, got {} at {pings:?}", pings.len());
-    assert!(pings.len() <= 12, "far too many pings for a 200 ms interval: {pings:?}");
+    assert!(
+        pings.len() >= 4,
+        "expected a ping about every 200 ms for 1.5 s, got {} at {pings:?}",
+        pings.len()
+    );
+    assert!(
+        pings.len() <= 12,
+        "far too many pings for a 200 ms interval: {pings:?}"
+    );
     assert!(pings[0] < ms(700), "first ping late: {pings:?}");
 }
 
@@ -52,22 +61,49 @@ fn silent_client_is_closed_with_4000_after_the_idle_timeout() {
     let deadline = Duration::from_secs(6);
     let end = loop {
         match raw.read_frame(deadline.saturating_sub(last_sent.elapsed())) {
-            RawEvent::Frame { opcode: OP_PING, .. } => pings += 1,
-            RawEvent::Frame { opcode: OP_CLOSE, payload, .. } => {
-                break Some(if payload.len() >= 2 { u16::from_be_bytes([payload[0], payload[1]]) } else { 0 })
+            RawEvent::Frame {
+                opcode: OP_PING, ..
+            } => pings += 1,
+            RawEvent::Frame {
+                opcode: OP_CLOSE,
+                payload,
+                ..
+            } => {
+                break Some(if payload.len() >= 2 {
+                    u16::from_be_bytes([payload[0], payload[1]])
+                } else {
+                    0
+                })
             }
-            RawEvent::Frame { opcode, payload, .. } => {
-                panic!("unexpected frame opcode {opcode}: {:?}", String::from_utf8_lossy(&payload))
+            RawEvent::Frame {
+                opcode, payload, ..
+            } => {
+                panic!(
+                    "unexpected frame opcode {opcode}: {:?}",
+                    String::from_utf8_lossy(&payload)
+                )
             }
-            RawEvent::Timeout => panic!("silent client still open after {deadline:?} with a 1 s idle timeout"),
+            RawEvent::Timeout => {
+                panic!("silent client still open after {deadline:?} with a 1 s idle timeout")
+            }
             RawEvent::Eof | RawEvent::Error(_) => break None,
         }
     };
     let elapsed = last_sent.elapsed();
-    assert!(elapsed >= ms(900), "closed after {elapsed:?}, before the 1 s idle timeout");
-    assert!(elapsed < Duration::from_secs(4), "closed only after {elapsed:?}");
+    assert!(
+        elapsed >= ms(900),
+        "closed after {elapsed:?}, before the 1 s idle timeout"
+    );
+    assert!(
+        elapsed < Duration::from_secs(4),
+        "closed only after {elapsed:?}"
+    );
     assert!(pings >= 2, "pings were sent before giving up ({pings})");
-    assert_eq!(end, Some(4000), "idle connections are closed with a 4000 close frame");
+    assert_eq!(
+        end,
+        Some(4000),
+        "idle connections are closed with a 4000 close frame"
+    );
 }
 
 #[test]
@@ -88,7 +124,10 @@ fn app_frames_count_as_activity_even_without_pongs() {
         let until = t0 + ms(300 * n);
         while Instant::now() < until {
             match raw.read_frame(until.saturating_duration_since(Instant::now())) {
-                RawEvent::Frame { opcode: OP_PING, .. } | RawEvent::Timeout => {}
+                RawEvent::Frame {
+                    opcode: OP_PING, ..
+                }
+                | RawEvent::Timeout => {}
                 other => panic!("connection with app traffic was closed: {other:?}"),
             }
         }
@@ -127,7 +166,11 @@ fn app_ping_works_before_joining_any_room_and_is_not_rate_limited() {
     }
     for i in 0..25 {
         let p = c.recv_json(T);
-        assert_eq!(p, json!({"type":"pong","t":i}), "pings are answered in order and are not send frames");
+        assert_eq!(
+            p,
+            json!({"type":"pong","t":i}),
+            "pings are answered in order and are not send frames"
+        );
     }
 }
 

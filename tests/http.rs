@@ -8,10 +8,20 @@ fn root_serves_the_web_client_as_html() {
     let s = TestServer::start(&[]);
     let r = s.get("/");
     assert_eq!(r.status, 200, "GET / status; body: {:.300}", r.text());
-    let ct = r.header("content-type").unwrap_or_default().to_ascii_lowercase();
-    assert!(ct.starts_with("text/html"), "GET / content-type should be text/html, got {ct:?}");
+    let ct = r
+        .header("content-type")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(
+        ct.starts_with("text/html"),
+        "GET / content-type should be text/html, got {ct:?}"
+    );
     let body = r.text().to_ascii_lowercase();
-    assert!(body.contains("<html") || body.contains("<!doctype html"), "GET / body is not an HTML page: {:.300}", r.text());
+    assert!(
+        body.contains("<html") || body.contains("<!doctype html"),
+        "GET / body is not an HTML page: {:.300}",
+        r.text()
+    );
 }
 
 #[test]
@@ -19,14 +29,34 @@ fn healthz_reports_status_json() {
     let s = TestServer::start(&[]);
     let r = s.get("/healthz");
     assert_eq!(r.status, 200);
-    let ct = r.header("content-type").unwrap_or_default().to_ascii_lowercase();
-    assert!(ct.starts_with("application/json"), "healthz content-type should be JSON, got {ct:?}");
+    let ct = r
+        .header("content-type")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(
+        ct.starts_with("application/json"),
+        "healthz content-type should be JSON, got {ct:?}"
+    );
     let v = r.json();
     assert_eq!(v["ok"], true, "healthz.ok: {v}");
-    assert!(v["version"].as_str().map(|s| !s.is_empty()).unwrap_or(false), "healthz.version must be a non-empty string: {v}");
-    let up = v["uptime"].as_f64().unwrap_or_else(|| panic!("healthz.uptime must be a number (seconds): {v}"));
-    assert!((0.0..3600.0).contains(&up), "uptime in seconds of a fresh server: {v}");
-    assert!(v["connections"].is_u64(), "healthz.connections must be a count: {v}");
+    assert!(
+        v["version"]
+            .as_str()
+            .map(|s| !s.is_empty())
+            .unwrap_or(false),
+        "healthz.version must be a non-empty string: {v}"
+    );
+    let up = v["uptime"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("healthz.uptime must be a number (seconds): {v}"));
+    assert!(
+        (0.0..3600.0).contains(&up),
+        "uptime in seconds of a fresh server: {v}"
+    );
+    assert!(
+        v["connections"].is_u64(),
+        "healthz.connections must be a count: {v}"
+    );
 }
 
 #[test]
@@ -44,20 +74,28 @@ fn healthz_counts_websocket_connections() {
     a.close();
     b.drop_tcp();
     raw.drop_tcp();
-    poll_until(T, "healthz.connections to drop back after the clients went away", || {
-        let n = s.healthz()["connections"].as_u64().unwrap();
-        (n == base).then_some(())
-    });
+    poll_until(
+        T,
+        "healthz.connections to drop back after the clients went away",
+        || {
+            let n = s.healthz()["connections"].as_u64().unwrap();
+            (n == base).then_some(())
+        },
+    );
 }
 
 #[test]
 fn uptime_advances() {
     let s = TestServer::start(&[]);
     let u0 = s.healthz()["uptime"].as_f64().unwrap();
-    poll_until(ms(4000), "healthz.uptime to advance by at least one second", || {
-        let u = s.healthz()["uptime"].as_f64().unwrap();
-        (u >= u0 + 1.0).then_some(())
-    });
+    poll_until(
+        ms(4000),
+        "healthz.uptime to advance by at least one second",
+        || {
+            let u = s.healthz()["uptime"].as_f64().unwrap();
+            (u >= u0 + 1.0).then_some(())
+        },
+    );
 }
 
 #[test]
@@ -66,13 +104,19 @@ fn metrics_is_prometheus_text() {
     let _c = s.register("alice");
     let r = s.get("/metrics");
     assert_eq!(r.status, 200);
-    let ct = r.header("content-type").unwrap_or_default().to_ascii_lowercase();
+    let ct = r
+        .header("content-type")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     assert!(
         ct.starts_with("text/plain") || ct.starts_with("application/openmetrics-text"),
         "metrics content-type should be Prometheus text, got {ct:?}"
     );
     let body = r.text();
-    assert!(body.contains("# TYPE "), "Prometheus text has # TYPE lines: {body:.500}");
+    assert!(
+        body.contains("# TYPE "),
+        "Prometheus text has # TYPE lines: {body:.500}"
+    );
     let mut samples = 0;
     for line in body.lines() {
         let line = line.trim();
@@ -82,7 +126,9 @@ fn metrics_is_prometheus_text() {
         // name{labels} value [timestamp]
         let (name_part, rest) = match line.find('{') {
             Some(i) => {
-                let close = line.rfind('}').unwrap_or_else(|| panic!("unclosed label set: {line}"));
+                let close = line
+                    .rfind('}')
+                    .unwrap_or_else(|| panic!("unclosed label set: {line}"));
                 (&line[..i], line[close + 1..].trim())
             }
             None => {
@@ -91,10 +137,16 @@ fn metrics_is_prometheus_text() {
             }
         };
         assert!(
-            !name_part.is_empty() && name_part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            !name_part.is_empty()
+                && name_part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
             "bad metric name in line {line:?}"
         );
-        let value = rest.split_whitespace().next().unwrap_or_else(|| panic!("no value in {line:?}"));
+        let value = rest
+            .split_whitespace()
+            .next()
+            .unwrap_or_else(|| panic!("no value in {line:?}"));
         let ok = value.parse::<f64>().is_ok() || matches!(value, "+Inf" | "-Inf" | "NaN");
         assert!(ok, "bad sample value in {line:?}");
         samples += 1;

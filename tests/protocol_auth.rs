@@ -19,8 +19,15 @@ fn expect_auth_failure(s: &TestServer, frame: serde_json::Value, code: &str) -> 
     assert_eq!(e["code"], code, "{frame}: {e}");
     assert_eq!(e["ref"], "auth", "ref is the frame type: {e}");
     let (more, end) = c.read_until_end(T);
-    assert!(more.is_empty(), "nothing after the auth error but the close: {more:?}");
-    assert_eq!(end, Event::Closed(Some(1008)), "{frame}: auth failure closes with 1008");
+    assert!(
+        more.is_empty(),
+        "nothing after the auth error but the close: {more:?}"
+    );
+    assert_eq!(
+        end,
+        Event::Closed(Some(1008)),
+        "{frame}: auth failure closes with 1008"
+    );
     e
 }
 
@@ -31,8 +38,15 @@ fn auth_timeout_closes_1008() {
     let t0 = Instant::now();
     let end = c.recv(Duration::from_secs(5));
     let elapsed = t0.elapsed();
-    assert_eq!(end, Event::Closed(Some(1008)), "no auth within --auth-timeout: close 1008");
-    assert!(elapsed >= ms(300), "closed after {elapsed:?}, before the 400 ms auth timeout");
+    assert_eq!(
+        end,
+        Event::Closed(Some(1008)),
+        "no auth within --auth-timeout: close 1008"
+    );
+    assert!(
+        elapsed >= ms(300),
+        "closed after {elapsed:?}, before the 400 ms auth timeout"
+    );
 }
 
 #[test]
@@ -49,7 +63,11 @@ fn frames_before_auth_are_unauthorized_and_the_connection_stays_open() {
     ] {
         c.send_json(&f);
         let e = c.expect_error("unauthorized");
-        let want_ref = if f["type"] == "send" { json!("x1") } else { f["type"].clone() };
+        let want_ref = if f["type"] == "send" {
+            json!("x1")
+        } else {
+            f["type"].clone()
+        };
         assert_eq!(e["ref"], want_ref, "ref for {f}: {e}");
     }
     let w = c.auth_ok(json!({"type":"auth","user":"alice","password":PASSWORD,"register":true}));
@@ -66,7 +84,10 @@ fn the_auth_deadline_keeps_running_while_unauthorized_frames_arrive() {
     let t0 = Instant::now();
     let mut errors = 0;
     let end = loop {
-        assert!(t0.elapsed() < Duration::from_secs(5), "still open 5 s after a 600 ms auth deadline");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "still open 5 s after a 600 ms auth deadline"
+        );
         // The server may close at any moment: ignore write errors, the read reports the close.
         let _ = c.try_send(Message::text(json!({"type":"ping","t":errors}).to_string()));
         match c.recv(ms(100)) {
@@ -78,9 +99,20 @@ fn the_auth_deadline_keeps_running_while_unauthorized_frames_arrive() {
             other => break other,
         }
     };
-    assert_eq!(end, Event::Closed(Some(1008)), "auth deadline closes with 1008 even while frames keep coming");
-    assert!(t0.elapsed() >= ms(500), "closed too early: {:?}", t0.elapsed());
-    assert!(errors >= 2, "the connection stayed open for unauthorized frames ({errors} errors)");
+    assert_eq!(
+        end,
+        Event::Closed(Some(1008)),
+        "auth deadline closes with 1008 even while frames keep coming"
+    );
+    assert!(
+        t0.elapsed() >= ms(500),
+        "closed too early: {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        errors >= 2,
+        "the connection stayed open for unauthorized frames ({errors} errors)"
+    );
 }
 
 #[test]
@@ -94,9 +126,17 @@ fn welcome_has_user_token_server_time_and_limits() {
     assert_eq!(w["user"], "alice");
     let token = w["token"].as_str().expect("token is a string");
     // At least 128 bits: 22 characters of base64 or 32 of hex at the very least.
-    assert!(token.len() >= 22, "token too short for 128 random bits: {token:?}");
-    let st = w["server_time"].as_u64().expect("server_time is an integer (ms)");
-    assert!(st + 2000 >= before && st <= after + 2000, "server_time {st} not within [{before}, {after}] ms");
+    assert!(
+        token.len() >= 22,
+        "token too short for 128 random bits: {token:?}"
+    );
+    let st = w["server_time"]
+        .as_u64()
+        .expect("server_time is an integer (ms)");
+    assert!(
+        st + 2000 >= before && st <= after + 2000,
+        "server_time {st} not within [{before}, {after}] ms"
+    );
     let l = &w["limits"];
     assert_eq!(l["max_text"], 4000, "{w}");
     assert_eq!(l["max_frame"], 32768, "{w}");
@@ -122,8 +162,14 @@ fn register_then_login_and_resume() {
     let l1 = s.login("alice", PASSWORD);
     let l2 = s.login("alice", PASSWORD);
     assert_eq!(l1.user, "alice");
-    assert_ne!(r.token, l1.token, "each password login starts a new session with a new token");
-    assert_ne!(l1.token, l2.token, "each password login starts a new session with a new token");
+    assert_ne!(
+        r.token, l1.token,
+        "each password login starts a new session with a new token"
+    );
+    assert_ne!(
+        l1.token, l2.token,
+        "each password login starts a new session with a new token"
+    );
     assert_ne!(r.token, l2.token);
     // Resuming with a token returns the same token; every token works.
     for t in [&r.token, &l1.token, &l2.token] {
@@ -138,16 +184,21 @@ fn user_exists_keeps_the_connection_open() {
     let s = TestServer::start(&[]);
     let _a = s.register("alice");
     let mut c = s.connect();
-    let e = c.auth(json!({"type":"auth","user":"alice","password":"other-password","register":true}));
+    let e =
+        c.auth(json!({"type":"auth","user":"alice","password":"other-password","register":true}));
     assert_eq!(e["type"], "error");
     assert_eq!(e["code"], "user_exists", "{e}");
     assert_eq!(e["ref"], "auth", "{e}");
     // Open for another auth; the existing password still works, the new one was not set.
     let e = c.auth(login_frame("alice", "other-password"));
-    assert_eq!(e["code"], "auth_failed", "the failed register must not change the password: {e}");
+    assert_eq!(
+        e["code"], "auth_failed",
+        "the failed register must not change the password: {e}"
+    );
     assert_eq!(c.expect_close(T), Some(1008));
     let mut d = s.connect();
-    let e = d.auth(json!({"type":"auth","user":"alice","password":"other-password","register":true}));
+    let e =
+        d.auth(json!({"type":"auth","user":"alice","password":"other-password","register":true}));
     assert_eq!(e["code"], "user_exists");
     d.auth_ok(login_frame("alice", PASSWORD));
 }
@@ -176,8 +227,12 @@ fn registration_closed_for_new_and_existing_names() {
     assert_eq!(e["type"], "error");
     assert_eq!(e["code"], "registration_closed", "{e}");
     let e = c.auth(json!({"type":"auth","user":"alice","password":PASSWORD,"register":true}));
-    assert_eq!(e["code"], "registration_closed", "an existing name also gets registration_closed: {e}");
-    let e = c.auth(json!({"type":"auth","user":"ALICE","password":"whatever-else","register":true}));
+    assert_eq!(
+        e["code"], "registration_closed",
+        "an existing name also gets registration_closed: {e}"
+    );
+    let e =
+        c.auth(json!({"type":"auth","user":"ALICE","password":"whatever-else","register":true}));
     assert_eq!(e["code"], "registration_closed", "{e}");
     // Stays open; logins still work.
     let w = c.auth_ok(login_frame("alice", PASSWORD));
@@ -204,9 +259,19 @@ fn wrong_password_unknown_user_and_bad_token_look_the_same() {
     drop(s.register("alice"));
     let e1 = expect_auth_failure(&s, login_frame("alice", "wrong-password"), "auth_failed");
     let e2 = expect_auth_failure(&s, login_frame("nobody", "wrong-password"), "auth_failed");
-    let e3 = expect_auth_failure(&s, json!({"type":"auth","token":"not-a-real-token-0123456789abcdef"}), "auth_failed");
-    assert_eq!(e1["message"], e2["message"], "one message for wrong password and unknown user (no probing)");
-    assert_eq!(e1["message"], e3["message"], "one message for bad password and bad token");
+    let e3 = expect_auth_failure(
+        &s,
+        json!({"type":"auth","token":"not-a-real-token-0123456789abcdef"}),
+        "auth_failed",
+    );
+    assert_eq!(
+        e1["message"], e2["message"],
+        "one message for wrong password and unknown user (no probing)"
+    );
+    assert_eq!(
+        e1["message"], e3["message"],
+        "one message for bad password and bad token"
+    );
     // The right password still works afterwards (a failed login changes nothing).
     s.login("alice", PASSWORD);
 }
@@ -269,8 +334,14 @@ fn token_expires_after_token_ttl() {
     let token = a.token.clone();
     drop(a);
     let c = s.resume(&token);
-    assert!(issued.elapsed() < ms(900), "resume took too long to test the TTL meaningfully");
-    assert_eq!(c.token, token, "within the TTL the token resumes the session");
+    assert!(
+        issued.elapsed() < ms(900),
+        "resume took too long to test the TTL meaningfully"
+    );
+    assert_eq!(
+        c.token, token,
+        "within the TTL the token resumes the session"
+    );
     drop(c);
     let last_use = Instant::now();
     // Proving expiry needs the clock to pass the TTL: wait 1 s after the last use (covers both
@@ -290,7 +361,10 @@ fn auth_frame_of_the_wrong_shape_does_not_authenticate() {
     let mut c = s.connect();
     c.send_json(&json!({"type":"auth","user":"alice"}));
     let e = c.recv_json(T);
-    assert_eq!(e["type"], "error", "auth without password or token must fail: {e}");
+    assert_eq!(
+        e["type"], "error",
+        "auth without password or token must fail: {e}"
+    );
     assert!(
         e["code"] == "bad_request" || e["code"] == "auth_failed",
         "missing password is bad_request or auth_failed: {e}"

@@ -24,7 +24,10 @@ fn ref_is_the_cid_or_the_type() {
     a.send_text("[]");
     let e = a.expect_error("bad_request");
     assert!(e.get("ref").map(|r| r.is_null()).unwrap_or(true), "{e}");
-    assert!(!e["message"].as_str().unwrap().is_empty(), "message is human readable text: {e}");
+    assert!(
+        !e["message"].as_str().unwrap().is_empty(),
+        "message is human readable text: {e}"
+    );
 }
 
 #[test]
@@ -39,7 +42,9 @@ fn rate_limited_sends_are_dropped_and_nothing_is_stored_or_broadcast() {
     a.expect("presence");
 
     for i in 0..8 {
-        a.send_json(&json!({"type":"send","room":"r","text":format!("flood {i}"),"cid":format!("f{i}")}));
+        a.send_json(
+            &json!({"type":"send","room":"r","text":format!("flood {i}"),"cid":format!("f{i}")}),
+        );
     }
     let mut acked = Vec::new();
     let mut limited = Vec::new();
@@ -49,25 +54,44 @@ fn rate_limited_sends_are_dropped_and_nothing_is_stored_or_broadcast() {
         match (v["type"].as_str(), v["code"].as_str()) {
             (Some("ack"), _) => acked.push(v["cid"].as_str().unwrap().to_string()),
             (Some("message"), _) => echoed += 1,
-            (Some("error"), Some("rate_limited")) => {
-                limited.push(v["ref"].as_str().unwrap_or_else(|| panic!("rate_limited ref is the cid: {v}")).to_string())
-            }
+            (Some("error"), Some("rate_limited")) => limited.push(
+                v["ref"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("rate_limited ref is the cid: {v}"))
+                    .to_string(),
+            ),
             _ => panic!("unexpected {v}"),
         }
     }
     // The first `burst` sends pass; at 1 token/s at most one more can have been earned.
-    assert!(acked.len() >= 3 && acked.len() <= 4, "acked {acked:?}, limited {limited:?}");
+    assert!(
+        acked.len() >= 3 && acked.len() <= 4,
+        "acked {acked:?}, limited {limited:?}"
+    );
     assert_eq!(&acked[..3], &["f0", "f1", "f2"]);
-    assert!(limited.contains(&"f7".to_string()), "the last of 8 instant sends is limited: {limited:?}");
+    assert!(
+        limited.contains(&"f7".to_string()),
+        "the last of 8 instant sends is limited: {limited:?}"
+    );
 
     // Only acked messages were stored and broadcast.
     let h = b.history(json!({"type":"history","room":"r"}));
-    let stored: Vec<String> = h["messages"].as_array().unwrap().iter().map(|m| m["cid"].as_str().unwrap().to_string()).collect();
+    let stored: Vec<String> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["cid"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(stored, acked, "rate limited sends are not stored");
-    let got: Vec<String> = (0..acked.len()).map(|_| b.expect("message")["cid"].as_str().unwrap().to_string()).collect();
+    let got: Vec<String> = (0..acked.len())
+        .map(|_| b.expect("message")["cid"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(got, acked);
     let extra = b.barrier();
-    assert!(extra.is_empty(), "rate limited sends are not broadcast: {extra:?}");
+    assert!(
+        extra.is_empty(),
+        "rate limited sends are not broadcast: {extra:?}"
+    );
 
     // A dropped send left no trace: after the bucket refills, the same cid is a new message.
     let retry = limited[0].clone();
@@ -82,7 +106,10 @@ fn rate_limited_sends_are_dropped_and_nothing_is_stored_or_broadcast() {
     });
     assert_eq!(ack["cid"], retry.as_str());
     let m = a.expect("message");
-    assert_eq!(m["text"], "retried", "a previously rate-limited cid is stored as new");
+    assert_eq!(
+        m["text"], "retried",
+        "a previously rate-limited cid is stored as new"
+    );
 }
 
 #[test]
@@ -110,7 +137,10 @@ fn the_bucket_refills_at_the_configured_rate() {
         }
     }
     // burst 1 + 5/s * 1.2 s = about 7; allow generous scheduling slack but not unlimited.
-    assert!((4..=10).contains(&ok), "{ok} sends passed in 1.2 s with rate 5 burst 1 ({limited} limited)");
+    assert!(
+        (4..=10).contains(&ok),
+        "{ok} sends passed in 1.2 s with rate 5 burst 1 ({limited} limited)"
+    );
     assert!(limited > 0);
 }
 
@@ -182,5 +212,8 @@ fn flooding_far_beyond_the_limit_is_limited_or_closed_with_1008() {
             Event::Timeout => panic!("{answered} of {sent} sends answered, then silence"),
         }
     }
-    assert!(acks <= 5, "{acks} of 300 instant sends accepted with rate 1 burst 1");
+    assert!(
+        acks <= 5,
+        "{acks} of 300 instant sends accepted with rate 1 burst 1"
+    );
 }

@@ -26,7 +26,10 @@ fn user_name_rules_on_register() {
     for name in bad {
         let e = c.auth(register_frame(name.clone(), PASSWORD));
         assert_eq!(e["type"], "error", "register {name} must fail: {e}");
-        assert_eq!(e["code"], "bad_request", "register with invalid name {name}: {e}");
+        assert_eq!(
+            e["code"], "bad_request",
+            "register with invalid name {name}: {e}"
+        );
     }
     // The connection stayed open through all of these; a valid 32-character name with every
     // allowed punctuation character works.
@@ -52,19 +55,32 @@ fn user_names_are_case_insensitive_and_shown_as_first_registered() {
     let mut c = s.connect();
     let e = c.auth(register_frame(json!("alice"), "another-password"));
     assert_eq!(e["type"], "error", "{e}");
-    assert_eq!(e["code"], "user_exists", "`alice` is the same account as `Alice`: {e}");
+    assert_eq!(
+        e["code"], "user_exists",
+        "`alice` is the same account as `Alice`: {e}"
+    );
     let e = c.auth(register_frame(json!("ALICE"), "another-password"));
     assert_eq!(e["code"], "user_exists", "{e}");
 
     // Log in with a different case: the account's registered spelling is shown.
     let w = c.auth_ok(json!({"type":"auth","user":"aLiCe","password":PASSWORD}));
-    assert_eq!(w["user"], "Alice", "welcome shows the name as first registered: {w}");
+    assert_eq!(
+        w["user"], "Alice",
+        "welcome shows the name as first registered: {w}"
+    );
 
     a.join("r");
     let j = c.join("r");
-    assert_eq!(j.members(), names(&["Alice"]), "one account, shown as first registered");
+    assert_eq!(
+        j.members(),
+        names(&["Alice"]),
+        "one account, shown as first registered"
+    );
     let (_, m) = c.say("r", "hello");
-    assert_eq!(m["user"], "Alice", "messages carry the registered spelling: {m}");
+    assert_eq!(
+        m["user"], "Alice",
+        "messages carry the registered spelling: {m}"
+    );
     let ma = a.wait_for(T, |v| v["type"] == "message").0;
     assert_eq!(ma["user"], "Alice");
     assert_eq!(c.who("r"), names(&["Alice"]));
@@ -76,11 +92,24 @@ fn password_length_rules_on_register() {
     let mut c = s.connect();
     for pw in ["", "1234567", &"p".repeat(129)] {
         let e = c.auth(register_frame(json!("bob"), pw));
-        assert_eq!(e["type"], "error", "password of {} chars: {e}", pw.chars().count());
-        assert_eq!(e["code"], "bad_request", "password of {} chars: {e}", pw.chars().count());
+        assert_eq!(
+            e["type"],
+            "error",
+            "password of {} chars: {e}",
+            pw.chars().count()
+        );
+        assert_eq!(
+            e["code"],
+            "bad_request",
+            "password of {} chars: {e}",
+            pw.chars().count()
+        );
     }
     let e = c.auth(json!({"type":"auth","user":"bob","password":12345678,"register":true}));
-    assert_eq!(e["code"], "bad_request", "password of the wrong JSON type: {e}");
+    assert_eq!(
+        e["code"], "bad_request",
+        "password of the wrong JSON type: {e}"
+    );
     // 8 and 128 characters are fine (128 multi-byte characters are still 128 characters).
     c.auth_ok(register_frame(json!("bob"), "12345678"));
     let mut d = s.connect();
@@ -144,7 +173,11 @@ fn blank_text_is_bad_request_including_unicode_white_space() {
         let cid = format!("blank{i}");
         c.send_json(&json!({"type":"send","room":"r","text":t,"cid":cid}));
         let e = c.expect_error("bad_request");
-        assert_eq!(e["ref"], cid.as_str(), "blank text {t:?}: ref is the cid: {e}");
+        assert_eq!(
+            e["ref"],
+            cid.as_str(),
+            "blank text {t:?}: ref is the cid: {e}"
+        );
     }
     c.send_json(&json!({"type":"send","room":"r"}));
     c.expect_error("bad_request");
@@ -198,8 +231,17 @@ fn text_length_counts_unicode_scalar_values() {
     assert!(e["code"] == "too_long" || e["code"] == "bad_request", "{e}");
 
     let h = c.history(json!({"type":"history","room":"r"}));
-    let ids: Vec<u64> = h["messages"].as_array().unwrap().iter().map(id_of).collect();
-    assert_eq!(ids, vec![id_of(&ack), id_of(&m2)], "only the two valid messages are stored: {h}");
+    let ids: Vec<u64> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(id_of)
+        .collect();
+    assert_eq!(
+        ids,
+        vec![id_of(&ack), id_of(&m2)],
+        "only the two valid messages are stored: {h}"
+    );
 }
 
 #[test]
@@ -227,10 +269,19 @@ fn text_is_stored_and_delivered_exactly_as_sent() {
         ids.push(id_of(&ack));
     }
     let h = b.history(json!({"type":"history","room":"r"}));
-    let got: Vec<&str> = h["messages"].as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap()).collect();
+    let got: Vec<&str> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
     assert_eq!(got, texts.to_vec(), "history returns the exact texts");
     let j = b.join("r");
-    let got: Vec<&str> = j.messages.iter().map(|m| m["text"].as_str().unwrap()).collect();
+    let got: Vec<&str> = j
+        .messages
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
     assert_eq!(got, texts.to_vec(), "replay returns the exact texts");
 }
 

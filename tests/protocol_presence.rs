@@ -24,9 +24,15 @@ fn online_goes_to_others_not_to_the_subject() {
     assert_eq!(j.members(), names(&["alice", "bob"]));
     assert_eq!(a.expect("presence"), presence("r", "bob", "online"));
     let own = b.barrier();
-    assert!(presence_frames(&own).is_empty(), "no presence event about oneself: {own:?}");
+    assert!(
+        presence_frames(&own).is_empty(),
+        "no presence event about oneself: {own:?}"
+    );
     let other = c.barrier();
-    assert!(other.is_empty(), "presence only goes to the room's members: {other:?}");
+    assert!(
+        other.is_empty(),
+        "presence only goes to the room's members: {other:?}"
+    );
 }
 
 #[test]
@@ -42,10 +48,17 @@ fn leave_announces_offline_at_once() {
     b.leave("r");
     let p = a.recv_json(T);
     assert_eq!(p, presence("r", "bob", "offline"));
-    assert!(t0.elapsed() < Duration::from_secs(3), "offline after leave took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "offline after leave took {:?}",
+        t0.elapsed()
+    );
     assert_eq!(a.who("r"), names(&["alice"]));
     let own = b.barrier();
-    assert!(presence_frames(&own).is_empty(), "bob gets no presence about himself: {own:?}");
+    assert!(
+        presence_frames(&own).is_empty(),
+        "bob gets no presence about himself: {own:?}"
+    );
 }
 
 #[test]
@@ -60,21 +73,38 @@ fn drop_without_leave_announces_offline_only_after_the_grace_period() {
     b.drop_tcp();
 
     // During the grace period bob still counts as online: who and a fresh join list him.
-    assert_eq!(a.who("r"), names(&["alice", "bob"]), "within the grace period the user is still online");
+    assert_eq!(
+        a.who("r"),
+        names(&["alice", "bob"]),
+        "within the grace period the user is still online"
+    );
     let mut c = s.register("carol");
     let j = c.join("r");
-    assert_eq!(j.members(), names(&["alice", "bob", "carol"]), "joined.members during bob's grace");
+    assert_eq!(
+        j.members(),
+        names(&["alice", "bob", "carol"]),
+        "joined.members during bob's grace"
+    );
     assert_eq!(a.expect("presence"), presence("r", "carol", "online"));
 
     // Proving "not before the grace period" needs to wait through most of it.
     let early = a.collect_for(ms(1000).saturating_sub(t0.elapsed()));
-    assert!(presence_frames(&early).is_empty(), "offline announced before the grace period ended: {early:?}");
+    assert!(
+        presence_frames(&early).is_empty(),
+        "offline announced before the grace period ended: {early:?}"
+    );
 
     let (p, skipped) = a.wait_for(Duration::from_secs(6), |v| v["type"] == "presence");
     let elapsed = t0.elapsed();
     assert_eq!(p, presence("r", "bob", "offline"), "skipped: {skipped:?}");
-    assert!(elapsed >= ms(1300), "offline came after {elapsed:?}, before the 1.5 s grace");
-    assert_eq!(c.wait_for(T, |v| v["type"] == "presence").0, presence("r", "bob", "offline"));
+    assert!(
+        elapsed >= ms(1300),
+        "offline came after {elapsed:?}, before the 1.5 s grace"
+    );
+    assert_eq!(
+        c.wait_for(T, |v| v["type"] == "presence").0,
+        presence("r", "bob", "offline")
+    );
     assert_eq!(a.who("r"), names(&["alice", "carol"]));
 }
 
@@ -90,7 +120,10 @@ fn websocket_close_without_leave_also_waits_for_the_grace_period() {
     b.close();
     // Waiting through most of the grace period to prove offline is not sent early.
     let early = a.collect_for(ms(700).saturating_sub(t0.elapsed()));
-    assert!(presence_frames(&early).is_empty(), "offline before the grace period: {early:?}");
+    assert!(
+        presence_frames(&early).is_empty(),
+        "offline before the grace period: {early:?}"
+    );
     let (p, _) = a.wait_for(Duration::from_secs(5), |v| v["type"] == "presence");
     assert_eq!(p, presence("r", "bob", "offline"));
 }
@@ -108,11 +141,18 @@ fn rejoin_within_the_grace_period_sends_neither_offline_nor_online() {
     b.drop_tcp();
     let mut b2 = s.resume(&token);
     let j = b2.join("r");
-    assert!(t0.elapsed() < ms(1500), "reconnect took too long for this test: {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < ms(1500),
+        "reconnect took too long for this test: {:?}",
+        t0.elapsed()
+    );
     assert_eq!(j.members(), names(&["alice", "bob"]));
     // Watch past the end of the original grace period: no presence at all about bob.
     let frames = a.collect_for(ms(3000));
-    assert!(presence_frames(&frames).is_empty(), "rejoin within grace: neither offline nor online, got {frames:?}");
+    assert!(
+        presence_frames(&frames).is_empty(),
+        "rejoin within grace: neither offline nor online, got {frames:?}"
+    );
     assert_eq!(a.who("r"), names(&["alice", "bob"]));
     // And bob's new connection is fully live.
     let (ack, _) = b2.say("r", "back");
@@ -130,13 +170,23 @@ fn online_while_any_connection_has_joined() {
     assert_eq!(a.expect("presence"), presence("r", "bob", "online"));
     b2.join("r");
     let extra = a.barrier();
-    assert!(extra.is_empty(), "a second connection of an online user is not a new online: {extra:?}");
+    assert!(
+        extra.is_empty(),
+        "a second connection of an online user is not a new online: {extra:?}"
+    );
     b1.leave("r");
     let extra = a.barrier();
-    assert!(extra.is_empty(), "bob is still online through b2: {extra:?}");
+    assert!(
+        extra.is_empty(),
+        "bob is still online through b2: {extra:?}"
+    );
     assert_eq!(a.who("r"), names(&["alice", "bob"]));
     b2.leave("r");
-    assert_eq!(a.expect("presence"), presence("r", "bob", "offline"), "the last connection left");
+    assert_eq!(
+        a.expect("presence"),
+        presence("r", "bob", "offline"),
+        "the last connection left"
+    );
 }
 
 #[test]
@@ -157,7 +207,11 @@ fn leave_by_one_connection_while_another_dropped_in_grace() {
     // Wait past the grace period to see everything that will be announced.
     let frames = a.collect_for(ms(2500));
     let p = presence_frames(&frames);
-    assert_eq!(p, vec![&presence("r", "bob", "offline")], "exactly one offline: {frames:?}");
+    assert_eq!(
+        p,
+        vec![&presence("r", "bob", "offline")],
+        "exactly one offline: {frames:?}"
+    );
 }
 
 #[test]
@@ -173,7 +227,11 @@ fn who_lists_members_including_the_caller() {
     assert_eq!(b.who("r"), names(&["Alice", "bob"]));
     let mut b_other = s.login("BOB", PASSWORD);
     b_other.join("r");
-    assert_eq!(a.who("r"), names(&["Alice", "bob"]), "a user with two connections is listed once");
+    assert_eq!(
+        a.who("r"),
+        names(&["Alice", "bob"]),
+        "a user with two connections is listed once"
+    );
     b.send_json(&json!({"type":"who","room":"nope"}));
     let e = b.expect_error("not_joined");
     assert_eq!(e["ref"], "who");

@@ -10,10 +10,14 @@ use tungstenite::Message;
 fn binary_frame_gets_bad_request_then_close_1003() {
     let s = TestServer::start(&[]);
     let mut c = s.register("alice");
-    c.try_send(Message::binary(br#"{"type":"ping","t":1}"#.to_vec())).unwrap();
+    c.try_send(Message::binary(br#"{"type":"ping","t":1}"#.to_vec()))
+        .unwrap();
     let e = c.expect_error("bad_request");
     // A binary frame is not a JSON object, so `ref` is absent.
-    assert!(e.get("ref").map(|r| r.is_null()).unwrap_or(true), "ref must be absent for a binary frame: {e}");
+    assert!(
+        e.get("ref").map(|r| r.is_null()).unwrap_or(true),
+        "ref must be absent for a binary frame: {e}"
+    );
     c.expect_close_code(1003, T);
 }
 
@@ -23,7 +27,11 @@ fn binary_frame_before_auth_also_closes_1003() {
     let mut c = s.connect();
     c.try_send(Message::binary(vec![1u8, 2, 3])).unwrap();
     let (frames, end) = c.read_until_end(T);
-    assert_eq!(end, Event::Closed(Some(1003)), "binary frame closes with 1003 (frames before: {frames:?})");
+    assert_eq!(
+        end,
+        Event::Closed(Some(1003)),
+        "binary frame closes with 1003 (frames before: {frames:?})"
+    );
     assert!(
         frames.iter().all(|f| f["type"] == "error"),
         "only error frames may precede the close: {frames:?}"
@@ -35,7 +43,11 @@ fn message_over_max_frame_closes_1009_and_at_limit_is_fine() {
     let max = 4096usize;
     let s = TestServer::start(&["--max-frame", "4096"]);
     let mut c = s.register("alice");
-    assert_eq!(c.welcome["limits"]["max_frame"], max as u64, "welcome.limits.max_frame reflects --max-frame: {}", c.welcome);
+    assert_eq!(
+        c.welcome["limits"]["max_frame"], max as u64,
+        "welcome.limits.max_frame reflects --max-frame: {}",
+        c.welcome
+    );
 
     // Exactly max bytes: accepted (an app ping whose `t` pads the frame to the limit).
     let skeleton = json!({"type":"ping","t":""}).to_string();
@@ -52,8 +64,15 @@ fn message_over_max_frame_closes_1009_and_at_limit_is_fine() {
     assert_eq!(frame.len(), max + 1);
     let _ = c.try_send(Message::text(frame)); // the server may close while we write
     let (frames, end) = c.read_until_end(T);
-    assert_eq!(end, Event::Closed(Some(1009)), "a message over --max-frame closes with 1009 (frames: {frames:?})");
-    assert!(frames.iter().all(|f| f["type"] != "pong"), "the oversized ping must not be answered: {frames:?}");
+    assert_eq!(
+        end,
+        Event::Closed(Some(1009)),
+        "a message over --max-frame closes with 1009 (frames: {frames:?})"
+    );
+    assert!(
+        frames.iter().all(|f| f["type"] != "pong"),
+        "the oversized ping must not be answered: {frames:?}"
+    );
 }
 
 #[test]
@@ -64,7 +83,11 @@ fn default_max_frame_is_64_kib() {
     let pad = "q".repeat(70_000);
     let _ = c.try_send(Message::text(json!({"type":"ping","t":pad}).to_string()));
     let (frames, end) = c.read_until_end(T);
-    assert_eq!(end, Event::Closed(Some(1009)), "a 70 kB message closes with 1009 by default (frames: {frames:?})");
+    assert_eq!(
+        end,
+        Event::Closed(Some(1009)),
+        "a 70 kB message closes with 1009 by default (frames: {frames:?})"
+    );
 }
 
 #[test]
@@ -90,7 +113,11 @@ fn fragmented_message_is_reassembled_and_the_limit_applies_to_the_whole() {
     let _ = raw.send_frame(false, OP_CONT, &b[2000..4000]);
     let _ = raw.send_frame(true, OP_CONT, &b[4000..]);
     let (texts, end) = raw.read_until_close(T);
-    assert_eq!(end, Ok(Some(1009)), "reassembled message over the limit closes with 1009 (texts: {texts:?})");
+    assert_eq!(
+        end,
+        Ok(Some(1009)),
+        "reassembled message over the limit closes with 1009 (texts: {texts:?})"
+    );
 }
 
 #[test]
@@ -102,7 +129,11 @@ fn invalid_utf8_in_text_frame_closes_1007() {
     bytes.extend_from_slice(br#""}"#);
     let _ = c.send_raw_frame(OpData::Text, bytes, true);
     let (frames, end) = c.read_until_end(T);
-    assert_eq!(end, Event::Closed(Some(1007)), "invalid UTF-8 closes with 1007 (frames: {frames:?})");
+    assert_eq!(
+        end,
+        Event::Closed(Some(1007)),
+        "invalid UTF-8 closes with 1007 (frames: {frames:?})"
+    );
     assert!(frames.iter().all(|f| f["type"] != "pong"), "{frames:?}");
 }
 
@@ -116,14 +147,27 @@ fn invalid_utf8_split_across_fragments_closes_1007() {
     let _ = raw.send_frame(false, OP_TEXT, br#"{"type":"ping","t":"ab"#);
     let _ = raw.send_frame(true, OP_CONT, &[0xC3, b'"', b'}']);
     let (texts, end) = raw.read_until_close(T);
-    assert_eq!(end, Ok(Some(1007)), "invalid UTF-8 across fragments closes with 1007 (texts: {texts:?})");
+    assert_eq!(
+        end,
+        Ok(Some(1007)),
+        "invalid UTF-8 across fragments closes with 1007 (texts: {texts:?})"
+    );
 }
 
 #[test]
 fn non_object_json_is_bad_request_without_ref_and_stays_open() {
     let s = TestServer::start(&[]);
     let mut c = s.register("alice");
-    for bad in ["[1,2,3]", "\"ping\"", "42", "null", "true", "not json at all", "{\"type\":\"ping\"", ""] {
+    for bad in [
+        "[1,2,3]",
+        "\"ping\"",
+        "42",
+        "null",
+        "true",
+        "not json at all",
+        "{\"type\":\"ping\"",
+        "",
+    ] {
         c.send_text(bad);
         let e = c.expect_error("bad_request");
         assert!(
@@ -132,7 +176,13 @@ fn non_object_json_is_bad_request_without_ref_and_stays_open() {
         );
     }
     // Objects without a string `type`.
-    for bad in [json!({}), json!({"type":5}), json!({"type":null}), json!({"type":["ping"]}), json!({"t":1})] {
+    for bad in [
+        json!({}),
+        json!({"type":5}),
+        json!({"type":null}),
+        json!({"type":["ping"]}),
+        json!({"t":1}),
+    ] {
         c.send_json(&bad);
         c.expect_error("bad_request");
     }
@@ -150,7 +200,10 @@ fn unknown_type_is_bad_request_with_ref_and_stays_open() {
     assert_eq!(e["ref"], "dance", "ref is the offending frame's type: {e}");
     c.send_json(&json!({"type":"PING","t":1}));
     let e = c.expect_error("bad_request");
-    assert_eq!(e["ref"], "PING", "types are case-sensitive; ref is the type: {e}");
+    assert_eq!(
+        e["ref"], "PING",
+        "types are case-sensitive; ref is the type: {e}"
+    );
     let j = c.join("general");
     assert_eq!(j.members(), names(&["alice"]));
 }
@@ -162,12 +215,17 @@ fn unknown_fields_are_ignored() {
     c.auth_ok(json!({"type":"auth","user":"alice","password":PASSWORD,"register":true,"client":"tests","v":[1,2]}));
     c.send_json(&json!({"type":"join","room":"general","colour":"red","x":{"y":1}}));
     c.read_join_reply("general");
-    c.send_json(&json!({"type":"send","room":"general","text":"hi","cid":"c1","priority":9,"extra":null}));
+    c.send_json(
+        &json!({"type":"send","room":"general","text":"hi","cid":"c1","priority":9,"extra":null}),
+    );
     let ack = c.expect("ack");
     assert_eq!(ack["cid"], "c1");
     let m = c.expect("message");
     assert_eq!(m["text"], "hi");
-    assert!(m.get("priority").is_none(), "unknown fields are not echoed: {m}");
+    assert!(
+        m.get("priority").is_none(),
+        "unknown fields are not echoed: {m}"
+    );
     c.send_json(&json!({"type":"ping","t":7,"junk":true}));
     assert_eq!(c.expect("pong")["t"], 7);
     c.send_json(&json!({"type":"who","room":"general","verbose":true}));
@@ -182,7 +240,10 @@ fn null_optional_fields_count_as_absent() {
     // cid: null -> as if no cid: absent from ack and message.
     c.send_json(&json!({"type":"send","room":"general","text":"no cid","cid":null}));
     let ack = c.expect("ack");
-    assert!(ack.get("cid").is_none(), "cid:null counts as absent, so ack has no cid: {ack}");
+    assert!(
+        ack.get("cid").is_none(),
+        "cid:null counts as absent, so ack has no cid: {ack}"
+    );
     let m = c.expect("message");
     assert!(m.get("cid").is_none(), "message has no cid: {m}");
     for i in 0..3 {
@@ -191,16 +252,25 @@ fn null_optional_fields_count_as_absent() {
     // since: null -> like a join without since (last messages, more false).
     c.send_json(&json!({"type":"join","room":"general","since":null}));
     let j = c.read_join_reply("general");
-    assert_eq!(j.messages.len(), 4, "join with since:null replays like a join without since");
+    assert_eq!(
+        j.messages.len(),
+        4,
+        "join with since:null replays like a join without since"
+    );
     assert_eq!(j.more(), false);
     // history with before: null and limit: null: newest, default limit.
-    let h = c.history(json!({"type":"history","room":"general","before":null,"after":null,"limit":null}));
+    let h = c.history(
+        json!({"type":"history","room":"general","before":null,"after":null,"limit":null}),
+    );
     assert_eq!(h["type"], "history", "{h}");
     assert_eq!(h["messages"].as_array().unwrap().len(), 4, "{h}");
     // One of before/after null, the other set: not "both".
     let first = j.ids()[0];
     let h = c.history(json!({"type":"history","room":"general","before":null,"after":first}));
-    assert_eq!(h["type"], "history", "before:null + after:N is just `after`: {h}");
+    assert_eq!(
+        h["type"], "history",
+        "before:null + after:N is just `after`: {h}"
+    );
     assert_eq!(h["messages"].as_array().unwrap().len(), 3, "{h}");
 }
 
@@ -211,9 +281,15 @@ fn permessage_deflate_is_not_negotiated() {
         s.addr(),
         "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
     );
-    assert!(raw.response_head.starts_with("HTTP/1.1 101"), "upgrade with an extension offer still succeeds: {}", raw.response_head);
     assert!(
-        !raw.response_head.to_ascii_lowercase().contains("permessage-deflate"),
+        raw.response_head.starts_with("HTTP/1.1 101"),
+        "upgrade with an extension offer still succeeds: {}",
+        raw.response_head
+    );
+    assert!(
+        !raw.response_head
+            .to_ascii_lowercase()
+            .contains("permessage-deflate"),
         "version 1 does not negotiate compression: {}",
         raw.response_head
     );

@@ -28,7 +28,10 @@ pub const MAX_SAFE_ID: u64 = (1u64 << 53) - 1;
 pub const BIN: &str = env!("CARGO_BIN_EXE_chatd");
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 pub fn ms(n: u64) -> Duration {
@@ -63,7 +66,13 @@ impl TestServer {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let log = Arc::new(Mutex::new(Vec::new()));
         match spawn_server(dir.path(), "127.0.0.1:0", &args, &log) {
-            Ok((child, addr)) => TestServer { child: Some(child), dir: Some(dir), addr, args, log },
+            Ok((child, addr)) => TestServer {
+                child: Some(child),
+                dir: Some(dir),
+                addr,
+                args,
+                log,
+            },
             Err(e) => panic!("could not start chatd: {e}"),
         }
     }
@@ -92,7 +101,9 @@ impl TestServer {
     pub fn stderr_tail(&self, n: usize) -> String {
         let s = self.stderr();
         let start = s.len().saturating_sub(n);
-        let start = (start..s.len()).find(|&i| s.is_char_boundary(i)).unwrap_or(s.len());
+        let start = (start..s.len())
+            .find(|&i| s.is_char_boundary(i))
+            .unwrap_or(s.len());
         s[start..].to_string()
     }
 
@@ -173,13 +184,19 @@ impl TestServer {
         if self.child.is_some() && self.try_wait_exit(T).is_none() {
             self.kill9();
         }
-        self.log.lock().unwrap().extend_from_slice(b"\n===== test harness: restart =====\n");
+        self.log
+            .lock()
+            .unwrap()
+            .extend_from_slice(b"\n===== test harness: restart =====\n");
         let listen = self.addr.to_string();
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             match spawn_server(self.data_dir(), &listen, &args, &self.log) {
                 Ok((child, addr)) => {
-                    assert_eq!(addr, self.addr, "restarted server must listen on the same address");
+                    assert_eq!(
+                        addr, self.addr,
+                        "restarted server must listen on the same address"
+                    );
                     self.child = Some(child);
                     self.args = args;
                     return;
@@ -249,12 +266,18 @@ fn spawn_server(
     log: &Arc<Mutex<Vec<u8>>>,
 ) -> Result<(Child, SocketAddr), String> {
     let mut cmd = Command::new(BIN);
-    cmd.arg("serve").arg("--listen").arg(listen).arg("--data-dir").arg(dir);
+    cmd.arg("serve")
+        .arg("--listen")
+        .arg(listen)
+        .arg("--data-dir")
+        .arg(dir);
     if !args.iter().any(|a| a == "--threads") {
         cmd.args(["--threads", "2"]);
     }
     cmd.args(args);
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("spawn {BIN}: {e}"))?;
 
     let stderr = child.stderr.take().unwrap();
@@ -290,7 +313,9 @@ fn spawn_server(
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut other_stdout = String::new();
     loop {
-        let left = deadline.saturating_duration_since(Instant::now()).max(ms(1));
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(ms(1));
         match rx.recv_timeout(left) {
             Ok(line) => {
                 if let Some(rest) = line.trim().strip_prefix("listening on ") {
@@ -354,6 +379,8 @@ pub struct Joined {
     pub joined: Value,
     pub messages: Vec<Value>,
     pub synced: Value,
+    /// Presence events about other users that arrived interleaved with the reply.
+    pub presence: Vec<Value>,
 }
 
 impl Joined {
@@ -361,10 +388,14 @@ impl Joined {
         self.messages.iter().map(id_of).collect()
     }
     pub fn last_id(&self) -> u64 {
-        self.synced["last_id"].as_u64().expect("synced.last_id is an unsigned integer")
+        self.synced["last_id"]
+            .as_u64()
+            .expect("synced.last_id is an unsigned integer")
     }
     pub fn more(&self) -> bool {
-        self.synced["more"].as_bool().expect("synced.more is a bool")
+        self.synced["more"]
+            .as_bool()
+            .expect("synced.more is a bool")
     }
     pub fn members(&self) -> Vec<String> {
         sorted_strings(&self.joined["members"])
@@ -374,14 +405,21 @@ impl Joined {
 impl Client {
     /// Open a WebSocket to `/ws` without authenticating.
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect_timeout(&addr, T).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        let stream =
+            TcpStream::connect_timeout(&addr, T).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
         stream.set_nodelay(true).unwrap();
         stream.set_read_timeout(Some(T)).unwrap();
-        stream.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream
+            .set_write_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let ws = match tungstenite::client(format!("ws://{addr}/ws"), stream) {
             Ok((ws, _resp)) => ws,
-            Err(tungstenite::HandshakeError::Failure(e)) => panic!("WebSocket handshake with {addr} failed: {e}"),
-            Err(tungstenite::HandshakeError::Interrupted(_)) => panic!("WebSocket handshake with {addr} interrupted"),
+            Err(tungstenite::HandshakeError::Failure(e)) => {
+                panic!("WebSocket handshake with {addr} failed: {e}")
+            }
+            Err(tungstenite::HandshakeError::Interrupted(_)) => {
+                panic!("WebSocket handshake with {addr} interrupted")
+            }
         };
         Client {
             ws,
@@ -447,8 +485,17 @@ impl Client {
     }
 
     /// Send a raw data frame (for example a text frame with invalid UTF-8).
-    pub fn send_raw_frame(&mut self, opcode: OpData, payload: Vec<u8>, fin: bool) -> tungstenite::Result<()> {
-        self.ws.send(Message::Frame(Frame::message(payload, OpCode::Data(opcode), fin)))
+    pub fn send_raw_frame(
+        &mut self,
+        opcode: OpData,
+        payload: Vec<u8>,
+        fin: bool,
+    ) -> tungstenite::Result<()> {
+        self.ws.send(Message::Frame(Frame::message(
+            payload,
+            OpCode::Data(opcode),
+            fin,
+        )))
     }
 
     pub fn recv(&mut self, timeout: Duration) -> Event {
@@ -465,8 +512,12 @@ impl Client {
             self.ws.get_mut().set_read_timeout(Some(left)).unwrap();
             match self.ws.read() {
                 Ok(Message::Text(t)) => {
-                    let v: Value = serde_json::from_str(t.as_str())
-                        .unwrap_or_else(|e| panic!("server sent a text frame that is not JSON ({e}): {:.300}", t.as_str()));
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap_or_else(|e| {
+                        panic!(
+                            "server sent a text frame that is not JSON ({e}): {:.300}",
+                            t.as_str()
+                        )
+                    });
                     return Event::Json(v);
                 }
                 Ok(Message::Binary(b)) => panic!("server sent a binary frame ({} bytes)", b.len()),
@@ -480,7 +531,10 @@ impl Client {
                     return ev;
                 }
                 Err(tungstenite::Error::Io(e))
-                    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
                 Err(e) => {
                     let ev = Event::Ended(e.to_string());
                     self.ended = Some(ev.clone());
@@ -494,22 +548,37 @@ impl Client {
     pub fn recv_json(&mut self, timeout: Duration) -> Value {
         match self.recv(timeout) {
             Event::Json(v) => v,
-            other => panic!("[{}] expected a JSON frame within {timeout:?}, got {other:?}", self.user),
+            other => panic!(
+                "[{}] expected a JSON frame within {timeout:?}, got {other:?}",
+                self.user
+            ),
         }
     }
 
     /// The next JSON frame must have this `type`.
     pub fn expect(&mut self, ty: &str) -> Value {
         let v = self.recv_json(T);
-        assert_eq!(v["type"], ty, "[{}] expected a `{ty}` frame, got {v}", self.user);
+        assert_eq!(
+            v["type"], ty,
+            "[{}] expected a `{ty}` frame, got {v}",
+            self.user
+        );
         v
     }
 
     /// The next JSON frame must be `error` with this code.
     pub fn expect_error(&mut self, code: &str) -> Value {
         let v = self.recv_json(T);
-        assert_eq!(v["type"], "error", "[{}] expected error {code}, got {v}", self.user);
-        assert_eq!(v["code"], code, "[{}] expected error {code}, got {v}", self.user);
+        assert_eq!(
+            v["type"], "error",
+            "[{}] expected error {code}, got {v}",
+            self.user
+        );
+        assert_eq!(
+            v["code"], code,
+            "[{}] expected error {code}, got {v}",
+            self.user
+        );
         assert!(
             v["message"].is_string(),
             "error frames carry a human readable `message` string: {v}"
@@ -534,17 +603,29 @@ impl Client {
     pub fn expect_close(&mut self, timeout: Duration) -> Option<u16> {
         match self.recv(timeout) {
             Event::Closed(c) => c,
-            other => panic!("[{}] expected a close frame within {timeout:?}, got {other:?}", self.user),
+            other => panic!(
+                "[{}] expected a close frame within {timeout:?}, got {other:?}",
+                self.user
+            ),
         }
     }
 
     pub fn expect_close_code(&mut self, code: u16, timeout: Duration) {
         let got = self.expect_close(timeout);
-        assert_eq!(got, Some(code), "[{}] expected close code {code}", self.user);
+        assert_eq!(
+            got,
+            Some(code),
+            "[{}] expected close code {code}",
+            self.user
+        );
     }
 
     /// Read until a JSON frame satisfies `pred`; returns it and the frames skipped on the way.
-    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> (Value, Vec<Value>) {
+    pub fn wait_for(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> (Value, Vec<Value>) {
         let deadline = Instant::now() + timeout;
         let mut skipped = Vec::new();
         loop {
@@ -577,7 +658,10 @@ impl Client {
             match self.recv(left) {
                 Event::Json(v) => out.push(v),
                 Event::Timeout => return out,
-                other => panic!("[{}] connection ended unexpectedly: {other:?} (after {out:?})", self.user),
+                other => panic!(
+                    "[{}] connection ended unexpectedly: {other:?} (after {out:?})",
+                    self.user
+                ),
             }
         }
     }
@@ -606,8 +690,12 @@ impl Client {
     pub fn read_join_reply(&mut self, room: &str) -> Joined {
         let joined = self.expect("joined");
         assert_eq!(joined["room"], room, "joined.room: {joined}");
-        assert!(joined["members"].is_array(), "joined.members must be an array: {joined}");
+        assert!(
+            joined["members"].is_array(),
+            "joined.members must be an array: {joined}"
+        );
         let mut messages = Vec::new();
+        let mut presence = Vec::new();
         let synced = loop {
             let v = self.recv_json(T);
             match v["type"].as_str() {
@@ -616,15 +704,34 @@ impl Client {
                     check_message_shape(&v);
                     messages.push(v);
                 }
+                // Other users' presence may interleave when they join concurrently.
+                Some("presence") => presence.push(v),
                 Some("synced") => break v,
-                _ => panic!("[{}] between `joined` and `synced` only `message` frames may come, got {v}", self.user),
+                _ => panic!(
+                    "[{}] between `joined` and `synced` only `message` frames may come, got {v}",
+                    self.user
+                ),
             }
         };
         assert_eq!(synced["room"], room, "synced.room: {synced}");
-        assert!(synced["last_id"].is_u64(), "synced.last_id must be an unsigned integer: {synced}");
-        assert!(synced["more"].is_boolean(), "synced.more must be a bool: {synced}");
-        assert_strictly_increasing(&messages.iter().map(id_of).collect::<Vec<_>>(), "join replay");
-        Joined { joined, messages, synced }
+        assert!(
+            synced["last_id"].is_u64(),
+            "synced.last_id must be an unsigned integer: {synced}"
+        );
+        assert!(
+            synced["more"].is_boolean(),
+            "synced.more must be a bool: {synced}"
+        );
+        assert_strictly_increasing(
+            &messages.iter().map(id_of).collect::<Vec<_>>(),
+            "join replay",
+        );
+        Joined {
+            joined,
+            messages,
+            synced,
+            presence,
+        }
     }
 
     pub fn leave(&mut self, room: &str) {
@@ -649,14 +756,20 @@ impl Client {
     pub fn say(&mut self, room: &str, text: &str) -> (Value, Value) {
         let ack = self.send_msg(room, text, None);
         let msg = self.expect("message");
-        assert_eq!(msg["id"], ack["id"], "sender's echo must follow its ack: ack {ack}, message {msg}");
+        assert_eq!(
+            msg["id"], ack["id"],
+            "sender's echo must follow its ack: ack {ack}, message {msg}"
+        );
         (ack, msg)
     }
 
     pub fn say_cid(&mut self, room: &str, text: &str, cid: &str) -> (Value, Value) {
         let ack = self.send_msg(room, text, Some(cid));
         let msg = self.expect("message");
-        assert_eq!(msg["id"], ack["id"], "sender's echo must follow its ack: ack {ack}, message {msg}");
+        assert_eq!(
+            msg["id"], ack["id"],
+            "sender's echo must follow its ack: ack {ack}, message {msg}"
+        );
         (ack, msg)
     }
 
@@ -695,14 +808,22 @@ impl Client {
 }
 
 pub fn id_of(v: &Value) -> u64 {
-    v["id"].as_u64().unwrap_or_else(|| panic!("`id` must be an unsigned integer: {v}"))
+    v["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("`id` must be an unsigned integer: {v}"))
 }
 
 pub fn sorted_strings(v: &Value) -> Vec<String> {
-    let arr = v.as_array().unwrap_or_else(|| panic!("expected an array of strings, got {v}"));
+    let arr = v
+        .as_array()
+        .unwrap_or_else(|| panic!("expected an array of strings, got {v}"));
     let mut out: Vec<String> = arr
         .iter()
-        .map(|x| x.as_str().unwrap_or_else(|| panic!("expected a string, got {x}")).to_string())
+        .map(|x| {
+            x.as_str()
+                .unwrap_or_else(|| panic!("expected a string, got {x}"))
+                .to_string()
+        })
         .collect();
     out.sort();
     out
@@ -716,15 +837,25 @@ pub fn names(list: &[&str]) -> Vec<String> {
 
 pub fn assert_strictly_increasing(ids: &[u64], what: &str) {
     for w in ids.windows(2) {
-        assert!(w[0] < w[1], "{what}: ids must strictly increase, saw {} then {} (all: {ids:?})", w[0], w[1]);
+        assert!(
+            w[0] < w[1],
+            "{what}: ids must strictly increase, saw {} then {} (all: {ids:?})",
+            w[0],
+            w[1]
+        );
     }
 }
 
 /// Times are integer milliseconds since the epoch; accept anything within 10 minutes of now.
 pub fn check_time(v: &Value, what: &str) {
-    let t = v.as_u64().unwrap_or_else(|| panic!("{what} must be an integer of ms since the epoch, got {v}"));
+    let t = v
+        .as_u64()
+        .unwrap_or_else(|| panic!("{what} must be an integer of ms since the epoch, got {v}"));
     let now = now_ms();
-    assert!(t + 600_000 > now && t < now + 600_000, "{what} = {t} is not near now ({now}) in ms since the epoch");
+    assert!(
+        t + 600_000 > now && t < now + 600_000,
+        "{what} = {t} is not near now ({now}) in ms since the epoch"
+    );
 }
 
 pub fn check_message_shape(v: &Value) {
@@ -736,7 +867,10 @@ pub fn check_message_shape(v: &Value) {
     assert!(v["text"].is_string(), "message.text: {v}");
     check_time(&v["ts"], "message.ts");
     if let Some(c) = v.get("cid") {
-        assert!(c.is_string(), "message.cid must be a string when present: {v}");
+        assert!(
+            c.is_string(),
+            "message.cid must be a string when present: {v}"
+        );
     }
 }
 
@@ -754,7 +888,11 @@ pub fn check_ack_shape(v: &Value) {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum RawEvent {
-    Frame { fin: bool, opcode: u8, payload: Vec<u8> },
+    Frame {
+        fin: bool,
+        opcode: u8,
+        payload: Vec<u8>,
+    },
     Eof,
     Error(String),
     Timeout,
@@ -787,7 +925,8 @@ impl RawWs {
     /// Performs the opening handshake by hand; `extra` is additional header lines, each ending
     /// in \r\n. Does not check the status (see `response_head`).
     pub fn connect_with_headers(addr: SocketAddr, extra: &str) -> RawWs {
-        let mut stream = TcpStream::connect_timeout(&addr, T).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        let mut stream =
+            TcpStream::connect_timeout(&addr, T).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
         stream.set_nodelay(true).unwrap();
         stream.set_read_timeout(Some(T)).unwrap();
         stream.set_write_timeout(Some(T)).unwrap();
@@ -803,10 +942,17 @@ impl RawWs {
             match stream.read(&mut b) {
                 Ok(0) => break,
                 Ok(_) => head.push(b[0]),
-                Err(e) => panic!("reading handshake response: {e}; got so far {:?}", String::from_utf8_lossy(&head)),
+                Err(e) => panic!(
+                    "reading handshake response: {e}; got so far {:?}",
+                    String::from_utf8_lossy(&head)
+                ),
             }
         }
-        RawWs { stream, buf: Vec::new(), response_head: String::from_utf8_lossy(&head).into_owned() }
+        RawWs {
+            stream,
+            buf: Vec::new(),
+            response_head: String::from_utf8_lossy(&head).into_owned(),
+        }
     }
 
     /// Write one masked frame.
@@ -831,7 +977,8 @@ impl RawWs {
     }
 
     pub fn send_text(&mut self, s: &str) {
-        self.send_frame(true, OP_TEXT, s.as_bytes()).expect("raw send");
+        self.send_frame(true, OP_TEXT, s.as_bytes())
+            .expect("raw send");
     }
 
     pub fn send_json(&mut self, v: &Value) {
@@ -880,7 +1027,11 @@ impl RawWs {
             }
         }
         self.buf.drain(..end);
-        Some(RawEvent::Frame { fin, opcode, payload })
+        Some(RawEvent::Frame {
+            fin,
+            opcode,
+            payload,
+        })
     }
 
     /// Read one frame (any opcode). Never answers pings.
@@ -894,12 +1045,18 @@ impl RawWs {
             if now >= deadline {
                 return RawEvent::Timeout;
             }
-            self.stream.set_read_timeout(Some((deadline - now).max(ms(1)))).unwrap();
+            self.stream
+                .set_read_timeout(Some((deadline - now).max(ms(1))))
+                .unwrap();
             let mut tmp = [0u8; 16384];
             match self.stream.read(&mut tmp) {
                 Ok(0) => return RawEvent::Eof,
                 Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
                 Err(e) => return RawEvent::Error(e.to_string()),
             }
         }
@@ -911,10 +1068,20 @@ impl RawWs {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.read_frame(left) {
-                RawEvent::Frame { opcode: OP_PING | OP_PONG, .. } => continue,
-                RawEvent::Frame { opcode: OP_TEXT, fin: true, payload } => {
+                RawEvent::Frame {
+                    opcode: OP_PING | OP_PONG,
+                    ..
+                } => continue,
+                RawEvent::Frame {
+                    opcode: OP_TEXT,
+                    fin: true,
+                    payload,
+                } => {
                     return serde_json::from_slice(&payload).unwrap_or_else(|e| {
-                        panic!("text frame is not JSON ({e}): {:?}", String::from_utf8_lossy(&payload))
+                        panic!(
+                            "text frame is not JSON ({e}): {:?}",
+                            String::from_utf8_lossy(&payload)
+                        )
                     })
                 }
                 other => panic!("expected a JSON text frame, got {other:?}"),
@@ -924,18 +1091,36 @@ impl RawWs {
 
     /// Read frames until a close frame (returns its code, or None for an empty close) or the
     /// end of the stream (Err). Text frames before it are returned too.
-    pub fn read_until_close(&mut self, timeout: Duration) -> (Vec<Value>, Result<Option<u16>, RawEvent>) {
+    pub fn read_until_close(
+        &mut self,
+        timeout: Duration,
+    ) -> (Vec<Value>, Result<Option<u16>, RawEvent>) {
         let deadline = Instant::now() + timeout;
         let mut texts = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.read_frame(left) {
-                RawEvent::Frame { opcode: OP_CLOSE, payload, .. } => {
-                    let code = if payload.len() >= 2 { Some(u16::from_be_bytes([payload[0], payload[1]])) } else { None };
+                RawEvent::Frame {
+                    opcode: OP_CLOSE,
+                    payload,
+                    ..
+                } => {
+                    let code = if payload.len() >= 2 {
+                        Some(u16::from_be_bytes([payload[0], payload[1]]))
+                    } else {
+                        None
+                    };
                     return (texts, Ok(code));
                 }
-                RawEvent::Frame { opcode: OP_TEXT, payload, .. } => {
-                    texts.push(serde_json::from_slice(&payload).unwrap_or_else(|_| json!(String::from_utf8_lossy(&payload))));
+                RawEvent::Frame {
+                    opcode: OP_TEXT,
+                    payload,
+                    ..
+                } => {
+                    texts.push(
+                        serde_json::from_slice(&payload)
+                            .unwrap_or_else(|_| json!(String::from_utf8_lossy(&payload))),
+                    );
                 }
                 RawEvent::Frame { .. } => {}
                 other => return (texts, Err(other)),
@@ -988,7 +1173,8 @@ pub fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
 
 /// Send a raw request and read one response (Content-Length, chunked, or until EOF).
 pub fn http_request(addr: SocketAddr, req: &str) -> HttpResponse {
-    let mut s = TcpStream::connect_timeout(&addr, T).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let mut s =
+        TcpStream::connect_timeout(&addr, T).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(T)).unwrap();
     s.set_write_timeout(Some(T)).unwrap();
     s.write_all(req.as_bytes()).unwrap();
@@ -998,13 +1184,24 @@ pub fn http_request(addr: SocketAddr, req: &str) -> HttpResponse {
     let mut eof = false;
     let read_more = |s: &mut TcpStream, buf: &mut Vec<u8>, tmp: &mut [u8], eof: &mut bool| {
         if Instant::now() >= deadline {
-            panic!("HTTP response not complete within {T:?}: {:?}", String::from_utf8_lossy(buf));
+            panic!(
+                "HTTP response not complete within {T:?}: {:?}",
+                String::from_utf8_lossy(buf)
+            );
         }
         match s.read(tmp) {
             Ok(0) => *eof = true,
             Ok(n) => buf.extend_from_slice(&tmp[..n]),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                panic!("HTTP response timed out: {:?}", String::from_utf8_lossy(buf))
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!(
+                    "HTTP response timed out: {:?}",
+                    String::from_utf8_lossy(buf)
+                )
             }
             Err(_) => *eof = true,
         }
@@ -1014,7 +1211,10 @@ pub fn http_request(addr: SocketAddr, req: &str) -> HttpResponse {
             break p + 4;
         }
         if eof {
-            panic!("connection closed before the end of the HTTP head: {:?}", String::from_utf8_lossy(&buf));
+            panic!(
+                "connection closed before the end of the HTTP head: {:?}",
+                String::from_utf8_lossy(&buf)
+            );
         }
         read_more(&mut s, &mut buf, &mut tmp, &mut eof);
     };
@@ -1031,14 +1231,22 @@ pub fn http_request(addr: SocketAddr, req: &str) -> HttpResponse {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
-    let get = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+    let get = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
     let body = if let Some(cl) = get("content-length") {
         let n: usize = cl.parse().expect("content-length");
         while buf.len() < head_end + n && !eof {
             read_more(&mut s, &mut buf, &mut tmp, &mut eof);
         }
         buf[head_end..(head_end + n).min(buf.len())].to_vec()
-    } else if get("transfer-encoding").map(|v| v.to_ascii_lowercase().contains("chunked")).unwrap_or(false) {
+    } else if get("transfer-encoding")
+        .map(|v| v.to_ascii_lowercase().contains("chunked"))
+        .unwrap_or(false)
+    {
         let mut out = Vec::new();
         let mut pos = head_end;
         loop {
@@ -1052,7 +1260,8 @@ pub fn http_request(addr: SocketAddr, req: &str) -> HttpResponse {
                 read_more(&mut s, &mut buf, &mut tmp, &mut eof);
             };
             let size_str = String::from_utf8_lossy(&buf[pos..line_end]).into_owned();
-            let size = usize::from_str_radix(size_str.split(';').next().unwrap().trim(), 16).expect("chunk size");
+            let size = usize::from_str_radix(size_str.split(';').next().unwrap().trim(), 16)
+                .expect("chunk size");
             pos = line_end + 2;
             if size == 0 {
                 break;
@@ -1073,7 +1282,32 @@ pub fn http_request(addr: SocketAddr, req: &str) -> HttpResponse {
         }
         buf[head_end..].to_vec()
     };
-    HttpResponse { status, headers, body }
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A one-shot gate threads can wait on with a deadline (std's Barrier has no timeout, and a
+/// panicking thread would leave the others waiting forever).
+#[derive(Clone, Default)]
+pub struct Gate(Arc<(Mutex<bool>, std::sync::Condvar)>);
+
+impl Gate {
+    pub fn new() -> Gate {
+        Gate::default()
+    }
+    pub fn open(&self) {
+        *self.0 .0.lock().unwrap() = true;
+        self.0 .1.notify_all();
+    }
+    pub fn wait(&self, timeout: Duration) {
+        let (m, cv) = &*self.0;
+        let g = m.lock().unwrap();
+        let (g, res) = cv.wait_timeout_while(g, timeout, |open| !*open).unwrap();
+        assert!(*g && !res.timed_out(), "gate not opened within {timeout:?}");
+    }
 }
 
 /// Poll `f` until it returns Some, or panic after `timeout` with `what`.
