@@ -301,6 +301,26 @@ describe('chatd web client', () => {
     await waitMessage(page, 'this one works', { state: 'sent' });
   });
 
+  it('paces a burst of sends to the server rate limit: all delivered once, no errors', async () => {
+    const slow = await startServer({ dataDir: newDataDir('slow'), args: ['--rate', '2', '--burst', '2'] });
+    try {
+      const page = await newPage();
+      const errors = [];
+      page.on('websocket', (ws) => ws.on('framereceived', ({ payload }) => {
+        if (String(payload).includes('"error"')) errors.push(String(payload));
+      }));
+      await signUp(page, 'hank', { url: slow.url });
+      for (let i = 1; i <= 6; i++) await say(page, `burst ${i}`);
+      for (let i = 1; i <= 6; i++) await waitMessage(page, `burst ${i}`, { state: 'sent', timeout: 15000 });
+      const shown = (await shownMessages(page)).map((m) => m.text);
+      assert.deepEqual(shown, [1, 2, 3, 4, 5, 6].map((i) => `burst ${i}`), 'in order, once each');
+      assert.equal(await page.locator('[data-testid="composer-error"]').textContent(), '');
+      assert.deepEqual(errors, [], 'the client paced its sends: the server rate-limited none');
+    } finally {
+      await stopServer(slow, 'SIGTERM');
+    }
+  });
+
   it('resumes with the stored token after reload, and signs out', async () => {
     await alice.reload();
     await waitConnected(alice);
