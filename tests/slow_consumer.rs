@@ -1,0 +1,157 @@
+//! PROTOCOL.md close code 4008: a client that does not read and overflows its send queue is
+//! closed with 4008; a client that reads keeps receiving every message.
+mod common;
+use common::*;
+use serde_json::{json, Value};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+#[test]
+fn non_reading_client_is_closed_with_4008_and_a_reader_gets_everything() {
+    let s = TestServer::start(&[
+        "--send-queue",
+        "256",
+        "--rate",
+        "1000000",
+        "--burst",
+        "1000000",
+    ]);
+    let addr = s.addr();
+    let room = "firehose";
+
+    // The slow one: joins, then reads nothing until the end of the test.
+    let mut slow = s.register("slow");
+    slow.join(room);
+
+    // A normal reader in its own thread; it stops at the END marker.
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let reader = thread::spawn(move || {
+        let mut c = Client::register(addr, "reader", PASSWORD);
+        c.join(room);
+        ready_tx.send(()).unwrap();
+        let mut ids = Vec::new();
+        loop {
+            let v = match c.recv(Duration::from_secs(30)) {
+                Event::Json(v) => v,
+                other => panic!("reader: {other:?} after {} messages", ids.len()),
+            };
+            if v["type"] == "message" {
+                ids.push(id_of(&v));
+                if v["text"] == "END" {
+                    return ids;
+                }
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("reader joined");
+
+    let mut sender = s.register("sender");
+    sender.join(room);
+    let base = s.healthz()["connections"].as_u64().unwrap();
+
+    // 16 000-byte texts (4000 four-byte scalar values).
+    let big: String = "\u{1F4A9}".repeat(3990);
+    let mut acked = Vec::new();
+    let mut dropped_after = None;
+    let t0 = Instant::now();
+    const BATCH: usize = 50;
+    while acked.len() < 3000 {
+        for k in 0..BATCH {
+            sender.send_json(&json!({"type":"send","room":room,"text":format!("{k:04}{big}")}));
+        }
+        let mut got_acks = 0;
+        let mut got_echo = 0;
+        while got_acks < BATCH || got_echo < BATCH {
+            let v = sender.recv_json(Duration::from_secs(20));
+            match v["type"].as_str() {
+                Some("ack") => {
+                    acked.push(id_of(&v));
+                    got_acks += 1;
+                }
+                Some("message") => got_echo += 1,
+                Some("presence") => {}
+                _ => panic!("sender: unexpected {v}"),
+            }
+        }
+        if dropped_after.is_none() && s.healthz()["connections"].as_u64().unwrap() < base {
+            dropped_after = Some(acked.len());
+            // A few more batches after the drop, to show the others are unaffected.
+            if acked.len() >= 3000 - 4 * BATCH {
+                break;
+            }
+        }
+        if let Some(n) = dropped_after {
+            if acked.len() >= n + 4 * BATCH {
+                break;
+            }
+        }
+    }
+    let (end_ack, _) = sender.say(room, "END");
+    acked.push(id_of(&end_ack));
+    eprintln!(
+        "sent {} messages in {:?}; slow client dropped after {:?}",
+        acked.len(),
+        t0.elapsed(),
+        dropped_after
+    );
+
+    let reader_ids = reader.join().expect("reader thread panicked");
+    assert_eq!(
+        reader_ids, acked,
+        "the reading client receives every message, in order"
+    );
+
+    // Now read what the slow client has buffered: a prefix of the messages in order, then 4008.
+    let (frames, end) = slow.read_until_end(Duration::from_secs(30));
+    let ids: Vec<u64> = frames
+        .iter()
+        .filter(|v| v["type"] == "message")
+        .map(id_of)
+        .collect();
+    let others: Vec<&Value> = frames
+        .iter()
+        .filter(|v| v["type"] != "message" && v["type"] != "presence")
+        .collect();
+    assert!(
+        others.is_empty(),
+        "slow client got unexpected frames: {others:?}"
+    );
+    assert!(
+        ids.len() < acked.len(),
+        "the slow client cannot have received everything"
+    );
+    assert_eq!(
+        ids,
+        acked[..ids.len()].to_vec(),
+        "before the close, the slow client gets a gap-free prefix in order"
+    );
+    match end {
+        Event::Closed(code) => assert_eq!(code, Some(4008), "slow consumer close code"),
+        Event::Ended(e) => {
+            // The server may have given up on the socket entirely; then /metrics must show it.
+            let m = s.metrics();
+            let hit = m.lines().filter(|l| !l.starts_with('#')).any(|l| {
+                let l2 = l.to_ascii_lowercase();
+                (l2.contains("4008") || l2.contains("slow"))
+                    && l.rsplit(' ')
+                        .next()
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .unwrap_or(0.0)
+                        >= 1.0
+            });
+            panic!("slow client's connection ended without a 4008 close frame ({e}); metrics mention a slow-consumer close: {hit}");
+        }
+        Event::Timeout => panic!(
+            "the slow client was never closed ({} messages buffered)",
+            ids.len()
+        ),
+        Event::Json(_) => unreachable!(),
+    }
+    assert!(
+        dropped_after.is_some(),
+        "healthz.connections never dropped although the slow client was closed"
+    );
+}
