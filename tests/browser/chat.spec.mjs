@@ -65,6 +65,7 @@ async function joinRoom(page, room) {
 }
 async function shot(page, name) {
   fs.mkdirSync(ARTIFACTS, { recursive: true });
+  await page.mouse.move(0, 0);   // no stray hover highlight in the picture
   await page.screenshot({ path: path.join(ARTIFACTS, name) });
 }
 
