@@ -686,6 +686,8 @@
       document.body.classList.add(which + '-open');
       $(which === 'rooms' ? 'rooms-toggle' : 'members-toggle').setAttribute('aria-expanded', 'true');
       $('scrim').hidden = false;
+      const first = document.querySelector(which === 'rooms' ? '#sidebar button, #sidebar input' : '#members');
+      if (first) { if (which === 'members') first.tabIndex = -1; first.focus(); }
     }
   }
   function closePanels() {
@@ -773,7 +775,13 @@
     $('rooms-toggle').addEventListener('click', () => togglePanel('rooms'));
     $('members-toggle').addEventListener('click', () => togglePanel('members'));
     $('scrim').addEventListener('click', closePanels);
-    document.addEventListener('keydown', (ev) => { if (ev.key === 'Escape') closePanels(); });
+    document.addEventListener('keydown', (ev) => {
+      if (ev.key !== 'Escape') return;
+      const which = document.body.classList.contains('rooms-open') ? 'rooms-toggle'
+        : document.body.classList.contains('members-open') ? 'members-toggle' : null;
+      closePanels();
+      if (which) $(which).focus();
+    });
     document.addEventListener('visibilitychange', () => {
       const room = S.rooms.get(S.current);
       if (!document.hidden && room && room.unread) { room.unread = 0; renderRooms(); }
