@@ -311,13 +311,14 @@
     clearTimeout(pumpTimer); pumpTimer = null;
     if (!authed) return;
     const now = Date.now();
-    const rate = S.limits.rate_per_sec || 10, burst = S.limits.rate_burst || 1;
+    // Pace a little under the advertised rate: frames do not reach the server exactly as spaced.
+    const rate = (S.limits.rate_per_sec || 10) * 0.8, burst = S.limits.rate_burst || 1;
     bucket = Math.min(burst, bucket + ((now - bucketAt) / 1000) * rate); bucketAt = now;
     for (const e of S.outbox) {
       if (e.sent || e.failed) continue;
       const room = S.rooms.get(e.room);
       if (!room || !room.joinedConn) continue;
-      if (bucket < 1) { pumpTimer = setTimeout(pump, Math.ceil(((1 - bucket) / rate) * 1000) + 5); break; }
+      if (bucket < 1) { pumpTimer = setTimeout(pump, Math.ceil(((1 - bucket) / rate) * 1000) + 10); break; }
       if (!sendFrame({ type: 'send', room: e.room, text: e.text, cid: e.cid })) break;
       e.sent = true; bucket -= 1;
     }
