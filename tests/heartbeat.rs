@@ -54,9 +54,10 @@ fn tungstenite_client_sees_pings_and_stays_connected_past_several_idle_timeouts(
 fn silent_client_is_closed_with_4000_after_the_idle_timeout() {
     let s = TestServer::start(&["--ping-interval", "200ms", "--idle-timeout", "1s"]);
     let mut raw = s.raw();
-    raw.auth_register("alice");
+    // The auth frame is the last thing this client ever sends (no frames, no pongs after it);
+    // the idle clock starts when the server receives it, which is after this instant.
     let last_sent = Instant::now();
-    // From here on the client sends nothing at all: no frames, no pongs.
+    raw.auth_register("alice");
     let mut pings = 0;
     let deadline = Duration::from_secs(6);
     let end = loop {

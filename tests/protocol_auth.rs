@@ -83,20 +83,26 @@ fn the_auth_deadline_keeps_running_while_unauthorized_frames_arrive() {
     let mut c = s.connect();
     let t0 = Instant::now();
     let mut errors = 0;
-    let end = loop {
+    let mut tick = 0u32;
+    let end = 'outer: loop {
         assert!(
             t0.elapsed() < Duration::from_secs(5),
             "still open 5 s after a 600 ms auth deadline"
         );
+        // One unauthorized frame every 100 ms (paced, so it is not mistaken for a flood).
         // The server may close at any moment: ignore write errors, the read reports the close.
-        let _ = c.try_send(Message::text(json!({"type":"ping","t":errors}).to_string()));
-        match c.recv(ms(100)) {
-            Event::Json(v) => {
-                assert_eq!(v["code"], "unauthorized", "{v}");
-                errors += 1;
+        let _ = c.try_send(Message::text(json!({"type":"ping","t":tick}).to_string()));
+        tick += 1;
+        let next = t0 + ms(100) * tick;
+        loop {
+            match c.recv(next.saturating_duration_since(Instant::now())) {
+                Event::Json(v) => {
+                    assert_eq!(v["code"], "unauthorized", "{v}");
+                    errors += 1;
+                }
+                Event::Timeout => break,
+                other => break 'outer other,
             }
-            Event::Timeout => {}
-            other => break other,
         }
     };
     assert_eq!(

@@ -10,18 +10,13 @@ fn sigterm_closes_every_websocket_with_1001_and_exits_0() {
     let mut in_room = s.register("alice");
     in_room.join("r");
     let mut authed = s.register("bob");
-    let mut unauthed = s.connect();
     // A raw client that reads nothing at all must not hold up the shutdown.
     let mut raw = s.raw();
     raw.auth_register("carol");
 
     let t0 = Instant::now();
     s.sigterm();
-    for (name, c) in [
-        ("joined", &mut in_room),
-        ("authed", &mut authed),
-        ("unauthenticated", &mut unauthed),
-    ] {
+    for (name, c) in [("joined", &mut in_room), ("authed", &mut authed)] {
         let (frames, end) = c.read_until_end(Duration::from_secs(5));
         let unexpected: Vec<_> = frames.iter().filter(|f| f["type"] != "presence").collect();
         assert!(unexpected.is_empty(), "{name}: {unexpected:?}");
@@ -43,6 +38,27 @@ fn sigterm_closes_every_websocket_with_1001_and_exits_0() {
         Ok(code) => assert_eq!(code, Some(1001), "non-reading client's close frame"),
         Err(e) => assert!(matches!(e, RawEvent::Eof | RawEvent::Error(_)), "{e:?}"),
     }
+}
+
+#[test]
+fn sigterm_closes_unauthenticated_websockets_with_1001_too() {
+    // "close every WebSocket with code 1001": a connection that has not sent auth yet is a
+    // WebSocket too.
+    let mut s = TestServer::start(&[]);
+    let mut unauthed = s.connect();
+    let mut authed = s.register("alice");
+    let t0 = Instant::now();
+    s.sigterm();
+    let end = unauthed.recv(Duration::from_secs(5));
+    let at = t0.elapsed();
+    assert_eq!(authed.expect_close(Duration::from_secs(5)), Some(1001));
+    assert_eq!(
+        end,
+        Event::Closed(Some(1001)),
+        "unauthenticated client on shutdown (after {at:?})"
+    );
+    let st = s.wait_exit(Duration::from_secs(5).saturating_sub(t0.elapsed()) + ms(200));
+    assert!(st.success(), "{st:?}");
 }
 
 #[test]

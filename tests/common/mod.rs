@@ -667,8 +667,10 @@ impl Client {
     }
 
     /// Application-level ping; returns every frame that arrived before the matching pong.
-    /// Frames this connection caused earlier are answered before the pong (one connection's
-    /// frames are handled in order), so this is a barrier for this connection's own requests.
+    /// Used after an expected frame has already been read, to look for unexpected extra frames
+    /// (presence, duplicates): it gives the server a round trip to emit them. It cannot prove
+    /// absence by itself (the protocol does not order replies across frames), so tests use it
+    /// only where a missing barrier could hide a bug, never cause a false failure.
     pub fn barrier(&mut self) -> Vec<Value> {
         let t = format!("barrier-{}", unique());
         self.send_json(&json!({"type":"ping","t":t}));
