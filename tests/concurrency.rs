@@ -216,3 +216,121 @@ fn concurrent_senders_across_rooms_get_server_unique_ids() {
         );
     }
 }
+
+#[test]
+fn joining_during_a_flood_misses_nothing_and_duplicates_nothing() {
+    // Replay + live delivery must join up without gaps or duplicates: a client that joins with
+    // since=0 while messages are being accepted ends up with every message exactly once, in
+    // strictly increasing order; a client joining without since gets a gap-free suffix.
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const TOTAL: usize = 400;
+    const BATCH: usize = 20;
+    let s = TestServer::start(FAST);
+    let room = "flood";
+    let progress = std::sync::Arc::new(AtomicUsize::new(0));
+
+    let mut sender = s.register("sender");
+    sender.join(room);
+    // Joiners authenticate up front (argon2 is slow); they join at different points.
+    let joiners: Vec<(Client, usize, bool)> = (0..5)
+        .map(|k| {
+            (
+                s.register(&format!("joiner{k}")),
+                (k * TOTAL) / 5 + 10,
+                k % 2 == 0,
+            )
+        })
+        .collect();
+
+    let handles: Vec<_> = joiners
+        .into_iter()
+        .map(|(mut c, join_at, with_since)| {
+            let progress = progress.clone();
+            thread::spawn(move || {
+                poll_until(
+                    Duration::from_secs(30),
+                    "the flood to reach this joiner's turn",
+                    || (progress.load(Ordering::SeqCst) >= join_at).then_some(()),
+                );
+                let j = if with_since {
+                    c.join_since(room, 0)
+                } else {
+                    c.join(room)
+                };
+                let mut ids = j.ids();
+                let mut texts: Vec<String> = j
+                    .messages
+                    .iter()
+                    .map(|m| m["text"].as_str().unwrap().to_string())
+                    .collect();
+                loop {
+                    let v = match c.recv(Duration::from_secs(20)) {
+                        Event::Json(v) => v,
+                        other => panic!("[{}] {other:?} after {} messages", c.user, ids.len()),
+                    };
+                    match v["type"].as_str() {
+                        Some("message") => {
+                            ids.push(id_of(&v));
+                            let t = v["text"].as_str().unwrap().to_string();
+                            texts.push(t.clone());
+                            if t == "END" {
+                                return (c.user.clone(), with_since, ids);
+                            }
+                        }
+                        Some("presence") => {}
+                        _ => panic!("[{}] unexpected {v}", c.user),
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let mut acked = Vec::new();
+    while acked.len() < TOTAL {
+        for k in 0..BATCH {
+            sender.send_json(
+                &json!({"type":"send","room":room,"text":format!("f{}", acked.len() + k)}),
+            );
+        }
+        let mut acks = 0;
+        let mut echoes = 0;
+        while acks < BATCH || echoes < BATCH {
+            let v = sender.recv_json(Duration::from_secs(20));
+            match v["type"].as_str() {
+                Some("ack") => {
+                    acked.push(id_of(&v));
+                    acks += 1;
+                }
+                Some("message") => echoes += 1,
+                Some("presence") => {}
+                _ => panic!("sender: unexpected {v}"),
+            }
+        }
+        progress.store(acked.len(), Ordering::SeqCst);
+    }
+    let (end, _) = sender.say(room, "END");
+    acked.push(id_of(&end));
+
+    for h in handles {
+        let (user, with_since, ids) = h.join().expect("joiner panicked");
+        assert_strictly_increasing(&ids, &format!("{user}: replay followed by live messages"));
+        if with_since {
+            assert_eq!(
+                ids, acked,
+                "{user} joined with since=0 mid-flood: every message exactly once"
+            );
+        } else {
+            let first = ids[0];
+            let start = acked
+                .iter()
+                .position(|&i| i == first)
+                .expect("first id was acked");
+            assert_eq!(
+                ids,
+                acked[start..].to_vec(),
+                "{user} joined without since: a gap-free suffix"
+            );
+            assert!(ids.len() >= 50, "{user}: at least the 50-message replay");
+        }
+    }
+}

@@ -172,3 +172,126 @@ fn non_upgrade_request_to_ws_is_426() {
     let mut c = s.register("alice");
     c.barrier();
 }
+
+#[test]
+fn assets_referenced_by_the_page_are_served() {
+    // "GET / the web client (it may load further static files of its own)": every local
+    // src/href in the page must resolve.
+    let s = TestServer::start(&[]);
+    let page = s.get("/").text();
+    let mut refs = Vec::new();
+    for attr in ["src=\"", "href=\""] {
+        let mut rest = page.as_str();
+        while let Some(i) = rest.find(attr) {
+            rest = &rest[i + attr.len()..];
+            let end = rest.find('"').unwrap();
+            let r = &rest[..end];
+            if !r.contains("://") && !r.starts_with("data:") && !r.starts_with('#') && !r.is_empty()
+            {
+                refs.push(r.to_string());
+            }
+            rest = &rest[end..];
+        }
+    }
+    for r in refs {
+        let path = if r.starts_with('/') {
+            r.clone()
+        } else {
+            format!("/{r}")
+        };
+        let resp = s.get(&path);
+        assert_eq!(
+            resp.status, 200,
+            "asset {path} referenced by GET / is not served"
+        );
+        let ct = resp
+            .header("content-type")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if path.ends_with(".js") {
+            assert!(ct.contains("javascript"), "{path} content-type {ct:?}");
+        } else if path.ends_with(".css") {
+            assert!(ct.starts_with("text/css"), "{path} content-type {ct:?}");
+        }
+    }
+}
+
+#[test]
+fn websocket_upgrade_on_an_unknown_path_is_404() {
+    let s = TestServer::start(&[]);
+    let r = http_request(
+        s.addr(),
+        &format!(
+            "GET /chat HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            s.addr()
+        ),
+    );
+    assert_eq!(r.status, 404, "only /ws upgrades");
+}
+
+#[test]
+fn max_connections_is_enforced_and_frees_up() {
+    let s = TestServer::start(&["--max-connections", "2"]);
+    let a = s.register("alice");
+    let _b = s.register("bob");
+    // A third WebSocket must not get a working session. How it is refused is not specified
+    // (HTTP error, close frame, or closed socket), so accept any refusal.
+    let refused = match std::net::TcpStream::connect_timeout(&s.addr(), T) {
+        Err(_) => true,
+        Ok(stream) => {
+            stream.set_read_timeout(Some(T)).unwrap();
+            match tungstenite::client(s.ws_url(), stream) {
+                Err(_) => true,
+                Ok((ws, _)) => {
+                    let mut c = Client::from_ws(ws, s.addr());
+                    c.send_json(&serde_json::json!({"type":"auth","user":"carol","password":PASSWORD,"register":true}));
+                    !matches!(c.recv(T), Event::Json(v) if v["type"] == "welcome")
+                }
+            }
+        }
+    };
+    assert!(
+        refused,
+        "a third connection over --max-connections 2 got a session"
+    );
+    a.close();
+    // Once a slot is free, a new connection works.
+    poll_until(T, "a slot to free up", || {
+        let stream = std::net::TcpStream::connect_timeout(&s.addr(), T).ok()?;
+        stream.set_read_timeout(Some(T)).unwrap();
+        let (ws, _) = tungstenite::client(s.ws_url(), stream).ok()?;
+        let mut c = Client::from_ws(ws, s.addr());
+        c.send_json(&serde_json::json!({"type":"auth","user":"alice","password":PASSWORD}));
+        matches!(c.recv(T), Event::Json(v) if v["type"] == "welcome").then_some(())
+    });
+}
+
+#[test]
+fn passwords_are_not_stored_in_plain_text() {
+    let mut s = TestServer::start(&[]);
+    let pw = "Plaintext-Canary-93f1c7";
+    drop(Client::register(s.addr(), "alice", pw));
+    s.login("alice", pw);
+    s.sigterm();
+    assert!(s.wait_exit(std::time::Duration::from_secs(10)).success());
+    let mut stack = vec![s.data_dir().to_path_buf()];
+    let mut files = 0;
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files += 1;
+                let bytes = std::fs::read(&p).unwrap();
+                assert!(
+                    !bytes.windows(pw.len()).any(|w| w == pw.as_bytes()),
+                    "the plain password is stored in {}",
+                    p.display()
+                );
+            }
+        }
+    }
+    assert!(files > 0, "the data dir holds the store");
+}

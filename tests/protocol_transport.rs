@@ -315,3 +315,48 @@ fn text_frames_from_server_hold_one_json_object_with_type() {
         }
     }
 }
+
+#[test]
+fn websocket_ping_from_the_client_gets_a_pong() {
+    let s = TestServer::start(&[]);
+    let mut raw = s.raw();
+    raw.auth_register("alice");
+    raw.send_frame(true, OP_PING, b"are you there").unwrap();
+    loop {
+        match raw.read_frame(T) {
+            RawEvent::Frame {
+                opcode: OP_PONG,
+                payload,
+                ..
+            } => {
+                assert_eq!(payload, b"are you there");
+                break;
+            }
+            RawEvent::Frame {
+                opcode: OP_PING, ..
+            } => {}
+            other => panic!("expected a pong, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn client_close_is_answered_with_a_close() {
+    let s = TestServer::start(&[]);
+    let mut raw = s.raw();
+    raw.auth_register("alice");
+    let mut payload = 1000u16.to_be_bytes().to_vec();
+    payload.extend_from_slice(b"bye");
+    raw.send_frame(true, OP_CLOSE, &payload).unwrap();
+    let (texts, end) = raw.read_until_close(T);
+    assert!(texts.is_empty(), "{texts:?}");
+    assert_eq!(end, Ok(Some(1000)), "the server echoes the normal close");
+    // Then the server ends the TCP connection.
+    loop {
+        match raw.read_frame(T) {
+            RawEvent::Eof | RawEvent::Error(_) => break,
+            RawEvent::Timeout => panic!("TCP connection still open after the close handshake"),
+            RawEvent::Frame { .. } => {}
+        }
+    }
+}

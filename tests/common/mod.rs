@@ -421,6 +421,11 @@ impl Client {
                 panic!("WebSocket handshake with {addr} interrupted")
             }
         };
+        Client::from_ws(ws, addr)
+    }
+
+    /// Wrap an already upgraded WebSocket.
+    pub fn from_ws(ws: WebSocket<TcpStream>, addr: SocketAddr) -> Client {
         Client {
             ws,
             addr,
