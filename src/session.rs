@@ -43,6 +43,9 @@ const WRITE_BATCH: usize = 128;
 /// Rooms one connection may be in at once.
 const MAX_ROOMS_PER_CONNECTION: usize = 256;
 
+/// The one message for every failed login or resume, so it cannot tell which part was wrong.
+const AUTH_FAILED: &str = "wrong user name, password or token (or the token expired)";
+
 /// Close codes that are not sent: the peer closed first, or is gone.
 const PEER_CLOSED: u16 = 0;
 
@@ -441,7 +444,7 @@ impl Session {
                 let hash = record.as_ref().map(|u| u.password_hash.clone());
                 let matches = state.passwords.verify(password, hash).await;
                 let Some(user) = record.filter(|_| matches) else {
-                    return fail(self, ErrorCode::AuthFailed, "wrong user name or password");
+                    return fail(self, ErrorCode::AuthFailed, AUTH_FAILED);
                 };
                 if user.banned {
                     return fail(self, ErrorCode::Banned, "this account is banned");
@@ -468,13 +471,7 @@ impl Session {
                         return fail(self, ErrorCode::Banned, "this account is banned")
                     }
                     Some(user) => (user, token),
-                    None => {
-                        return fail(
-                            self,
-                            ErrorCode::AuthFailed,
-                            "the token is invalid or expired",
-                        )
-                    }
+                    None => return fail(self, ErrorCode::AuthFailed, AUTH_FAILED),
                 }
             }
         };
