@@ -7,6 +7,24 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// Sum of /metrics samples whose name or labels mention a slow-consumer close ("slow" or
+/// "4008"). Black-box: the metric's exact name is not part of the contract.
+fn slow_close_metric(s: &TestServer) -> f64 {
+    s.metrics()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            let name = l
+                .rsplit_once(' ')
+                .map(|(n, _)| n)
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            name.contains("slow") || name.contains("4008")
+        })
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
 #[test]
 fn non_reading_client_is_closed_with_4008_and_a_reader_gets_everything() {
     let s = TestServer::start(&[
@@ -20,7 +38,7 @@ fn non_reading_client_is_closed_with_4008_and_a_reader_gets_everything() {
     let addr = s.addr();
     let room = "firehose";
 
-    // The slow one: joins, then reads nothing until the end of the test.
+    // The slow one: joins, then reads nothing until the server has decided to close it.
     let mut slow = s.register("slow");
     slow.join(room);
 
@@ -51,11 +69,23 @@ fn non_reading_client_is_closed_with_4008_and_a_reader_gets_everything() {
     let mut sender = s.register("sender");
     sender.join(room);
     let base = s.healthz()["connections"].as_u64().unwrap();
+    let metric_base = slow_close_metric(&s);
+
+    // Draining the slow client: started as soon as the server reports the slow close (so the
+    // close frame can still be read behind the buffered data), or after the last batch.
+    let drain = |mut c: Client| {
+        thread::spawn(move || {
+            let (frames, end) = c.read_until_end(Duration::from_secs(30));
+            (frames, end)
+        })
+    };
+    let mut slow = Some(slow);
+    let mut slow_drain = None;
 
     // 16 000-byte texts (4000 four-byte scalar values).
     let big: String = "\u{1F4A9}".repeat(3990);
     let mut acked = Vec::new();
-    let mut dropped_after = None;
+    let mut detected_after = None;
     let t0 = Instant::now();
     const BATCH: usize = 50;
     while acked.len() < 3000 {
@@ -76,14 +106,12 @@ fn non_reading_client_is_closed_with_4008_and_a_reader_gets_everything() {
                 _ => panic!("sender: unexpected {v}"),
             }
         }
-        if dropped_after.is_none() && s.healthz()["connections"].as_u64().unwrap() < base {
-            dropped_after = Some(acked.len());
-            // A few more batches after the drop, to show the others are unaffected.
-            if acked.len() >= 3000 - 4 * BATCH {
-                break;
-            }
+        if detected_after.is_none() && slow_close_metric(&s) > metric_base {
+            detected_after = Some(acked.len());
+            slow_drain = Some(drain(slow.take().unwrap()));
         }
-        if let Some(n) = dropped_after {
+        // A few more batches after the slow close, to show the others are unaffected.
+        if let Some(n) = detected_after {
             if acked.len() >= n + 4 * BATCH {
                 break;
             }
@@ -92,10 +120,10 @@ fn non_reading_client_is_closed_with_4008_and_a_reader_gets_everything() {
     let (end_ack, _) = sender.say(room, "END");
     acked.push(id_of(&end_ack));
     eprintln!(
-        "sent {} messages in {:?}; slow client dropped after {:?}",
+        "sent {} messages in {:?}; slow close seen in /metrics after {:?}",
         acked.len(),
         t0.elapsed(),
-        dropped_after
+        detected_after
     );
 
     let reader_ids = reader.join().expect("reader thread panicked");
@@ -104,8 +132,9 @@ fn non_reading_client_is_closed_with_4008_and_a_reader_gets_everything() {
         "the reading client receives every message, in order"
     );
 
-    // Now read what the slow client has buffered: a prefix of the messages in order, then 4008.
-    let (frames, end) = slow.read_until_end(Duration::from_secs(30));
+    // What the slow client got: a gap-free prefix of the messages in order, then 4008.
+    let slow_drain = slow_drain.unwrap_or_else(|| drain(slow.take().unwrap()));
+    let (frames, end) = slow_drain.join().expect("drain thread panicked");
     let ids: Vec<u64> = frames
         .iter()
         .filter(|v| v["type"] == "message")
@@ -131,18 +160,13 @@ fn non_reading_client_is_closed_with_4008_and_a_reader_gets_everything() {
     match end {
         Event::Closed(code) => assert_eq!(code, Some(4008), "slow consumer close code"),
         Event::Ended(e) => {
-            // The server may have given up on the socket entirely; then /metrics must show it.
-            let m = s.metrics();
-            let hit = m.lines().filter(|l| !l.starts_with('#')).any(|l| {
-                let l2 = l.to_ascii_lowercase();
-                (l2.contains("4008") || l2.contains("slow"))
-                    && l.rsplit(' ')
-                        .next()
-                        .and_then(|v| v.parse::<f64>().ok())
-                        .unwrap_or(0.0)
-                        >= 1.0
-            });
-            panic!("slow client's connection ended without a 4008 close frame ({e}); metrics mention a slow-consumer close: {hit}");
+            // The server may give up on a socket nobody reads before the close frame gets
+            // through; then /metrics must show the slow-consumer close.
+            assert!(
+                slow_close_metric(&s) > metric_base,
+                "slow client's connection ended without a 4008 close frame ({e}) and /metrics shows no slow-consumer close"
+            );
+            eprintln!("note: no 4008 close frame could be read ({e}); /metrics shows the slow-consumer close");
         }
         Event::Timeout => panic!(
             "the slow client was never closed ({} messages buffered)",
@@ -151,7 +175,12 @@ fn non_reading_client_is_closed_with_4008_and_a_reader_gets_everything() {
         Event::Json(_) => unreachable!(),
     }
     assert!(
-        dropped_after.is_some(),
-        "healthz.connections never dropped although the slow client was closed"
+        detected_after.is_some(),
+        "/metrics never showed a slow-consumer close"
+    );
+    poll_until(
+        Duration::from_secs(10),
+        "healthz.connections to drop the slow client",
+        || (s.healthz()["connections"].as_u64().unwrap() < base).then_some(()),
     );
 }
