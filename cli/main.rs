@@ -1,5 +1,6 @@
 //! The `chatd` binary: parses arguments and dispatches. The work lives in the library.
 
+mod admin;
 mod serve;
 
 use std::process::ExitCode;
@@ -15,8 +16,10 @@ struct Chatd {
 
 #[derive(FromArgs)]
 #[argh(subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at start
 enum Command {
     Serve(serve::Serve),
+    Admin(admin::Admin),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
     };
     let result = match chatd.command {
         Command::Serve(serve) => serve.run(),
+        Command::Admin(admin) => return admin.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

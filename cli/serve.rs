@@ -69,6 +69,12 @@ pub struct Serve {
     /// database cache in MiB (default 128)
     #[argh(option)]
     cache_mb: Option<String>,
+    /// delete messages older than this (e.g. 30d), checked at start and hourly (default: keep)
+    #[argh(option)]
+    retention: Option<String>,
+    /// keep at most this many newest messages per room, checked at start and hourly
+    #[argh(option)]
+    retention_per_room: Option<String>,
     /// log filter, e.g. info, debug, chatd=debug (default info)
     #[argh(option)]
     log: Option<String>,
@@ -144,6 +150,13 @@ impl Serve {
         set!(c.durability, durability, "durability", |s: &str| s
             .parse::<Durability>(
         ));
+        c.retention = setting(&self.retention, "retention", duration)?;
+        c.retention_per_room = setting(&self.retention_per_room, "retention-per-room", number)?;
+        if c.retention.is_some_and(|d| d.is_zero()) || c.retention_per_room == Some(0) {
+            return Err(anyhow!(
+                "--retention and --retention-per-room must be above zero (leave them out to keep everything)"
+            ));
+        }
         if let Some(mb) = setting(&self.cache_mb, "cache-mb", number::<u64>)? {
             c.cache_bytes = mb * 1024 * 1024;
         }

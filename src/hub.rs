@@ -229,13 +229,6 @@ impl Hub {
         n
     }
 
-    /// Closes every connection (server shutdown).
-    pub fn close_all(&self, close: CloseRequest) {
-        for member in lock(&self.connections).values() {
-            member.outbox.close(close.clone());
-        }
-    }
-
     // ----- room operations -----
 
     /// Joins `member` to `room` and queues `joined`, the replay and `synced` to it, announcing
@@ -467,6 +460,113 @@ impl Hub {
             });
             let state = lock(&room.state);
             room.fan_out(&state, &frame, None, &self.metrics);
+        }
+    }
+}
+
+// ----- administration (used by `chatd admin` through the admin socket) -----
+
+impl Hub {
+    /// Stores a message from `author` (a name no account can have) in the existing room `name`
+    /// through the normal path: under the room lock, durable before it is published, in id order
+    /// with everyone else's messages. Returns its id; it is announced once the committer has
+    /// flushed it (await [`Committer::barrier`] to know it was).
+    pub fn post_system_message(
+        &self,
+        name: &str,
+        author: &str,
+        text: String,
+    ) -> Result<u64, StoreError> {
+        let room = self.room(name)?;
+        let message = Message {
+            user: author.to_owned(),
+            text,
+            ts: now_ms(),
+            cid: None,
+        };
+        let state = lock(&room.state);
+        let Appended::New(id) = self.store.append(&room.name, "", &message)? else {
+            // Without a cid there is nothing to be a duplicate of.
+            return Err(StoreError::Corrupt {
+                kind: "message",
+                key: name.to_owned(),
+                detail: "a message without cid was reported as a duplicate".into(),
+            });
+        };
+        self.metrics.messages_stored.inc();
+        let published = room.clone();
+        let metrics = self.metrics.clone();
+        self.committer.after_flush(Box::new(move |flushed| {
+            if flushed.is_err() {
+                return;
+            }
+            let frame = encode(&MessageEvent::new(&published.name, id, &message));
+            let mut state = lock(&published.state);
+            state.published = state.published.max(id);
+            published.fan_out(&state, &frame, None, &metrics);
+        }));
+        drop(state);
+        Ok(id)
+    }
+
+    /// Deletes room `name` from the store and from memory. The room record goes first, under
+    /// the room's lock, so no message can be stored in it afterwards; its members get `left`.
+    /// The messages are removed after that, outside the lock. Returns the removed record and
+    /// how many messages went.
+    pub fn delete_room(
+        &self,
+        name: &str,
+        between_chunks: &mut dyn FnMut(),
+    ) -> Result<Option<(crate::store::Room, u64)>, StoreError> {
+        let removed = match self.loaded_room(name) {
+            Some(room) => {
+                let _state = lock(&room.state);
+                self.store.remove_room_record(name)?
+            }
+            None => self.store.remove_room_record(name)?,
+        };
+        self.unload_room(name);
+        let Some(record) = removed else {
+            return Ok(None);
+        };
+        let n = self.store.purge_room_messages(record.no, between_chunks)?;
+        Ok(Some((record, n)))
+    }
+
+    /// Every authenticated connection with the rooms it has joined.
+    pub fn connections(&self) -> Vec<(Member, Vec<String>)> {
+        let rooms: Vec<Arc<Room>> = lock(&self.rooms).values().cloned().collect();
+        let mut joined: HashMap<u64, Vec<String>> = HashMap::new();
+        for room in rooms {
+            let state = lock(&room.state);
+            for conn in state.members.keys() {
+                joined.entry(*conn).or_default().push(room.name.clone());
+            }
+        }
+        self.online()
+            .into_iter()
+            .map(|m| {
+                let mut rooms = joined.remove(&m.conn).unwrap_or_default();
+                rooms.sort();
+                (m, rooms)
+            })
+            .collect()
+    }
+
+    /// After messages with ids up to `last_id` were written into room `name` behind the hub's
+    /// back (an import), lets replays and history include them once they are durable: the
+    /// raise is queued with the committer under the room lock, like a send's announcement.
+    pub fn publish_up_to(&self, name: &str, last_id: u64) {
+        if let Some(room) = self.loaded_room(name) {
+            let state = lock(&room.state);
+            let published = room.clone();
+            self.committer.after_flush(Box::new(move |flushed| {
+                if flushed.is_ok() {
+                    let mut state = lock(&published.state);
+                    state.published = state.published.max(last_id);
+                }
+            }));
+            drop(state);
         }
     }
 }

@@ -3,6 +3,7 @@
 //! A message flows one way: socket → [`session`] → [`store`] (durable, group commit) →
 //! [`hub`] → each member's [`outbox`] → socket. The wire contract is docs/PROTOCOL.md.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod http;

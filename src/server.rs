@@ -5,9 +5,10 @@
 //! connection to close with 1001, wait for them (bounded), run the last group commit, flush, and
 //! stop the threads. The store is dropped only after every task that could write is gone.
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures_lite::{future, FutureExt};
@@ -17,7 +18,7 @@ use crate::auth::Passwords;
 use crate::config::{Config, Durability};
 use crate::hub::{now_ms, Hub};
 use crate::metrics::Metrics;
-use crate::outbox::CloseRequest;
+use crate::outbox::{CloseRequest, Outbox};
 use crate::protocol::close;
 use crate::store::commit::Committer;
 use crate::store::{Store, StoreError, StoreOptions};
@@ -44,6 +45,14 @@ pub enum ServerError {
     /// The database cannot be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The admin socket cannot be created.
+    #[error("cannot create the admin socket {path}: {source}")]
+    Admin {
+        /// The socket path.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -70,12 +79,31 @@ pub struct State {
     conn_ids: AtomicU64,
     sockets: AtomicUsize,
     healthy: AtomicBool,
+    /// Every WebSocket connection's outbox, authenticated or not, so shutdown reaches them all.
+    outboxes: Mutex<HashMap<u64, Arc<Outbox>>>,
 }
 
 impl State {
     /// A new connection id.
     pub fn next_conn_id(&self) -> u64 {
         self.conn_ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Tracks a WebSocket connection until [`State::untrack`].
+    pub fn track(&self, conn: u64, outbox: Arc<Outbox>) {
+        lock(&self.outboxes).insert(conn, outbox);
+    }
+
+    /// Stops tracking a connection.
+    pub fn untrack(&self, conn: u64) {
+        lock(&self.outboxes).remove(&conn);
+    }
+
+    /// Asks every WebSocket connection to close.
+    fn close_all(&self, request: CloseRequest) {
+        for outbox in lock(&self.outboxes).values() {
+            outbox.close(request.clone());
+        }
     }
 
     /// Time since start.
@@ -95,6 +123,10 @@ impl State {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Counts an open socket for `--max-connections`; uncounts it when dropped.
 struct SocketSlot(Arc<State>);
 
@@ -107,6 +139,7 @@ impl Drop for SocketSlot {
 /// A bound, ready server.
 pub struct Server {
     listener: Async<TcpListener>,
+    admin: crate::admin::socket::Listener,
     state: Arc<State>,
     executor: Arc<Executor<'static>>,
 }
@@ -127,6 +160,13 @@ impl Server {
                 background_flush: config.durability == Durability::Relaxed,
             },
         )?);
+        // Only now, holding the database lock, may a stale admin socket be replaced.
+        let admin = crate::admin::socket::Listener::bind(&config.data_dir).map_err(|source| {
+            ServerError::Admin {
+                path: crate::admin::socket::socket_path(&config.data_dir),
+                source,
+            }
+        })?;
         let listener = TcpListener::bind(config.listen)
             .and_then(Async::new)
             .map_err(|source| ServerError::Bind {
@@ -159,9 +199,11 @@ impl Server {
             conn_ids: AtomicU64::new(1),
             sockets: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
+            outboxes: Mutex::new(HashMap::new()),
         });
         Ok(Server {
             listener,
+            admin,
             state,
             executor,
         })
@@ -181,6 +223,7 @@ impl Server {
     pub fn run(self, shutdown: async_channel::Receiver<()>) -> Result<(), ServerError> {
         let Server {
             listener,
+            admin,
             state,
             executor,
         } = self;
@@ -199,11 +242,18 @@ impl Server {
                 source,
             })?;
         executor.spawn(janitor(state.clone())).detach();
+        let admin_task = executor.spawn(crate::admin::socket::serve(
+            admin,
+            state.clone(),
+            executor.clone(),
+        ));
         let (live, all_closed) = async_channel::bounded::<()>(1);
         smol::block_on(executor.run(accept(&listener, &state, &executor, &live, shutdown)));
         drop(listener);
+        // Stops admin connections and removes the admin socket file.
+        smol::block_on(executor.run(admin_task.cancel()));
         tracing::info!("shutting down: closing connections");
-        state.hub.close_all(CloseRequest {
+        state.close_all(CloseRequest {
             code: close::GOING_AWAY,
             reason: "server shutting down",
         });
@@ -311,6 +361,29 @@ async fn janitor(state: Arc<State>) {
             }
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "cleaning up sessions and cids failed"),
+        }
+        let chores = state.clone();
+        match smol::unblock(move || crate::admin::retention(&chores)).await {
+            Ok(Some(report)) if report.removed > 0 => {
+                for room in &report.rooms {
+                    tracing::info!(
+                        room = %room.room,
+                        removed = room.removed,
+                        first_id = room.first_id,
+                        last_id = room.last_id,
+                        remaining = room.remaining,
+                        "retention pruned messages"
+                    );
+                }
+                tracing::info!(
+                    removed = report.removed,
+                    rooms = report.rooms.len(),
+                    "retention prune done"
+                );
+            }
+            Ok(Some(_)) => tracing::debug!("retention prune: nothing to remove"),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "retention prune failed"),
         }
         Timer::after(JANITOR_INTERVAL).await;
     }

@@ -131,6 +131,7 @@ pub async fn run(ws: WebSocketStream<Socket>, peer: SocketAddr, state: Arc<State
         frames: TokenBucket::new((rate * 5.0).max(50.0), (burst * 5.0).max(200.0)),
         strikes: TokenBucket::new(rate, (burst * 5.0).max(100.0)),
     };
+    state.track(conn, outbox.clone());
     state.metrics.connections.inc();
     tracing::info!(%peer, conn, "connection opened");
     let (mut sink, mut stream) = ws.split();
@@ -151,6 +152,7 @@ pub async fn run(ws: WebSocketStream<Socket>, peer: SocketAddr, state: Arc<State
     let (request, ()) = future::zip(reader, writer).await;
     let reason = outbox.closing().unwrap_or(request);
     session.finish();
+    state.untrack(conn);
     state.metrics.connections.dec();
     tracing::info!(
         %peer,

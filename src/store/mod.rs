@@ -17,6 +17,7 @@
 
 mod codec;
 pub mod commit;
+pub mod maintenance;
 mod records;
 
 use std::path::{Path, PathBuf};

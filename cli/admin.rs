@@ -1,0 +1,1015 @@
+//! `chatd admin`: argument parsing and terminal I/O. The commands themselves live in
+//! `chatd::admin` and run either inside the running server (over its admin socket) or directly
+//! on the database when no server runs.
+
+use std::io::{BufRead, BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use argh::FromArgs;
+use chatd::admin::offline::{self, GenerateSpec, Need, Target};
+use chatd::admin::{format, AdminError, ErrorKind, Reply, Request};
+use chatd::store::maintenance::{validate_line, Imported, Line, PruneRule, Search};
+
+/// Administer a chatd instance: query, moderate, prune, back up. Works whether or not
+/// `chatd serve` is running on the data directory (through its admin socket when it is).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "admin")]
+pub struct Admin {
+    #[argh(subcommand)]
+    command: Command,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Command {
+    Stats(Stats),
+    Users(Users),
+    Rooms(Rooms),
+    Messages(Messages),
+    Prune(Prune),
+    Online(Online),
+    Kick(Kick),
+    Announce(Announce),
+    Export(Export),
+    Import(Import),
+    Generate(Generate),
+    Compact(Compact),
+}
+
+/// Counts, database size, oldest/newest message; uptime and connections when running.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "stats")]
+struct Stats {
+    /// data directory (default ./data, or CHATD_DATA_DIR)
+    #[argh(option)]
+    data_dir: Option<String>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+/// Manage accounts.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "users")]
+struct Users {
+    #[argh(subcommand)]
+    command: UsersCommand,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum UsersCommand {
+    List(UsersList),
+    Show(UsersShow),
+    Add(UsersAdd),
+    Passwd(UsersPasswd),
+    Ban(UsersBan),
+    Unban(UsersUnban),
+    Delete(UsersDelete),
+}
+
+/// List accounts.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "list")]
+struct UsersList {
+    /// data directory (default ./data, or CHATD_DATA_DIR)
+    #[argh(option)]
+    data_dir: Option<String>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+/// Show one account.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "show")]
+struct UsersShow {
+    /// user name
+    #[argh(positional)]
+    name: String,
+    /// data directory (default ./data, or CHATD_DATA_DIR)
+    #[argh(option)]
+    data_dir: Option<String>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+/// Create an account; the password is prompted for (no echo) or read from stdin.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "add")]
+struct UsersAdd {
+    /// user name
+    #[argh(positional)]
+    name: String,
+    /// read the password from the first line of standard input
+    #[argh(switch)]
+    password_stdin: bool,
+    /// data directory (default ./data, or CHATD_DATA_DIR)
+    #[argh(option)]
+    data_dir: Option<String>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+/// Set an account's password (revokes its session tokens).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "passwd")]
+struct UsersPasswd {
+    /// user name
+    #[argh(positional)]
+    name: String,
+    /// read the password from the first line of standard input
+    #[argh(switch)]
+    password_stdin: bool,
+    /// data directory (default ./data, or CHATD_DATA_DIR)
+    #[argh(option)]
+    data_dir: Option<String>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+/// Ban an account: revoke its tokens, refuse logins, close its connections (1008).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "ban")]
+struct UsersBan {
+    /// user name
+    #[argh(positional)]
+    name: String,
+    /// data directory (default ./data, or CHATD_DATA_DIR)
+    #[argh(option)]
+    data_dir: Option<String>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+/// Lift a ban.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "unban")]
+struct UsersUnban {
+    /// user name
+    #[argh(positional)]
+    name: String,
+    /// data directory (default ./data, or CHATD_DATA_DIR)
+    #[argh(option)]
+    data_dir: Option<String>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+/// Delete an account; say what happens to its messages.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "delete")]
+struct UsersDelete {
+    /// user name
+    #[argh(positional)]
+    name: String,
+    /// keep the user's messages (they stay under the old name)
+    #[argh(switch)]
+    keep_messages: bool,
+    /// delete every message the user wrote
+    #[argh(switch)]
+    delete_messages: bool,
+    /// data directory (default ./data, or CHATD_DATA_DIR)
+    #[argh(option)]
+    data_dir: Option<String>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+/// Manage rooms.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "rooms")]
+struct Rooms {
+    #[argh(subcommand)]
+    command: RoomsCommand,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum RoomsCommand {
+    List(RoomsList),
+    Show(RoomsShow),
+    Delete(RoomsDelete),
+}
+
+/// List rooms.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "list")]
+struct RoomsList {
+    /// data directory (default ./data, or CHATD_DATA_DIR)
+    #[argh(option)]
+    data_dir: Option<String>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+/// Show one room.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "show")]
+struct RoomsShow {
+    /// room name
+    #[argh(positional)]
+    name: String,
+    /// data directory (default ./data, or CHATD_DATA_DIR)
+    #[argh(option)]
+    data_dir: Option<String>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+/// Delete a room and all its messages (its ids are never reused).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "delete")]
+struct RoomsDelete {
+    /// room name
+    #[argh(positional)]
+    name: String,
+    /// data directory (default ./data, or CHATD_DATA_DIR)
+    #[argh(option)]
+    data_dir: Option<String>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+/// Search and moderate messages.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "messages")]
+struct Messages {
+    #[argh(subcommand)]
+    command: MessagesCommand,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum MessagesCommand {
+    List(MessagesList),
+    Delete(MessagesDelete),
+}
+
+/// List messages, newest first.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "list")]
+struct MessagesList {
+    /// only this room
+    #[argh(option)]
+    room: Option<String>,
+    /// only messages by this user
+    #[argh(option)]
+    user: Option<String>,
+    /// only messages at or after this time: RFC 3339 (2026-11-01T12:00:00Z) or an age (2h, 7d)
+    #[argh(option)]
+    since: Option<String>,
+    /// only messages at or before this time: RFC 3339 or an age
+    #[argh(option)]
+    until: Option<String>,
+    /// only messages containing this text (case-insensitive)
+    #[argh(option)]
+    grep: Option<String>,
+    /// at most this many (default 50; 0 for all)
+    #[argh(option, default = "50")]
+    limit: usize,
+    /// oldest first
+    #[argh(switch)]
+    asc: bool,
+    /// data directory (default ./data, or CHATD_DATA_DIR)
+    #[argh(option)]
+    data_dir: Option<String>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+/// Delete messages by id; connected clients get a `deleted` event.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "delete")]
+struct MessagesDelete {
+    /// message ids
+    #[argh(positional)]
+    ids: Vec<u64>,
+    /// the room the messages are in (faster; otherwise every room is searched)
+    #[argh(option)]
+    room: Option<String>,
+    /// data directory (default ./data, or CHATD_DATA_DIR)
+    #[argh(option)]
+    data_dir: Option<String>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+/// Remove old messages: those older than --older-than and/or beyond the newest --keep-last of
+/// each room (a message goes if either rule selects it).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "prune")]
+struct Prune {
+    /// remove messages older than this age (30d, 12h) or this time (RFC 3339)
+    #[argh(option)]
+    older_than: Option<String>,
+    /// keep only the newest N messages of each room
+    #[argh(option)]
+    keep_last: Option<u64>,
+    /// only this room
+    #[argh(option)]
+    room: Option<String>,
+    /// only show what would be removed
+    #[argh(switch)]
+    dry_run: bool,
+    /// data directory (default ./data, or CHATD_DATA_DIR)
+    #[argh(option)]
+    data_dir: Option<String>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+/// Who is connected, from where, since when (needs the running server).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "online")]
+struct Online {
+    /// data directory (default ./data, or CHATD_DATA_DIR)
+    #[argh(option)]
+    data_dir: Option<String>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+/// Close a user's connections with 1008 (needs the running server; they may reconnect).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "kick")]
+struct Kick {
+    /// user name
+    #[argh(positional)]
+    name: String,
+    /// data directory (default ./data, or CHATD_DATA_DIR)
+    #[argh(option)]
+    data_dir: Option<String>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+/// Post a system message to one room or all (needs the running server).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "announce")]
+struct Announce {
+    /// the text (several words are joined with spaces)
+    #[argh(positional)]
+    text: Vec<String>,
+    /// only this room (default: every room)
+    #[argh(option)]
+    room: Option<String>,
+    /// data directory (default ./data, or CHATD_DATA_DIR)
+    #[argh(option)]
+    data_dir: Option<String>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+/// Write the database as JSON Lines (consistent even while the server runs).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "export")]
+struct Export {
+    /// write to this file (mode 0600) instead of standard output
+    #[argh(option)]
+    out: Option<String>,
+    /// include password hashes and sessions (needed for a full restore)
+    #[argh(switch)]
+    with_secrets: bool,
+    /// data directory (default ./data, or CHATD_DATA_DIR)
+    #[argh(option)]
+    data_dir: Option<String>,
+}
+
+/// Restore an export into this database, idempotently (what exists is kept).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "import")]
+struct Import {
+    /// the export file (- for standard input)
+    #[argh(positional)]
+    file: String,
+    /// data directory (default ./data, or CHATD_DATA_DIR)
+    #[argh(option)]
+    data_dir: Option<String>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+/// Fill a database with synthetic users, rooms and messages (server stopped; for benchmarks).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "generate")]
+struct Generate {
+    /// rooms room-001, room-002, …
+    #[argh(option)]
+    rooms: u32,
+    /// messages, spread round-robin over the rooms
+    #[argh(option)]
+    messages: u64,
+    /// authors user-0001, … with password password123 (default 100)
+    #[argh(option, default = "100")]
+    users: u32,
+    /// timestamps spread over this span, ending now (default 30d)
+    #[argh(option, default = "String::from(\"30d\")")]
+    span: String,
+    /// approximate text length in bytes (default 80)
+    #[argh(option, default = "80")]
+    text_bytes: usize,
+    /// data directory (default ./data, or CHATD_DATA_DIR)
+    #[argh(option)]
+    data_dir: Option<String>,
+}
+
+/// Rewrite the database compactly and swap it in (server stopped): reclaims space sled keeps
+/// after many deletions.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "compact")]
+struct Compact {
+    /// data directory (default ./data, or CHATD_DATA_DIR)
+    #[argh(option)]
+    data_dir: Option<String>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+fn data_dir(flag: &Option<String>) -> PathBuf {
+    flag.clone()
+        .or_else(|| std::env::var("CHATD_DATA_DIR").ok())
+        .map_or_else(|| PathBuf::from("data"), PathBuf::from)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A point in time: an age (`2h`, `7d`: that long ago) or an RFC 3339 time (UTC; a bare date
+/// means its midnight).
+fn parse_time(flag: &str, text: &str) -> Result<u64, AdminError> {
+    let t = text.trim();
+    if let Ok(age) = humantime::parse_duration(t) {
+        return Ok(now_ms().saturating_sub(age.as_millis() as u64));
+    }
+    let full = if t.len() == 10 {
+        format!("{t}T00:00:00Z")
+    } else {
+        t.to_owned()
+    };
+    humantime::parse_rfc3339_weak(&full)
+        .map(|time| {
+            time.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+        })
+        .map_err(|_| {
+            AdminError::usage(format!(
+                "{flag}: `{text}` is neither an age like 2h or 7d nor a time like 2026-11-01T12:00:00Z"
+            ))
+        })
+}
+
+fn read_password(from_stdin: bool, name: &str) -> Result<String, AdminError> {
+    let password = if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| AdminError::failed(format!("cannot read the password from stdin: {e}")))?;
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    } else {
+        let no_tty = |e: std::io::Error| {
+            AdminError::usage(format!(
+                "cannot prompt for a password ({e}); pipe it in with --password-stdin"
+            ))
+        };
+        let first =
+            rpassword::prompt_password(format!("New password for {name}: ")).map_err(no_tty)?;
+        let again = rpassword::prompt_password("Repeat the password: ").map_err(no_tty)?;
+        if first != again {
+            return Err(AdminError::usage(
+                "the passwords do not match; nothing was changed",
+            ));
+        }
+        first
+    };
+    if !chatd::protocol::valid_password(&password) {
+        return Err(AdminError::usage(
+            "passwords are 8 to 128 characters; nothing was changed",
+        ));
+    }
+    chatd::auth::hash_password(&password).map_err(|e| AdminError::failed(e.to_string()))
+}
+
+fn ask_yes_no(question: &str) -> Option<bool> {
+    if !std::io::stdin().is_terminal() {
+        return None;
+    }
+    eprint!("{question} [y/n] ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).ok()?;
+    match line.trim().to_ascii_lowercase().as_str() {
+        "y" | "yes" => Some(true),
+        "n" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+fn print(reply: &Reply, json: bool) -> Result<(), AdminError> {
+    let text = if json {
+        format::json(reply)
+    } else {
+        format::human(reply)
+    };
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`| head`) is not an error worth reporting.
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    Ok(())
+}
+
+/// Runs one request where the instance is, and prints the reply.
+fn simple(
+    dir: &Path,
+    need: Need,
+    create: bool,
+    request: Request,
+    json: bool,
+) -> Result<(), AdminError> {
+    let mut target = offline::open(dir, need, create)?;
+    let reply = target.run(request, &mut |_| Ok(()))?;
+    print(&reply, json)
+}
+
+impl Admin {
+    /// Runs the command; the exit code is 0 on success, 1 on failure, 2 on bad arguments.
+    pub fn run(self) -> ExitCode {
+        match self.dispatch() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("chatd admin: {}", e.message);
+                ExitCode::from(e.exit_code())
+            }
+        }
+    }
+
+    fn dispatch(self) -> Result<(), AdminError> {
+        match self.command {
+            Command::Stats(c) => simple(
+                &data_dir(&c.data_dir),
+                Need::Any,
+                false,
+                Request::Stats,
+                c.json,
+            ),
+            Command::Users(u) => match u.command {
+                UsersCommand::List(c) => simple(
+                    &data_dir(&c.data_dir),
+                    Need::Any,
+                    false,
+                    Request::UsersList,
+                    c.json,
+                ),
+                UsersCommand::Show(c) => simple(
+                    &data_dir(&c.data_dir),
+                    Need::Any,
+                    false,
+                    Request::UsersShow { name: c.name },
+                    c.json,
+                ),
+                UsersCommand::Add(c) => {
+                    if !chatd::protocol::valid_user_name(&c.name) {
+                        return Err(AdminError::usage(format!(
+                            "`{}` is not a user name (1 to 32 of A-Z a-z 0-9 _ . -)",
+                            c.name
+                        )));
+                    }
+                    let dir = data_dir(&c.data_dir);
+                    // Find the instance first, so a wrong --data-dir fails before the prompt.
+                    let mut target = offline::open(&dir, Need::Any, true)?;
+                    let password_hash = read_password(c.password_stdin, &c.name)?;
+                    let reply = target.run(
+                        Request::UsersAdd {
+                            name: c.name,
+                            password_hash,
+                        },
+                        &mut |_| Ok(()),
+                    )?;
+                    print(&reply, c.json)
+                }
+                UsersCommand::Passwd(c) => {
+                    let dir = data_dir(&c.data_dir);
+                    let mut target = offline::open(&dir, Need::Any, false)?;
+                    // Check the user exists before asking for a password.
+                    target.run(
+                        Request::UsersShow {
+                            name: c.name.clone(),
+                        },
+                        &mut |_| Ok(()),
+                    )?;
+                    let password_hash = read_password(c.password_stdin, &c.name)?;
+                    let reply = target.run(
+                        Request::UsersPasswd {
+                            name: c.name,
+                            password_hash,
+                        },
+                        &mut |_| Ok(()),
+                    )?;
+                    print(&reply, c.json)
+                }
+                UsersCommand::Ban(c) => simple(
+                    &data_dir(&c.data_dir),
+                    Need::Any,
+                    false,
+                    Request::UsersBan { name: c.name },
+                    c.json,
+                ),
+                UsersCommand::Unban(c) => simple(
+                    &data_dir(&c.data_dir),
+                    Need::Any,
+                    false,
+                    Request::UsersUnban { name: c.name },
+                    c.json,
+                ),
+                UsersCommand::Delete(c) => {
+                    let delete_messages = match (c.keep_messages, c.delete_messages) {
+                        (true, true) => {
+                            return Err(AdminError::usage(
+                                "choose one of --keep-messages and --delete-messages",
+                            ))
+                        }
+                        (true, false) => false,
+                        (false, true) => true,
+                        (false, false) => ask_yes_no(&format!(
+                            "Also delete every message {} wrote?",
+                            c.name
+                        ))
+                        .ok_or_else(|| {
+                            AdminError::usage(
+                                "say what happens to the user's messages: --keep-messages or --delete-messages",
+                            )
+                        })?,
+                    };
+                    simple(
+                        &data_dir(&c.data_dir),
+                        Need::Any,
+                        false,
+                        Request::UsersDelete {
+                            name: c.name,
+                            delete_messages,
+                        },
+                        c.json,
+                    )
+                }
+            },
+            Command::Rooms(r) => match r.command {
+                RoomsCommand::List(c) => simple(
+                    &data_dir(&c.data_dir),
+                    Need::Any,
+                    false,
+                    Request::RoomsList,
+                    c.json,
+                ),
+                RoomsCommand::Show(c) => simple(
+                    &data_dir(&c.data_dir),
+                    Need::Any,
+                    false,
+                    Request::RoomsShow { name: c.name },
+                    c.json,
+                ),
+                RoomsCommand::Delete(c) => simple(
+                    &data_dir(&c.data_dir),
+                    Need::Any,
+                    false,
+                    Request::RoomsDelete { name: c.name },
+                    c.json,
+                ),
+            },
+            Command::Messages(m) => match m.command {
+                MessagesCommand::List(c) => {
+                    let search = Search {
+                        since_ms: c
+                            .since
+                            .as_deref()
+                            .map(|t| parse_time("--since", t))
+                            .transpose()?,
+                        until_ms: c
+                            .until
+                            .as_deref()
+                            .map(|t| parse_time("--until", t))
+                            .transpose()?,
+                        room: c.room,
+                        user: c.user,
+                        grep: c.grep,
+                        limit: c.limit,
+                        asc: c.asc,
+                    };
+                    simple(
+                        &data_dir(&c.data_dir),
+                        Need::Any,
+                        false,
+                        Request::MessagesList(search),
+                        c.json,
+                    )
+                }
+                MessagesCommand::Delete(c) => simple(
+                    &data_dir(&c.data_dir),
+                    Need::Any,
+                    false,
+                    Request::MessagesDelete {
+                        ids: c.ids,
+                        room: c.room,
+                    },
+                    c.json,
+                ),
+            },
+            Command::Prune(c) => {
+                let rule = PruneRule {
+                    before_ms: c
+                        .older_than
+                        .as_deref()
+                        .map(|t| parse_time("--older-than", t))
+                        .transpose()?,
+                    keep_last: c.keep_last,
+                };
+                if rule.before_ms.is_none() && rule.keep_last.is_none() {
+                    return Err(AdminError::usage(
+                        "say what to prune: --older-than 30d and/or --keep-last N",
+                    ));
+                }
+                simple(
+                    &data_dir(&c.data_dir),
+                    Need::Any,
+                    false,
+                    Request::Prune {
+                        rule,
+                        room: c.room,
+                        dry_run: c.dry_run,
+                    },
+                    c.json,
+                )
+            }
+            Command::Online(c) => simple(
+                &data_dir(&c.data_dir),
+                Need::Server("online"),
+                false,
+                Request::Online,
+                c.json,
+            ),
+            Command::Kick(c) => simple(
+                &data_dir(&c.data_dir),
+                Need::Server("kick"),
+                false,
+                Request::Kick { name: c.name },
+                c.json,
+            ),
+            Command::Announce(c) => {
+                let text = c.text.join(" ");
+                if text.trim().is_empty() {
+                    return Err(AdminError::usage("give the announcement text"));
+                }
+                simple(
+                    &data_dir(&c.data_dir),
+                    Need::Server("announce"),
+                    false,
+                    Request::Announce { room: c.room, text },
+                    c.json,
+                )
+            }
+            Command::Export(c) => export(c),
+            Command::Import(c) => import(c),
+            Command::Generate(c) => generate(c),
+            Command::Compact(c) => {
+                let dir = data_dir(&c.data_dir);
+                drop(offline::open(&dir, Need::Offline("compact"), false)?);
+                let done = offline::compact(&dir)?;
+                if c.json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&done).unwrap_or_default()
+                    );
+                } else {
+                    println!(
+                        "compacted {}: {} before, {} after ({} entries copied)",
+                        dir.join("db").display(),
+                        format::bytes(done.bytes_before),
+                        format::bytes(done.bytes_after),
+                        done.entries
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn io_failed(what: &str, path: &Path, e: std::io::Error) -> AdminError {
+    AdminError::failed(format!("{what} {}: {e}", path.display()))
+}
+
+fn export(c: Export) -> Result<(), AdminError> {
+    let dir = data_dir(&c.data_dir);
+    let mut target = offline::open(&dir, Need::Any, false)?;
+    // Write to a side file and rename at the end: a failed export never looks complete.
+    let (mut out, paths): (Box<dyn Write>, Option<(PathBuf, PathBuf)>) = match &c.out {
+        Some(file) => {
+            let path = PathBuf::from(file);
+            let partial = PathBuf::from(format!("{file}.partial"));
+            let f = {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&partial)
+                    .map_err(|e| io_failed("cannot create", &partial, e))?
+            };
+            (Box::new(BufWriter::new(f)), Some((partial, path)))
+        }
+        None => (Box::new(BufWriter::new(std::io::stdout().lock())), None),
+    };
+    let result = target.run(
+        Request::Export {
+            with_secrets: c.with_secrets,
+        },
+        &mut |line: Line| {
+            let mut bytes = serde_json::to_vec(&line)
+                .map_err(|e| AdminError::failed(format!("cannot encode a line: {e}")))?;
+            bytes.push(b'\n');
+            out.write_all(&bytes)
+                .map_err(|e| AdminError::failed(format!("cannot write the export: {e}")))
+        },
+    );
+    let flushed = out
+        .flush()
+        .map_err(|e| AdminError::failed(format!("cannot write the export: {e}")));
+    drop(out);
+    let reply = match result.and_then(|r| flushed.map(|()| r)) {
+        Ok(reply) => reply,
+        Err(e) => {
+            if let Some((partial, _)) = &paths {
+                let _ = std::fs::remove_file(partial);
+            }
+            return Err(e);
+        }
+    };
+    if let Some((partial, path)) = &paths {
+        std::fs::File::open(partial)
+            .and_then(|f| f.sync_all())
+            .and_then(|()| std::fs::rename(partial, path))
+            .map_err(|e| io_failed("cannot finish", path, e))?;
+    }
+    let summary = format::human(&reply);
+    let consistency = if target.is_server() {
+        " (taken from the running server: as of the start of the export)"
+    } else {
+        ""
+    };
+    let note = format!("{}{consistency}\n", summary.trim_end());
+    if paths.is_some() {
+        print!("{note}");
+    } else {
+        eprint!("{note}");
+    }
+    Ok(())
+}
+
+/// Lines per import request, and a byte budget per request well under the server's limit.
+const IMPORT_BATCH_LINES: usize = 1000;
+const IMPORT_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+fn import(c: Import) -> Result<(), AdminError> {
+    let dir = data_dir(&c.data_dir);
+    // Parse and check the whole file before changing anything.
+    let reader: Box<dyn BufRead> = if c.file == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        let path = Path::new(&c.file);
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(path).map_err(|e| io_failed("cannot open", path, e))?,
+        ))
+    };
+    let mut lines: Vec<(Line, usize)> = Vec::new();
+    for (n, text) in reader.lines().enumerate() {
+        let text = text.map_err(|e| AdminError::failed(format!("cannot read {}: {e}", c.file)))?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let line: Line = serde_json::from_str(&text).map_err(|e| {
+            AdminError::usage(format!(
+                "{} line {}: not a chatd export line ({e}); nothing was imported",
+                c.file,
+                n + 1
+            ))
+        })?;
+        validate_line(&line).map_err(|e| {
+            AdminError::usage(format!(
+                "{} line {}: {e}; nothing was imported",
+                c.file,
+                n + 1
+            ))
+        })?;
+        if lines.is_empty() && !matches!(line, Line::Header { .. }) {
+            return Err(AdminError::usage(format!(
+                "{} does not start with a chatd-export header; is it a `chatd admin export` file?",
+                c.file
+            )));
+        }
+        lines.push((line, text.len()));
+    }
+    if lines.is_empty() {
+        return Err(AdminError::usage(format!("{} is empty", c.file)));
+    }
+    let mut target = offline::open(&dir, Need::Any, true)?;
+    let mut total = Imported::default();
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    let count = lines.len();
+    for (i, (line, size)) in lines.into_iter().enumerate() {
+        batch.push(line);
+        bytes += size;
+        if batch.len() == IMPORT_BATCH_LINES || bytes >= IMPORT_BATCH_BYTES || i + 1 == count {
+            let reply = target.run(
+                Request::Import {
+                    lines: std::mem::take(&mut batch),
+                },
+                &mut |_| Ok(()),
+            )?;
+            bytes = 0;
+            if let Reply::Imported(r) = reply {
+                total.users += r.users;
+                total
+                    .users_without_password
+                    .extend(r.users_without_password);
+                total.users_skipped += r.users_skipped;
+                total.sessions += r.sessions;
+                total.rooms += r.rooms;
+                total.messages += r.messages;
+                total.messages_skipped += r.messages_skipped;
+            }
+        }
+    }
+    total.touched_rooms.clear();
+    let without = total.users_without_password.clone();
+    print(&Reply::Imported(total), c.json)?;
+    if !without.is_empty() && !c.json {
+        eprintln!(
+            "note: {} imported user(s) have no password (the export was made without --with-secrets) and cannot log in until you run `chatd admin users passwd NAME`: {}",
+            without.len(),
+            without.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn generate(c: Generate) -> Result<(), AdminError> {
+    let dir = data_dir(&c.data_dir);
+    let span = humantime::parse_duration(&c.span).map_err(|_| {
+        AdminError::usage(format!("--span: `{}` is not a duration like 30d", c.span))
+    })?;
+    let spec = GenerateSpec {
+        rooms: c.rooms,
+        messages: c.messages,
+        users: c.users,
+        span,
+        text_bytes: c.text_bytes,
+    };
+    if spec.rooms == 0 || spec.users == 0 {
+        return Err(AdminError::usage("--rooms and --users must be at least 1"));
+    }
+    let Target::Local(store) = offline::open(&dir, Need::Offline("generate"), true)? else {
+        return Err(AdminError::new(
+            ErrorKind::NeedsOffline,
+            "stop the server before `chatd admin generate`",
+        ));
+    };
+    let started = std::time::Instant::now();
+    let mut last_report = started;
+    offline::generate(&store, &spec, &mut |n| {
+        if last_report.elapsed() > Duration::from_secs(2) {
+            last_report = std::time::Instant::now();
+            eprintln!("  {n} messages written…");
+        }
+    })?;
+    println!(
+        "generated {} user(s), {} room(s), {} message(s) in {:.1} s",
+        spec.users,
+        spec.rooms,
+        spec.messages,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
