@@ -5,7 +5,8 @@
 //! drains everything queued and writes it with one flush. Broadcasts count against the bound:
 //! a client that stops reading overflows it and is closed with 4008 instead of slowing anyone
 //! down. Replies do not count (they would make a join's replay look like slowness); instead the
-//! connection's reader waits for the queue to drain before reading the next request.
+//! connection's reader waits until its earlier replies were handed to the socket before reading
+//! the next request, so a client that sends requests without reading the answers stalls itself.
 //! An idle outbox holds no allocation (an empty `VecDeque` does not allocate).
 
 use std::collections::VecDeque;
@@ -26,11 +27,18 @@ pub struct CloseRequest {
     pub reason: &'static str,
 }
 
+struct Queued {
+    frame: Encoded,
+    broadcast: bool,
+}
+
 #[derive(Default)]
 struct State {
-    frames: VecDeque<Encoded>,
-    /// Broadcast frames among `frames`.
+    frames: VecDeque<Queued>,
+    /// Broadcast frames among `frames` (bounded by the capacity).
     broadcasts: usize,
+    /// Reply frames among `frames` (bounded by the reader's backpressure).
+    replies: usize,
     close: Option<CloseRequest>,
 }
 
@@ -80,7 +88,12 @@ impl Outbox {
     pub fn reply_all(&self, frames: impl IntoIterator<Item = Encoded>) {
         let mut state = self.lock();
         if state.close.is_none() {
-            state.frames.extend(frames);
+            let before = state.frames.len();
+            state.frames.extend(frames.into_iter().map(|frame| Queued {
+                frame,
+                broadcast: false,
+            }));
+            state.replies += state.frames.len() - before;
         }
         drop(state);
         self.writer.wake();
@@ -95,6 +108,7 @@ impl Outbox {
         if state.broadcasts >= self.capacity {
             state.frames = VecDeque::new();
             state.broadcasts = 0;
+            state.replies = 0;
             state.close = Some(CloseRequest {
                 code: crate::protocol::close::TOO_SLOW,
                 reason: "too slow",
@@ -104,7 +118,10 @@ impl Outbox {
             self.reader.wake();
             return Err(Overflow);
         }
-        state.frames.push_back(frame);
+        state.frames.push_back(Queued {
+            frame,
+            broadcast: true,
+        });
         state.broadcasts += 1;
         drop(state);
         self.writer.wake();
@@ -136,11 +153,23 @@ impl Outbox {
                 return Poll::Pending;
             }
             let n = state.frames.len().min(max_frames);
-            let frames: Vec<Encoded> = state.frames.drain(..n).collect();
-            state.broadcasts = state.broadcasts.min(state.frames.len());
+            let mut frames = Vec::with_capacity(n);
+            let (mut broadcasts, mut replies) = (0, 0);
+            for queued in state.frames.drain(..n) {
+                if queued.broadcast {
+                    broadcasts += 1;
+                } else {
+                    replies += 1;
+                }
+                frames.push(queued.frame);
+            }
+            state.broadcasts -= broadcasts;
+            state.replies -= replies;
             if state.frames.is_empty() {
                 // Give the memory back: a burst should not make an idle connection expensive.
                 state.frames = VecDeque::new();
+            }
+            if state.replies == 0 {
                 self.reader.wake();
             }
             match (&state.close, state.frames.is_empty()) {
@@ -151,12 +180,13 @@ impl Outbox {
         .await
     }
 
-    /// Waits until the queue is empty (or closing): backpressure for the reader.
-    pub async fn drained(&self) {
+    /// Waits until no reply is queued (or the connection is closing): backpressure for the
+    /// reader. Broadcasts do not count, or a busy room would keep a member from being read.
+    pub async fn replies_drained(&self) {
         poll_fn(|cx| {
             self.reader.register(cx.waker());
             let state = self.lock();
-            if state.frames.is_empty() || state.close.is_some() {
+            if state.replies == 0 || state.close.is_some() {
                 Poll::Ready(())
             } else {
                 Poll::Pending
@@ -200,6 +230,26 @@ mod tests {
             }
             Drained::Frames(_) => panic!("expected close"),
         }
+    }
+
+    #[test]
+    fn reader_waits_for_replies_but_not_for_broadcasts() {
+        let outbox = Outbox::new(10);
+        outbox.broadcast(frame("b")).unwrap();
+        let ready = |outbox: &Outbox| {
+            futures_lite::future::block_on(futures_lite::future::poll_once(
+                outbox.replies_drained(),
+            ))
+            .is_some()
+        };
+        assert!(
+            ready(&outbox),
+            "a queued broadcast must not hold the reader back"
+        );
+        outbox.reply(frame("r"));
+        assert!(!ready(&outbox), "a queued reply holds the reader back");
+        smol::block_on(outbox.drain(10));
+        assert!(ready(&outbox));
     }
 
     #[test]

@@ -187,7 +187,7 @@ impl Session {
                 future::or(
                     async {
                         // Backpressure: read the next request only once our replies went out.
-                        outbox.drained().await;
+                        outbox.replies_drained().await;
                         Event::Frame(stream.next().await)
                     },
                     async {
