@@ -87,7 +87,7 @@
       try { f = JSON.parse(ev.data); } catch { return; }
       if (f && typeof f.type === 'string') handle(f);
     };
-    sock.onclose = (ev) => { if (ws === sock) lost(ev.code); };
+    sock.onclose = (ev) => { if (ws === sock) lost(ev.code, ev.reason); };
     clearInterval(beat);
     beat = setInterval(() => {
       if (ws !== sock) return;
@@ -111,7 +111,7 @@
     try { sock.close(); } catch { /* ignore */ }
     lost(null);
   }
-  function lost(code) {
+  function lost(code, reason) {
     const sock = ws;
     // Back off from scratch only after a connection that held for a while; a server that accepts
     // and then drops us at once keeps growing the delay.
@@ -132,6 +132,13 @@
       return;
     }
     renderChat();
+    if (code === 1008) {
+      // Kicked by an admin or cut off for flooding (banned/auth_failed arrive as errors first and
+      // are handled above): do not reconnect behind the admin's back; the person can.
+      setStatus('offline', 'offline');
+      showComposerError(`Disconnected by the server${reason ? ` (${reason})` : ''}. Select the connection status to reconnect.`);
+      return;
+    }
     scheduleReconnect();
   }
   function scheduleReconnect() {
@@ -151,6 +158,7 @@
   }
   function reconnectNow() {
     if (ws || !S.token || noReconnect) return;
+    showComposerError('');
     connect();
   }
   window.addEventListener('online', () => { attempt = 0; reconnectNow(); });
@@ -191,6 +199,12 @@
         if (room.name === S.current) renderMembers();
         return;
       case 'error': return onError(f);
+      case 'deleted':   // extension: an admin removed a message
+        if (!room || typeof f.id !== 'number') return;
+        room.msgs = room.msgs.filter((m) => m.id !== f.id);
+        room.els.delete(f.id);
+        if (room.name === S.current) scheduleRender();
+        return;
       default: return; // pong, left, and anything unknown
     }
   }

@@ -302,6 +302,42 @@ describe('chatd web client', () => {
     await waitMessage(page, 'this one works', { state: 'sent' });
   });
 
+  it('handles server-side moderation: deleted message, kick (1008) without auto-reconnect, ban', async () => {
+    const page = await newPage();
+    let route = null;
+    await page.routeWebSocket(/\/ws$/, (ws) => {
+      const server = ws.connectToServer();
+      ws.onMessage((m) => server.send(m));
+      server.onMessage((m) => ws.send(m));
+      route = { ws, server };
+    });
+    await signUp(page, 'ivan');
+    await say(page, 'to be deleted');
+    const m = await waitMessage(page, 'to be deleted', { state: 'sent' });
+    // Extension frame: an admin deleted the message.
+    route.ws.send(JSON.stringify({ type: 'deleted', room: 'general', id: m.id }));
+    await until(async () => !(await shownMessages(page)).some((x) => x.id === m.id), { what: 'deleted message gone' });
+
+    // Kick: close 1008 with no error before it. The page stops and says so.
+    const first = route;
+    first.ws.close({ code: 1008, reason: 'kicked' });
+    first.server.close();
+    await page.waitForSelector(`${sel.status}[data-state="offline"]`);
+    assert.match(await page.locator('[data-testid="composer-error"]').textContent(), /Disconnected by the server/);
+    // 'offline' (not 'reconnecting in N s'): no reconnect was scheduled.
+    assert.equal((await page.locator(sel.status).textContent()).trim(), 'offline');
+    assert.equal(route, first, 'no automatic reconnect after a kick');
+    await page.locator(sel.status).click();           // the person reconnects
+    await waitConnected(page);
+    assert.notEqual(route, first);
+
+    // Banned while connected: back to the sign-in form with the reason, token forgotten.
+    route.ws.send(JSON.stringify({ type: 'error', code: 'banned', message: 'banned' }));
+    await page.waitForSelector('[data-testid="auth-form"]:visible');
+    assert.match(await page.locator('[data-testid="auth-error"]').textContent(), /banned/i);
+    assert.equal(await page.evaluate(() => localStorage.getItem('chatd.token')), null);
+  });
+
   it('paces a burst of sends to the server rate limit: all delivered once, no errors', async () => {
     const slow = await startServer({ dataDir: newDataDir('slow'), args: ['--rate', '2', '--burst', '2'] });
     try {

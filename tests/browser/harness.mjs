@@ -11,8 +11,12 @@ export const CHATD_BIN = process.env.CHATD_BIN || path.resolve(import.meta.dirna
 export const TMP = process.env.CHATD_TEST_TMP || fs.mkdtempSync(path.join(os.tmpdir(), 'chatd-browser-'));
 export const ARTIFACTS = path.resolve(import.meta.dirname, 'artifacts');
 
+const OWN_TMP = !process.env.CHATD_TEST_TMP;   // made here, so removed here
 const children = new Set();
-function reap() { for (const c of children) { try { c.kill('SIGKILL'); } catch { /* gone */ } } }
+function reap() {
+  for (const c of children) { try { c.kill('SIGKILL'); } catch { /* gone */ } }
+  if (OWN_TMP) fs.rmSync(TMP, { recursive: true, force: true });
+}
 process.on('exit', reap);
 
 export function newDataDir(name) {
