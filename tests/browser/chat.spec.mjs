@@ -338,6 +338,41 @@ describe('chatd web client', () => {
     assert.equal(await page.evaluate(() => localStorage.getItem('chatd.token')), null);
   });
 
+  it('catches up past the replay limit (synced.more) by paging history after', async () => {
+    const small = await startServer({ dataDir: newDataDir('replay'), args: ['--replay-limit', '5', '--rate', '1000', '--burst', '1000'] });
+    try {
+      const page = await newPage();
+      let blocked = false, current = null;
+      await page.routeWebSocket(/\/ws$/, (ws) => {
+        if (blocked) { ws.close({ code: 4000, reason: 'test: network down' }); return; }
+        const server = ws.connectToServer();
+        ws.onMessage((m) => server.send(m));
+        server.onMessage((m) => ws.send(m));
+        current = { ws, server };
+      });
+      await signUp(page, 'judy', { url: small.url });
+      await say(page, 'seen before the drop');
+      await waitMessage(page, 'seen before the drop', { state: 'sent' });
+      // The network drops and stays down while 23 messages go by.
+      blocked = true;
+      current.ws.close({ code: 4000, reason: 'test: network down' });
+      current.server.close();
+      await page.waitForSelector(`${sel.status}[data-state="reconnecting"]`);
+      const bot = await Bot.connect(small.wsUrl, { user: 'kate', password: PW, register: true });
+      await bot.join('general');
+      for (let i = 1; i <= 23; i++) await bot.say('general', `away ${i}`);
+      blocked = false;
+      await page.locator(sel.status).click();   // reconnect now instead of waiting out the backoff
+      await waitConnected(page, 40000);
+      await waitMessage(page, 'away 23', { timeout: 15000 });
+      const shown = (await shownMessages(page)).map((m) => m.text);
+      assert.deepEqual(shown, ['seen before the drop', ...Array.from({ length: 23 }, (_, i) => `away ${i + 1}`)]);
+      await bot.close();
+    } finally {
+      await stopServer(small, 'SIGTERM');
+    }
+  });
+
   it('paces a burst of sends to the server rate limit: all delivered once, no errors', async () => {
     const slow = await startServer({ dataDir: newDataDir('slow'), args: ['--rate', '2', '--burst', '2'] });
     try {
