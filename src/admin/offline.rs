@@ -293,7 +293,9 @@ pub fn compact(data_dir: &Path) -> Result<Compacted, AdminError> {
     let bytes_before = dir_size(&db);
     let fresh = Store::open(&fresh_path, &StoreOptions::default())?;
     let entries = store.copy_into(&fresh)?;
-    // Verify before swapping.
+    drop(fresh);
+    // Verify before swapping, reading the copy back from disk.
+    let fresh = Store::open(&fresh_path, &StoreOptions::default())?;
     let same = fresh.user_count()? == store.user_count()?
         && fresh.message_count()? == store.message_count()?
         && fresh.rooms().count() == store.rooms().count()
