@@ -349,3 +349,80 @@ fn joining_during_a_flood_misses_nothing_and_duplicates_nothing() {
         }
     }
 }
+
+#[test]
+fn concurrent_registration_of_one_name_in_different_cases_creates_one_account() {
+    let s = TestServer::start(&[]);
+    let addr = s.addr();
+    let go = Gate::new();
+    let spellings = ["zed", "Zed", "ZED", "zEd", "zeD", "ZeD"];
+    let handles: Vec<_> = spellings
+        .iter()
+        .map(|&name| {
+            let go = go.clone();
+            thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                go.wait(Duration::from_secs(30));
+                let v = c.auth(json!({"type":"auth","user":name,"password":format!("pw-of-{name}-123"),"register":true}));
+                (name, v)
+            })
+        })
+        .collect();
+    go.open();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let winners: Vec<_> = results
+        .iter()
+        .filter(|(_, v)| v["type"] == "welcome")
+        .collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one registration wins: {results:?}"
+    );
+    for (_, v) in results.iter().filter(|(_, v)| v["type"] != "welcome") {
+        assert_eq!(v["code"], "user_exists", "{v}");
+    }
+    let (winner, w) = winners[0];
+    assert_eq!(w["user"], *winner);
+    // Only the winner's password works, under any spelling.
+    s.login("ZED", &format!("pw-of-{winner}-123"));
+}
+
+#[test]
+fn the_same_cid_sent_concurrently_from_two_connections_is_stored_once() {
+    let s = TestServer::start(FAST);
+    let addr = s.addr();
+    let mut watcher = s.register("watcher");
+    watcher.join("r");
+    let token = s.register("alice").token;
+    for round in 0..10 {
+        let go = Gate::new();
+        let cid = format!("race-{round}");
+        let handles: Vec<_> = (0..3)
+            .map(|k| {
+                let (go, cid, token) = (go.clone(), cid.clone(), token.clone());
+                thread::spawn(move || {
+                    let mut c = Client::resume(addr, &token);
+                    c.join("r");
+                    go.wait(Duration::from_secs(30));
+                    c.send_json(
+                        &json!({"type":"send","room":"r","text":format!("copy {k}"),"cid":cid}),
+                    );
+                    let (ack, _) = c.wait_for(T, |v| v["type"] == "ack");
+                    ack
+                })
+            })
+            .collect();
+        go.open();
+        let acks: Vec<Value> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert!(
+            acks.iter().all(|a| *a == acks[0]),
+            "round {round}: every copy gets the same ack: {acks:?}"
+        );
+        let (m, _) = watcher.wait_for(T, |v| v["type"] == "message" && v["cid"] == cid.as_str());
+        assert_eq!(m["id"], acks[0]["id"]);
+    }
+    let h = watcher.history(json!({"type":"history","room":"r","limit":200}));
+    let n = h["messages"].as_array().unwrap().len();
+    assert_eq!(n, 10, "one message per cid: {h}");
+}

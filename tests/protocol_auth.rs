@@ -376,3 +376,19 @@ fn auth_frame_of_the_wrong_shape_does_not_authenticate() {
         "missing password is bad_request or auth_failed: {e}"
     );
 }
+
+#[test]
+fn register_false_or_null_is_a_login() {
+    let s = TestServer::start(&[]);
+    drop(s.register("alice"));
+    let mut c = s.connect();
+    c.auth_ok(json!({"type":"auth","user":"alice","password":PASSWORD,"register":false}));
+    let mut c = s.connect();
+    c.auth_ok(json!({"type":"auth","user":"alice","password":PASSWORD,"register":null}));
+    // register:false for an unknown name does not create it.
+    expect_auth_failure(
+        &s,
+        json!({"type":"auth","user":"nobody","password":PASSWORD,"register":false}),
+        "auth_failed",
+    );
+}

@@ -226,3 +226,38 @@ fn flooding_far_beyond_the_limit_is_limited_or_closed_with_1008() {
         "{acks} of 300 instant sends accepted with rate 1 burst 1"
     );
 }
+
+#[test]
+fn the_rate_limit_is_per_connection() {
+    let s = TestServer::start(&["--rate", "1", "--burst", "2"]);
+    let mut a1 = s.register("alice");
+    let mut a2 = s.login("alice", PASSWORD);
+    a1.join("r");
+    a2.join("r");
+    // Each connection has its own bucket of 2: all four sends pass.
+    for c in [&mut a1, &mut a2] {
+        for text in ["one", "two"] {
+            c.send_json(&json!({"type":"send","room":"r","text":text}));
+            let (v, _) = c.wait_for(T, |v| v["type"] == "ack" || v["type"] == "error");
+            assert_eq!(v["type"], "ack", "each connection has its own bucket: {v}");
+        }
+    }
+    a1.send_json(&json!({"type":"send","room":"r","text":"three"}));
+    let (v, _) = a1.wait_for(T, |v| v["type"] == "ack" || v["type"] == "error");
+    assert_eq!(v["code"], "rate_limited", "{v}");
+}
+
+#[test]
+fn deeply_nested_json_does_not_hurt_the_server() {
+    let s = TestServer::start(&[]);
+    let mut a = s.register("alice");
+    let depth = 20_000;
+    let t = "[".repeat(depth) + &"]".repeat(depth);
+    a.send_text(&format!(r#"{{"type":"ping","t":{t}}}"#));
+    let v = a.recv_json(T);
+    // Either answered or refused as bad_request; the server and the connection survive.
+    assert!(v["type"] == "pong" || v["code"] == "bad_request", "{v}");
+    a.send_json(&json!({"type":"ping","t":"after"}));
+    assert_eq!(a.expect("pong")["t"], "after");
+    s.register("bob");
+}

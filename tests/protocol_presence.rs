@@ -254,3 +254,26 @@ fn presence_is_per_room() {
     let extra = a.barrier();
     assert!(extra.is_empty(), "{extra:?}");
 }
+
+#[test]
+fn a_drop_announces_offline_in_every_room_after_the_grace_period() {
+    let s = TestServer::start(&["--presence-grace", "500ms"]);
+    let mut a = s.register("alice");
+    let mut b = s.register("bob");
+    for r in ["x", "y"] {
+        a.join(r);
+        b.join(r);
+        assert_eq!(a.expect("presence"), presence(r, "bob", "online"));
+    }
+    b.drop_tcp();
+    let mut rooms: Vec<String> = (0..2)
+        .map(|_| {
+            let (p, _) = a.wait_for(Duration::from_secs(5), |v| v["type"] == "presence");
+            assert_eq!(p["user"], "bob");
+            assert_eq!(p["state"], "offline");
+            p["room"].as_str().unwrap().to_string()
+        })
+        .collect();
+    rooms.sort();
+    assert_eq!(rooms, vec!["x", "y"]);
+}
