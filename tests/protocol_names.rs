@@ -346,3 +346,27 @@ fn wrong_json_types_are_bad_request() {
     // Still joined and working.
     c.say("r", "fine");
 }
+
+#[test]
+fn lone_surrogate_escapes_are_not_text() {
+    // "\ud800" is not a Unicode scalar value: bad_request, nothing stored.
+    let s = TestServer::start(&[]);
+    let mut c = s.register("alice");
+    c.join("r");
+    c.send_text(r#"{"type":"send","room":"r","text":"a\ud800b","cid":"sur-1"}"#);
+    let e = c.expect("error");
+    assert_eq!(e["code"], "bad_request", "{e}");
+    // A proper surrogate pair is fine and is delivered as the character it encodes.
+    c.send_text(r#"{"type":"send","room":"r","text":"\ud83d\ude00","cid":"sur-2"}"#);
+    let ack = c.expect("ack");
+    let m = c.expect("message");
+    assert_eq!(m["text"], "\u{1F600}", "{m}");
+    let h = c.history(json!({"type":"history","room":"r"}));
+    let ids: Vec<u64> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(id_of)
+        .collect();
+    assert_eq!(ids, vec![id_of(&ack)]);
+}

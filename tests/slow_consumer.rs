@@ -184,3 +184,50 @@ fn non_reading_client_is_closed_with_4008_and_a_reader_gets_everything() {
         || (s.healthz()["connections"].as_u64().unwrap() < base).then_some(()),
     );
 }
+
+#[test]
+fn a_client_behind_by_less_than_the_send_queue_is_not_dropped() {
+    // Default --send-queue is 1024 frames. A member that reads nothing while 700 large
+    // messages go by is behind by at most 700 frames (fewer, since the kernel buffers some):
+    // it must keep its connection and then receive all of them.
+    let s = TestServer::start(&["--rate", "1000000", "--burst", "1000000"]);
+    let room = "backlog";
+    let mut lagging = s.register("lagging");
+    lagging.join(room);
+    let mut sender = s.register("sender");
+    sender.join(room);
+    lagging.expect("presence");
+    let big: String = "\u{1F4A9}".repeat(3990);
+    let mut acked = Vec::new();
+    while acked.len() < 700 {
+        for k in 0..50 {
+            sender.send_json(&json!({"type":"send","room":room,"text":format!("{k:04}{big}")}));
+        }
+        let mut echoes = 0;
+        let mut acks = 0;
+        while acks < 50 || echoes < 50 {
+            let v = sender.recv_json(Duration::from_secs(20));
+            match v["type"].as_str() {
+                Some("ack") => {
+                    acked.push(id_of(&v));
+                    acks += 1;
+                }
+                Some("message") => echoes += 1,
+                _ => panic!("sender: unexpected {v}"),
+            }
+        }
+    }
+    let mut got = Vec::new();
+    while got.len() < acked.len() {
+        match lagging.recv(Duration::from_secs(20)) {
+            Event::Json(v) if v["type"] == "message" => got.push(id_of(&v)),
+            other => panic!(
+                "lagging client after {} of {} messages: {other:?}",
+                got.len(),
+                acked.len()
+            ),
+        }
+    }
+    assert_eq!(got, acked);
+    lagging.barrier();
+}
