@@ -392,3 +392,22 @@ fn register_false_or_null_is_a_login() {
         "auth_failed",
     );
 }
+
+#[test]
+fn malformed_non_auth_frames_before_auth_are_still_unauthorized() {
+    // "Any other frame before a successful auth: error unauthorized" - a frame whose type is
+    // not auth is refused for that reason, whatever else is wrong with it.
+    let s = TestServer::start(&[]);
+    let mut c = s.connect();
+    for f in [
+        json!({"type":"join","room":"BAD ROOM"}),
+        json!({"type":"send","room":"r","text":"   "}),
+        json!({"type":"history","room":"r","before":1,"after":2}),
+    ] {
+        c.send_json(&f);
+        let e = c.recv_json(T);
+        assert_eq!(e["type"], "error", "{e}");
+        assert_eq!(e["code"], "unauthorized", "{f} before auth: {e}");
+    }
+    c.auth_ok(json!({"type":"auth","user":"alice","password":PASSWORD,"register":true}));
+}
