@@ -411,3 +411,13 @@ fn malformed_non_auth_frames_before_auth_are_still_unauthorized() {
     }
     c.auth_ok(json!({"type":"auth","user":"alice","password":PASSWORD,"register":true}));
 }
+
+#[test]
+fn token_auth_ignores_null_and_unknown_fields() {
+    let s = TestServer::start(&[]);
+    let token = s.register("alice").token;
+    let mut c = s.connect();
+    let w = c.auth_ok(json!({"type":"auth","token":token,"user":null,"password":null,"register":null,"device":"x"}));
+    assert_eq!(w["token"], token.as_str());
+    assert_eq!(w["user"], "alice");
+}
