@@ -853,7 +853,21 @@ pub fn assert_strictly_increasing(ids: &[u64], what: &str) {
     }
 }
 
-/// Times are integer milliseconds since the epoch; accept anything within 10 minutes of now.
+/// Times of things happening now (acks, server_time): within 10 minutes of the local clock.
+/// Stored times (replayed or historic messages) may be old: require only a plausible integer
+/// of milliseconds since the epoch (after 2001-09-09, so seconds are caught, and not in the
+/// future).
+pub fn check_stored_time(v: &Value, what: &str) {
+    let t = v
+        .as_u64()
+        .unwrap_or_else(|| panic!("{what} must be an integer of ms since the epoch, got {v}"));
+    let now = now_ms();
+    assert!(
+        t >= 1_000_000_000_000 && t < now + 600_000,
+        "{what} = {t} is not a plausible time in ms since the epoch (now {now})"
+    );
+}
+
 pub fn check_time(v: &Value, what: &str) {
     let t = v
         .as_u64()
@@ -872,7 +886,7 @@ pub fn check_message_shape(v: &Value) {
     assert!(id <= MAX_SAFE_ID, "message id above 2^53-1: {v}");
     assert!(v["user"].is_string(), "message.user: {v}");
     assert!(v["text"].is_string(), "message.text: {v}");
-    check_time(&v["ts"], "message.ts");
+    check_stored_time(&v["ts"], "message.ts");
     if let Some(c) = v.get("cid") {
         assert!(
             c.is_string(),
