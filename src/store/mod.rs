@@ -37,6 +37,11 @@ const META_NEXT_ROOM_NO: &[u8] = b"next_room_no";
 const META_ID_FLOOR: &[u8] = b"id_floor";
 const META_USERS: &[u8] = b"users";
 
+/// A file chatd writes beside sled's own once a database is initialised. sled treats unreadable
+/// log data as a torn write and may open a damaged database as an empty one; the marker tells
+/// that apart from a new database.
+const MARKER_FILE: &str = "chatd.format";
+
 /// Errors from the store. Messages name the path or record so an operator can act on them.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -63,6 +68,13 @@ pub enum StoreError {
         found: u32,
         /// Version this build reads.
         supported: u32,
+    },
+    /// chatd created a database here, but sled now finds it empty: its files were damaged or
+    /// replaced. Starting over would silently lose everything, so chatd refuses.
+    #[error("the database at {path} was created by chatd but now reads as empty (its files are damaged or were replaced); refusing to start over it: restore it from a backup, or move the directory away to start with an empty database")]
+    Damaged {
+        /// The database directory.
+        path: PathBuf,
     },
     /// A stored value does not decode.
     #[error("corrupt {kind} record (key {key:?}): {detail}")]
@@ -241,6 +253,17 @@ impl Store {
     }
 
     fn check_schema(&self) -> Result<(), StoreError> {
+        let marker = self.path.join(MARKER_FILE);
+        let write_marker = || {
+            std::fs::write(
+                &marker,
+                format!("chatd database, schema {SCHEMA_VERSION}\n"),
+            )
+            .map_err(|e| StoreError::Open {
+                path: self.path.clone(),
+                source: sled::Error::Io(e),
+            })
+        };
         match self.meta.get(META_SCHEMA)? {
             Some(v) => {
                 let found = v
@@ -255,6 +278,9 @@ impl Store {
                         supported: SCHEMA_VERSION,
                     });
                 }
+                if !marker.exists() {
+                    write_marker()?;
+                }
             }
             None => {
                 let populated =
@@ -266,8 +292,16 @@ impl Store {
                         supported: SCHEMA_VERSION,
                     });
                 }
+                if marker.exists() {
+                    return Err(StoreError::Damaged {
+                        path: self.path.clone(),
+                    });
+                }
                 self.meta
                     .insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
+                // The schema must be on disk before the marker claims the database exists.
+                self.db.flush()?;
+                write_marker()?;
             }
         }
         Ok(())
@@ -791,5 +825,26 @@ mod tests {
         drop(store);
         let err = Store::open(dir.path(), &StoreOptions::default()).unwrap_err();
         assert!(matches!(err, StoreError::Schema { found: 99, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_database_that_lost_its_data_is_refused_not_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path()));
+        assert!(dir.path().join(MARKER_FILE).exists());
+        // What sled does with a log it cannot read: it opens empty.
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.file_name().unwrap() != MARKER_FILE {
+                if path.is_dir() {
+                    std::fs::remove_dir_all(&path).unwrap();
+                } else {
+                    std::fs::remove_file(&path).unwrap();
+                }
+            }
+        }
+        let err = Store::open(dir.path(), &StoreOptions::default()).unwrap_err();
+        assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
+        assert!(err.to_string().contains(&dir.path().display().to_string()));
     }
 }
