@@ -969,7 +969,11 @@ fn import(c: Import) -> Result<(), AdminError> {
         eprintln!(
             "note: {} imported user(s) have no password (the export was made without --with-secrets) and cannot log in until you run `chatd admin users passwd NAME`: {}",
             without.len(),
-            without.join(", ")
+            if without.len() > 10 {
+                format!("{}, … ({} more)", without[..10].join(", "), without.len() - 10)
+            } else {
+                without.join(", ")
+            }
         );
     }
     Ok(())
