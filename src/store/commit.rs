@@ -130,7 +130,11 @@ fn run(shared: &Shared, store: &Store, flush: bool, observe: &FlushObserver) {
             Ok(())
         };
         for continuation in batch {
-            continuation(result.clone());
+            // One faulty continuation must not stop every later ack: the thread is shared.
+            let run = std::panic::AssertUnwindSafe(|| continuation(result.clone()));
+            if std::panic::catch_unwind(run).is_err() {
+                tracing::error!("a commit continuation panicked; continuing with the next");
+            }
         }
         if stopping {
             let queue = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
@@ -165,6 +169,7 @@ mod tests {
                 order.lock().unwrap().push(i);
             }));
         }
+        committer.after_flush(Box::new(|_| panic!("a faulty continuation")));
         smol::block_on(committer.barrier()).unwrap();
         assert_eq!(*order.lock().unwrap(), (0..100).collect::<Vec<_>>());
         let n = *flushes.lock().unwrap();
