@@ -13,11 +13,15 @@ use async_lock::Semaphore;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 /// Errors from hashing.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
+    /// Too many hashes are already waiting: the caller should retry later.
+    #[error("too many logins in progress; retry in a few seconds")]
+    Busy,
     /// The OS random number generator failed.
     #[error("the OS random number generator failed: {0}")]
     Random(String),
@@ -58,37 +62,63 @@ fn dummy_hash() -> &'static str {
     DUMMY.get_or_init(|| hash_password("dummy password for timing").unwrap_or_default())
 }
 
-/// Runs password hashing off the executor with bounded concurrency.
+/// Runs password hashing off the executor with bounded concurrency and a bounded queue.
 pub struct Passwords {
     permits: Semaphore,
+    /// Hashes running or waiting.
+    pending: AtomicUsize,
+    max_pending: usize,
+}
+
+/// A place in the hashing queue, given back on drop (also when the waiting login is abandoned).
+struct QueueSlot<'a>(&'a AtomicUsize);
+
+impl Drop for QueueSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Passwords {
-    /// At most `concurrency` hashes at once.
+    /// At most `concurrency` hashes at once, and at most 64 per permit waiting: beyond that a
+    /// login is refused at once rather than queued for longer than a client would wait.
     pub fn new(concurrency: usize) -> Passwords {
+        let concurrency = concurrency.max(1);
         Passwords {
-            permits: Semaphore::new(concurrency.max(1)),
+            permits: Semaphore::new(concurrency),
+            pending: AtomicUsize::new(0),
+            max_pending: concurrency * 64,
         }
+    }
+
+    fn enqueue(&self) -> Result<QueueSlot<'_>, AuthError> {
+        if self.pending.fetch_add(1, Ordering::Relaxed) >= self.max_pending {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+            return Err(AuthError::Busy);
+        }
+        Ok(QueueSlot(&self.pending))
     }
 
     /// Hashes `password`.
     pub async fn hash(&self, password: String) -> Result<String, AuthError> {
+        let _slot = self.enqueue()?;
         let _permit = self.permits.acquire().await;
         smol::unblock(move || hash_password(&password)).await
     }
 
     /// Checks `password` against `phc`, or burns the same time against a dummy when there is no
     /// such user (then it always fails).
-    pub async fn verify(&self, password: String, phc: Option<String>) -> bool {
+    pub async fn verify(&self, password: String, phc: Option<String>) -> Result<bool, AuthError> {
+        let _slot = self.enqueue()?;
         let _permit = self.permits.acquire().await;
-        smol::unblock(move || match phc {
+        Ok(smol::unblock(move || match phc {
             Some(phc) => verify_password(&password, &phc),
             None => {
                 verify_password(&password, dummy_hash());
                 false
             }
         })
-        .await
+        .await)
     }
 }
 
@@ -117,6 +147,15 @@ mod tests {
         assert!(verify_password("correct horse", &a));
         assert!(!verify_password("wrong horse", &a));
         assert!(!verify_password("x", "not a phc string"));
+    }
+
+    #[test]
+    fn a_full_queue_refuses_at_once_and_frees_its_slots() {
+        let passwords = Passwords::new(1);
+        let held: Vec<_> = (0..64).map(|_| passwords.enqueue().unwrap()).collect();
+        assert!(matches!(passwords.enqueue(), Err(AuthError::Busy)));
+        drop(held);
+        assert!(smol::block_on(passwords.verify("password".into(), None)).is_ok());
     }
 
     #[test]

@@ -299,8 +299,50 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// A frame that is a JSON object with a string `type`, its fields not validated yet. The
+/// session looks at the type before the fields: before authentication every frame but `auth`
+/// is `unauthorized`, however malformed its fields.
+#[derive(Debug)]
+pub struct Envelope {
+    object: Map<String, Value>,
+    kind: String,
+    reference: String,
+}
+
+impl Envelope {
+    /// The frame's `type`.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// The `ref` errors about this frame carry: its `cid`, else its `type`.
+    pub fn reference(&self) -> &str {
+        &self.reference
+    }
+
+    /// Validates the fields into a request.
+    pub fn request(self) -> Result<Frame, Rejection> {
+        let Envelope {
+            object,
+            kind,
+            reference,
+        } = self;
+        let fields = Fields {
+            object: &object,
+            reference: &reference,
+        };
+        let request = fields.request(&kind)?;
+        Ok(Frame { request, reference })
+    }
+}
+
 /// Parses one text frame into a request, or the error to answer it with.
 pub fn parse(text: &str) -> Result<Frame, Rejection> {
+    envelope(text)?.request()
+}
+
+/// Checks that a text frame is a JSON object with a string `type`.
+pub fn envelope(text: &str) -> Result<Envelope, Rejection> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| Rejection::new(ErrorCode::BadRequest, format!("frame is not JSON: {e}")))?;
     let Value::Object(object) = value else {
@@ -310,85 +352,92 @@ pub fn parse(text: &str) -> Result<Frame, Rejection> {
         ));
     };
     let cid_ref = object.get("cid").and_then(Value::as_str);
-    let type_ref = object.get("type").and_then(Value::as_str);
-    let reference = cid_ref.or(type_ref).unwrap_or_default().to_owned();
-    let fields = Fields {
-        object: &object,
-        reference: &reference,
-    };
-    let Some(kind) = type_ref else {
+    let Some(kind) = object.get("type").and_then(Value::as_str) else {
         return Err(
             Rejection::new(ErrorCode::BadRequest, "frame needs a string field `type`")
                 .with_ref(cid_ref),
         );
     };
-    let request = match kind {
-        "auth" => Request::Auth(match fields.opt_str("token")? {
-            Some(token) => Auth::Token(token.to_owned()),
-            None => Auth::Password {
-                user: fields.str("user")?.to_owned(),
-                password: fields.str("password")?.to_owned(),
-                register: fields.opt_bool("register")?.unwrap_or(false),
-            },
-        }),
-        "join" => Request::Join {
-            room: fields.room()?,
-            since: fields.opt_u64("since", MAX_ID)?,
-        },
-        "leave" => Request::Leave {
-            room: fields.room()?,
-        },
-        "send" => {
-            let room = fields.room()?;
-            let cid = fields.opt_str("cid")?;
-            if cid.is_some_and(|c| !valid_cid(c)) {
-                return Err(
-                    fields.bad("`cid` must be 1 to 64 printable ASCII characters without spaces")
-                );
-            }
-            let text = fields.str("text")?;
-            if let Err((code, message)) = check_text(text) {
-                return Err(Rejection::new(code, message).with_ref(Some(&reference)));
-            }
-            Request::Send {
-                room,
-                text: text.to_owned(),
-                cid: cid.map(str::to_owned),
-            }
-        }
-        "history" => {
-            let room = fields.room()?;
-            let page = match (
-                fields.opt_u64("before", MAX_ID)?,
-                fields.opt_u64("after", MAX_ID)?,
-            ) {
-                (Some(_), Some(_)) => {
-                    return Err(fields.bad("give at most one of `before` and `after`"))
-                }
-                (Some(b), None) => HistoryPage::Before(b),
-                (None, Some(a)) => HistoryPage::After(a),
-                (None, None) => HistoryPage::Newest,
-            };
-            let limit = match fields.get("limit") {
-                None => 50,
-                Some(v) => match v.as_u64() {
-                    Some(n @ 1..=200) => n as usize,
-                    _ => return Err(fields.bad("`limit` must be an integer from 1 to 200")),
+    let reference = cid_ref.unwrap_or(kind).to_owned();
+    let kind = kind.to_owned();
+    Ok(Envelope {
+        object,
+        kind,
+        reference,
+    })
+}
+
+impl Fields<'_> {
+    /// Validates the fields of a frame of type `kind`.
+    fn request(&self, kind: &str) -> Result<Request, Rejection> {
+        let fields = self;
+        let request = match kind {
+            "auth" => Request::Auth(match fields.opt_str("token")? {
+                Some(token) => Auth::Token(token.to_owned()),
+                None => Auth::Password {
+                    user: fields.str("user")?.to_owned(),
+                    password: fields.str("password")?.to_owned(),
+                    register: fields.opt_bool("register")?.unwrap_or(false),
                 },
-            };
-            Request::History { room, page, limit }
-        }
-        "who" => Request::Who {
-            room: fields.room()?,
-        },
-        "ping" => Request::Ping {
-            t: fields.get("t").cloned(),
-        },
-        other => {
-            return Err(fields.bad(format!("unknown frame type `{other}`")));
-        }
-    };
-    Ok(Frame { request, reference })
+            }),
+            "join" => Request::Join {
+                room: fields.room()?,
+                since: fields.opt_u64("since", MAX_ID)?,
+            },
+            "leave" => Request::Leave {
+                room: fields.room()?,
+            },
+            "send" => {
+                let room = fields.room()?;
+                let cid = fields.opt_str("cid")?;
+                if cid.is_some_and(|c| !valid_cid(c)) {
+                    return Err(fields
+                        .bad("`cid` must be 1 to 64 printable ASCII characters without spaces"));
+                }
+                let text = fields.str("text")?;
+                if let Err((code, message)) = check_text(text) {
+                    return Err(Rejection::new(code, message).with_ref(Some(fields.reference)));
+                }
+                Request::Send {
+                    room,
+                    text: text.to_owned(),
+                    cid: cid.map(str::to_owned),
+                }
+            }
+            "history" => {
+                let room = fields.room()?;
+                let page = match (
+                    fields.opt_u64("before", MAX_ID)?,
+                    fields.opt_u64("after", MAX_ID)?,
+                ) {
+                    (Some(_), Some(_)) => {
+                        return Err(fields.bad("give at most one of `before` and `after`"))
+                    }
+                    (Some(b), None) => HistoryPage::Before(b),
+                    (None, Some(a)) => HistoryPage::After(a),
+                    (None, None) => HistoryPage::Newest,
+                };
+                let limit = match fields.get("limit") {
+                    None => 50,
+                    Some(v) => match v.as_u64() {
+                        Some(n @ 1..=200) => n as usize,
+                        _ => return Err(fields.bad("`limit` must be an integer from 1 to 200")),
+                    },
+                };
+                Request::History { room, page, limit }
+            }
+            "who" => Request::Who {
+                room: fields.room()?,
+            },
+            "ping" => Request::Ping {
+                t: fields.get("t").cloned(),
+            },
+            other => {
+                return Err(fields.bad(format!("unknown frame type `{other}`")));
+            }
+        };
+        Ok(request)
+    }
 }
 
 /// The limits announced in `welcome`.

@@ -211,7 +211,18 @@ impl Session {
             match message {
                 Message::Text(text) => {
                     self.state.metrics.frames_in.inc();
-                    if let Some(request) = self.handle(&text).await {
+                    let handled = match self.member {
+                        Some(_) => self.handle(&text).await,
+                        // Hashing can queue behind a login flood: the auth deadline still holds.
+                        None => {
+                            future::or(self.handle(&text), async {
+                                Timer::at(auth_deadline).await;
+                                Some(closing(close::POLICY, "auth timeout"))
+                            })
+                            .await
+                        }
+                    };
+                    if let Some(request) = handled {
                         return request;
                     }
                 }
@@ -261,7 +272,27 @@ impl Session {
 
     /// Handles one text frame; returns a close request if the connection must end.
     async fn handle(&mut self, text: &str) -> Option<CloseRequest> {
-        let frame = match protocol::parse(text) {
+        let envelope = match protocol::envelope(text) {
+            Ok(envelope) => envelope,
+            Err(rejection) => {
+                self.reject(rejection);
+                return self.strike();
+            }
+        };
+        let reference = Some(envelope.reference());
+        if !self.frames.take() {
+            self.reject(
+                Rejection::new(ErrorCode::RateLimited, "too many frames").with_ref(reference),
+            );
+            return self.strike();
+        }
+        if self.member.is_none() && envelope.kind() != "auth" {
+            self.reject(
+                Rejection::new(ErrorCode::Unauthorized, "authenticate first").with_ref(reference),
+            );
+            return self.strike();
+        }
+        let frame = match envelope.request() {
             Ok(frame) => frame,
             Err(rejection) => {
                 self.reject(rejection);
@@ -269,15 +300,10 @@ impl Session {
             }
         };
         let reference = Some(frame.reference.as_str());
-        if !self.frames.take() {
-            self.reject(
-                Rejection::new(ErrorCode::RateLimited, "too many frames").with_ref(reference),
-            );
-            return self.strike();
-        }
         let Some(member) = self.member.clone() else {
             return match frame.request {
                 Request::Auth(auth) => self.authenticate(auth, &frame.reference).await,
+                // Only `auth` passes the check above; refuse anything else all the same.
                 _ => {
                     self.reject(
                         Rejection::new(ErrorCode::Unauthorized, "authenticate first")
@@ -444,7 +470,16 @@ impl Session {
                     None
                 };
                 let hash = record.as_ref().map(|u| u.password_hash.clone());
-                let matches = state.passwords.verify(password, hash).await;
+                let matches = match state.passwords.verify(password, hash).await {
+                    Ok(matches) => matches,
+                    Err(e) => {
+                        self.reject(
+                            Rejection::new(ErrorCode::RateLimited, e.to_string())
+                                .with_ref(Some(reference)),
+                        );
+                        return None;
+                    }
+                };
                 let Some(user) = record.filter(|_| matches) else {
                     return fail(self, ErrorCode::AuthFailed, AUTH_FAILED);
                 };
@@ -513,12 +548,13 @@ impl Session {
         if store.user(&name).map_err(|e| self.internal(e))?.is_some() {
             return Ok(None);
         }
-        let password_hash = self
-            .state
-            .passwords
-            .hash(password)
-            .await
-            .map_err(|e| self.internal(e))?;
+        let password_hash = match self.state.passwords.hash(password).await {
+            Ok(hash) => hash,
+            Err(e @ auth::AuthError::Busy) => {
+                return Err(Rejection::new(ErrorCode::RateLimited, e.to_string()))
+            }
+            Err(e) => return Err(self.internal(e)),
+        };
         let user = User {
             name,
             password_hash,
