@@ -52,17 +52,17 @@ fn neither_before_nor_after_returns_the_newest() {
     let (_s, mut a, ids) = setup(30);
     let (got, more, h) = hist(&mut a, json!({"type":"history","room":"r"}));
     assert_eq!(got, ids, "default limit 50 covers all 30");
-    assert_eq!(more, false);
+    assert!(!more);
     for (m, i) in h["messages"].as_array().unwrap().iter().zip(0..) {
         assert_eq!(m["text"], format!("h{i}"));
         assert_eq!(m["user"], "alice");
     }
     let (got, more, _) = hist(&mut a, json!({"type":"history","room":"r","limit":10}));
     assert_eq!(got, ids[20..].to_vec(), "newest 10, ascending");
-    assert_eq!(more, true, "older messages exist");
+    assert!(more, "older messages exist");
     let (got, more, _) = hist(&mut a, json!({"type":"history","room":"r","limit":30}));
     assert_eq!(got, ids);
-    assert_eq!(more, false, "exactly all messages: no more");
+    assert!(!more, "exactly all messages: no more");
 }
 
 #[test]
@@ -70,7 +70,7 @@ fn default_limit_is_50() {
     let (_s, mut a, ids) = setup(60);
     let (got, more, _) = hist(&mut a, json!({"type":"history","room":"r"}));
     assert_eq!(got, ids[10..].to_vec());
-    assert_eq!(more, true);
+    assert!(more);
 }
 
 #[test]
@@ -85,22 +85,22 @@ fn before_pages_backwards() {
         ids[5..10].to_vec(),
         "the 5 messages just before, ascending"
     );
-    assert_eq!(more, true);
+    assert!(more);
     let (got, more, _) = hist(
         &mut a,
         json!({"type":"history","room":"r","before":ids[5],"limit":5}),
     );
     assert_eq!(got, ids[..5].to_vec());
-    assert_eq!(more, false, "nothing older than the first message");
+    assert!(!more, "nothing older than the first message");
     let (got, more, _) = hist(
         &mut a,
         json!({"type":"history","room":"r","before":ids[3],"limit":5}),
     );
     assert_eq!(got, ids[..3].to_vec());
-    assert_eq!(more, false);
+    assert!(!more);
     let (got, more, _) = hist(&mut a, json!({"type":"history","room":"r","before":ids[0]}));
     assert!(got.is_empty());
-    assert_eq!(more, false);
+    assert!(!more);
     // `before` need not be an existing id.
     let (got, _, _) = hist(
         &mut a,
@@ -139,22 +139,22 @@ fn after_pages_forwards() {
         ids[21..26].to_vec(),
         "the 5 messages just after, ascending"
     );
-    assert_eq!(more, true);
+    assert!(more);
     let (got, more, _) = hist(
         &mut a,
         json!({"type":"history","room":"r","after":ids[24],"limit":5}),
     );
     assert_eq!(got, ids[25..].to_vec());
-    assert_eq!(more, false, "exactly the rest: no more");
+    assert!(!more, "exactly the rest: no more");
     let (got, more, _) = hist(&mut a, json!({"type":"history","room":"r","after":ids[29]}));
     assert!(got.is_empty());
-    assert_eq!(more, false);
+    assert!(!more);
     let (got, more, _) = hist(
         &mut a,
         json!({"type":"history","room":"r","after":0,"limit":10}),
     );
     assert_eq!(got, ids[..10].to_vec(), "after 0: the oldest first");
-    assert_eq!(more, true);
+    assert!(more);
     let mut all: Vec<u64> = Vec::new();
     let mut cursor = 0;
     loop {
@@ -197,10 +197,10 @@ fn limit_bounds() {
     }
     let (got, more, _) = hist(&mut a, json!({"type":"history","room":"r","limit":1}));
     assert_eq!(got, vec![ids[2]]);
-    assert_eq!(more, true);
+    assert!(more);
     let (got, more, _) = hist(&mut a, json!({"type":"history","room":"r","limit":200}));
     assert_eq!(got, ids);
-    assert_eq!(more, false);
+    assert!(!more);
 }
 
 #[test]
@@ -208,13 +208,13 @@ fn limit_200_returns_200() {
     let (_s, mut a, ids) = setup(210);
     let (got, more, _) = hist(&mut a, json!({"type":"history","room":"r","limit":200}));
     assert_eq!(got, ids[10..].to_vec());
-    assert_eq!(more, true);
+    assert!(more);
     let (got, more, _) = hist(
         &mut a,
         json!({"type":"history","room":"r","after":0,"limit":200}),
     );
     assert_eq!(got, ids[..200].to_vec());
-    assert_eq!(more, true);
+    assert!(more);
 }
 
 #[test]
@@ -224,7 +224,7 @@ fn history_of_an_empty_room_and_not_joined() {
     a.join("empty");
     let (got, more, _) = hist(&mut a, json!({"type":"history","room":"empty"}));
     assert!(got.is_empty());
-    assert_eq!(more, false);
+    assert!(!more);
     a.send_json(&json!({"type":"history","room":"notmine"}));
     let e = a.expect_error("not_joined");
     assert_eq!(e["ref"], "history");
@@ -237,7 +237,7 @@ fn history_carries_cid_and_full_message_fields() {
     a.join("r");
     let (ack, live) = a.say_cid("r", "with cid", "hc-1");
     let (_, more, h) = hist(&mut a, json!({"type":"history","room":"r"}));
-    assert_eq!(more, false);
+    assert!(!more);
     let m = &h["messages"][0];
     assert_eq!(m["id"], ack["id"]);
     assert_eq!(m["ts"], ack["ts"]);

@@ -53,7 +53,7 @@ fn joining_an_empty_room_creates_it() {
         "last_id is 0 for an empty room: {}",
         j.synced
     );
-    assert_eq!(j.more(), false);
+    assert!(!j.more());
 }
 
 #[test]
@@ -75,7 +75,7 @@ fn join_reply_order_and_members() {
         assert_eq!(m["text"], format!("msg {i}"));
     }
     assert_eq!(j.last_id(), *ids.last().unwrap());
-    assert_eq!(j.more(), false);
+    assert!(!j.more());
     // The join reply goes to the joiner only; alice just sees bob come online.
     let p = a.expect("presence");
     assert_eq!(
@@ -103,7 +103,7 @@ fn join_without_since_replays_the_last_50() {
         "without since: the last 50 messages, ascending"
     );
     assert_eq!(j.last_id(), ids[59]);
-    assert_eq!(j.more(), false, "without since, more is false");
+    assert!(!j.more(), "without since, more is false");
 }
 
 #[test]
@@ -120,7 +120,7 @@ fn join_with_since_replays_what_was_missed() {
         ids[6..].to_vec(),
         "with since: every message with id > since (64 here)"
     );
-    assert_eq!(j.more(), false);
+    assert!(!j.more());
     assert_eq!(j.last_id(), ids[69]);
     // since = 0: all of them (under the default replay limit of 500).
     let j = b.join_since("r", 0);
@@ -129,7 +129,7 @@ fn join_with_since_replays_what_was_missed() {
     let j = b.join_since("r", ids[69]);
     assert!(j.messages.is_empty(), "{:?}", j.ids());
     assert_eq!(j.last_id(), ids[69]);
-    assert_eq!(j.more(), false);
+    assert!(!j.more());
     // since beyond the newest id: nothing, no error.
     let j = b.join_since("r", ids[69] + 1000);
     assert!(j.messages.is_empty());
@@ -138,7 +138,7 @@ fn join_with_since_replays_what_was_missed() {
     let j = b.join_since("empty", 12345);
     assert!(j.messages.is_empty());
     assert_eq!(j.last_id(), 0);
-    assert_eq!(j.more(), false);
+    assert!(!j.more());
 }
 
 #[test]
@@ -157,7 +157,7 @@ fn since_replay_stops_at_the_replay_limit_with_more() {
         ids[..20].to_vec(),
         "replay stops at the limit, oldest first"
     );
-    assert_eq!(j.more(), true, "newer messages remain: more is true");
+    assert!(j.more(), "newer messages remain: more is true");
     assert_eq!(
         j.last_id(),
         ids[44],
@@ -182,19 +182,18 @@ fn since_replay_stops_at_the_replay_limit_with_more() {
     // Exactly the limit newer than since: everything fits, more is false.
     let j = b.join_since("r", ids[24]);
     assert_eq!(j.ids(), ids[25..45].to_vec());
-    assert_eq!(
-        j.more(),
-        false,
+    assert!(
+        !j.more(),
         "exactly replay-limit newer messages: none remain"
     );
     // One more than the limit: more is true.
     let j = b.join_since("r", ids[23]);
     assert_eq!(j.ids(), ids[24..44].to_vec());
-    assert_eq!(j.more(), true);
+    assert!(j.more());
 
     // Without since: the newest messages, and more is false.
     let j = b.join("r");
-    assert_eq!(j.more(), false, "without since, more is false");
+    assert!(!j.more(), "without since, more is false");
     assert_eq!(
         *j.ids().last().unwrap(),
         ids[44],
@@ -211,10 +210,10 @@ fn default_replay_limit_is_500() {
     let mut b = s.register("bob");
     let j = b.join_since("r", 0);
     assert_eq!(j.ids(), ids[..500].to_vec());
-    assert_eq!(j.more(), true);
+    assert!(j.more());
     let j = b.join_since("r", ids[9]);
     assert_eq!(j.ids().len(), 500);
-    assert_eq!(j.more(), false);
+    assert!(!j.more());
 }
 
 #[test]

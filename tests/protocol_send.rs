@@ -34,7 +34,7 @@ fn ack_then_message_to_sender_and_message_to_others() {
         "ack.ts {ts} not within [{before}, {after}]"
     );
     let id = id_of(&ack);
-    assert!(id >= 1 && id <= MAX_SAFE_ID);
+    assert!((1..=MAX_SAFE_ID).contains(&id));
 
     let expected = json!({"type":"message","room":"general","id":id,"user":"alice","text":"hello","ts":ts,"cid":"b5f2c1"});
     let mine = a.expect("message");

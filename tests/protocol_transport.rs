@@ -257,7 +257,7 @@ fn null_optional_fields_count_as_absent() {
         4,
         "join with since:null replays like a join without since"
     );
-    assert_eq!(j.more(), false);
+    assert!(!j.more());
     // history with before: null and limit: null: newest, default limit.
     let h = c.history(
         json!({"type":"history","room":"general","before":null,"after":null,"limit":null}),
