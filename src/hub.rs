@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -74,9 +75,28 @@ pub struct Room {
     name: String,
     no: u32,
     state: Mutex<RoomState>,
+    /// Set when an admin deleted the room: connections holding this object must drop it, and
+    /// a join loads a fresh one.
+    retired: AtomicBool,
+}
+
+/// Errors from room operations.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// The room was deleted while the connection held it.
+    #[error("the room was deleted")]
+    RoomGone,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl Room {
+    /// Whether an admin deleted the room since this object was loaded.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
     /// The room's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -168,6 +188,7 @@ impl Hub {
                 presence: BTreeMap::new(),
                 grace_epoch: 0,
             }),
+            retired: AtomicBool::new(false),
         });
         rooms.insert(name.to_owned(), room.clone());
         Ok(room)
@@ -183,11 +204,14 @@ impl Hub {
         let Some(room) = lock(&self.rooms).remove(name) else {
             return;
         };
-        let state = lock(&room.state);
+        let mut state = lock(&room.state);
+        room.retired.store(true, Ordering::Release);
         let left = encode(&ServerFrame::Left { room: &room.name });
         for member in state.members.values() {
             member.outbox.reply(left.clone());
         }
+        state.members.clear();
+        state.presence.clear();
     }
 
     // ----- connections -----
@@ -238,8 +262,11 @@ impl Hub {
         room: &Arc<Room>,
         member: &Member,
         since: Option<u64>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), HubError> {
         let mut state = lock(&room.state);
+        if room.is_retired() {
+            return Err(HubError::RoomGone);
+        }
         let page = match since {
             Some(since) => {
                 self.store
@@ -369,7 +396,7 @@ impl Hub {
         member: &Member,
         text: String,
         cid: Option<String>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), HubError> {
         let message = Message {
             user: member.name.to_string(),
             text,
@@ -377,6 +404,9 @@ impl Hub {
             cid,
         };
         let state = lock(&room.state);
+        if room.is_retired() {
+            return Err(HubError::RoomGone);
+        }
         let appended = self.store.append(&room.name, &member.user_key, &message)?;
         let sender = member.outbox.clone();
         match appended {

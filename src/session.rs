@@ -25,7 +25,7 @@ use futures_util::SinkExt;
 use smol::{Async, Timer};
 
 use crate::auth;
-use crate::hub::{now_ms, Member, Room};
+use crate::hub::{now_ms, HubError, Member, Room};
 use crate::outbox::{CloseRequest, Drained, Outbox};
 use crate::protocol::{self, close, Auth, ErrorCode, Limits, Rejection, Request, ServerFrame};
 use crate::server::State;
@@ -337,7 +337,7 @@ impl Session {
                     self.state
                         .hub
                         .send(&room, &member, text, cid)
-                        .map_err(|e| self.internal(e))
+                        .map_err(|e| self.hub_error(e, room.name()))
                 })
             }
             Request::History { room, page, limit } => self.joined(&room).and_then(|room| {
@@ -367,7 +367,19 @@ impl Session {
         )
     }
 
-    fn joined(&self, room: &str) -> Result<Arc<Room>, Rejection> {
+    fn hub_error(&self, error: HubError, room: &str) -> Rejection {
+        match error {
+            HubError::RoomGone => Rejection::new(
+                ErrorCode::NotJoined,
+                format!("`{room}` was deleted; join it again"),
+            ),
+            HubError::Store(e) => self.internal(e),
+        }
+    }
+
+    /// The joined room named `room`. Rooms an admin deleted are dropped first.
+    fn joined(&mut self, room: &str) -> Result<Arc<Room>, Rejection> {
+        self.rooms.retain(|r| !r.is_retired());
         self.rooms
             .iter()
             .find(|r| r.name() == room)
@@ -393,7 +405,7 @@ impl Session {
         self.state
             .hub
             .join(&room, member, since)
-            .map_err(|e| self.internal(e))
+            .map_err(|e| self.hub_error(e, name))
     }
 
     fn leave(&mut self, name: &str) -> Result<(), Rejection> {

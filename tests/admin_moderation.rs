@@ -207,6 +207,34 @@ fn deleting_a_room_tells_its_members_and_keeps_ids_retired() {
 }
 
 #[test]
+fn a_member_of_a_deleted_room_can_join_it_again_on_the_same_connection() {
+    let server = TestServer::start(&[]);
+    let dir = server.data_dir();
+    let mut alice = server.register("alice");
+    alice.join("doomed");
+    let (old, _) = alice.say("doomed", "before the delete");
+    admin(dir, &["rooms", "delete", "doomed"]).ok();
+    alice.expect("left");
+    // The old room is gone for this connection: its frames are not_joined until it joins again.
+    alice.send_json(&json!({"type":"send","room":"doomed","text":"into the void"}));
+    alice.expect_error("not_joined");
+    let j = alice.join("doomed");
+    assert!(
+        j.messages.is_empty(),
+        "a recreated room starts empty: {:?}",
+        j.messages
+    );
+    assert_eq!(
+        j.synced["last_id"], 0,
+        "the new room has no messages yet: {}",
+        j.synced
+    );
+    let (ack, message) = alice.say("doomed", "after the delete");
+    assert!(id_of(&ack) > id_of(&old), "ids stay retired: {ack}");
+    assert_eq!(message["text"], "after the delete");
+}
+
+#[test]
 fn a_client_resuming_from_a_pruned_id_gets_what_remains_in_order() {
     let server = TestServer::start(&[]);
     let dir = server.data_dir();
