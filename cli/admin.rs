@@ -540,6 +540,11 @@ fn print(reply: &Reply, json: bool) -> Result<(), AdminError> {
     Ok(())
 }
 
+/// Runs a request any instance can answer (server running or not) and prints the reply.
+fn query(data_dir_flag: &Option<String>, request: Request, json: bool) -> Result<(), AdminError> {
+    simple(&data_dir(data_dir_flag), Need::Any, false, request, json)
+}
+
 /// Runs one request where the instance is, and prints the reply.
 fn simple(
     dir: &Path,
@@ -567,28 +572,12 @@ impl Admin {
 
     fn dispatch(self) -> Result<(), AdminError> {
         match self.command {
-            Command::Stats(c) => simple(
-                &data_dir(&c.data_dir),
-                Need::Any,
-                false,
-                Request::Stats,
-                c.json,
-            ),
+            Command::Stats(c) => query(&c.data_dir, Request::Stats, c.json),
             Command::Users(u) => match u.command {
-                UsersCommand::List(c) => simple(
-                    &data_dir(&c.data_dir),
-                    Need::Any,
-                    false,
-                    Request::UsersList,
-                    c.json,
-                ),
-                UsersCommand::Show(c) => simple(
-                    &data_dir(&c.data_dir),
-                    Need::Any,
-                    false,
-                    Request::UsersShow { name: c.name },
-                    c.json,
-                ),
+                UsersCommand::List(c) => query(&c.data_dir, Request::UsersList, c.json),
+                UsersCommand::Show(c) => {
+                    query(&c.data_dir, Request::UsersShow { name: c.name }, c.json)
+                }
                 UsersCommand::Add(c) => {
                     if !chatd::protocol::valid_user_name(&c.name) {
                         return Err(AdminError::usage(format!(
@@ -629,20 +618,12 @@ impl Admin {
                     )?;
                     print(&reply, c.json)
                 }
-                UsersCommand::Ban(c) => simple(
-                    &data_dir(&c.data_dir),
-                    Need::Any,
-                    false,
-                    Request::UsersBan { name: c.name },
-                    c.json,
-                ),
-                UsersCommand::Unban(c) => simple(
-                    &data_dir(&c.data_dir),
-                    Need::Any,
-                    false,
-                    Request::UsersUnban { name: c.name },
-                    c.json,
-                ),
+                UsersCommand::Ban(c) => {
+                    query(&c.data_dir, Request::UsersBan { name: c.name }, c.json)
+                }
+                UsersCommand::Unban(c) => {
+                    query(&c.data_dir, Request::UsersUnban { name: c.name }, c.json)
+                }
                 UsersCommand::Delete(c) => {
                     let delete_messages = match (c.keep_messages, c.delete_messages) {
                         (true, true) => {
@@ -662,10 +643,8 @@ impl Admin {
                             )
                         })?,
                     };
-                    simple(
-                        &data_dir(&c.data_dir),
-                        Need::Any,
-                        false,
+                    query(
+                        &c.data_dir,
                         Request::UsersDelete {
                             name: c.name,
                             delete_messages,
@@ -675,27 +654,13 @@ impl Admin {
                 }
             },
             Command::Rooms(r) => match r.command {
-                RoomsCommand::List(c) => simple(
-                    &data_dir(&c.data_dir),
-                    Need::Any,
-                    false,
-                    Request::RoomsList,
-                    c.json,
-                ),
-                RoomsCommand::Show(c) => simple(
-                    &data_dir(&c.data_dir),
-                    Need::Any,
-                    false,
-                    Request::RoomsShow { name: c.name },
-                    c.json,
-                ),
-                RoomsCommand::Delete(c) => simple(
-                    &data_dir(&c.data_dir),
-                    Need::Any,
-                    false,
-                    Request::RoomsDelete { name: c.name },
-                    c.json,
-                ),
+                RoomsCommand::List(c) => query(&c.data_dir, Request::RoomsList, c.json),
+                RoomsCommand::Show(c) => {
+                    query(&c.data_dir, Request::RoomsShow { name: c.name }, c.json)
+                }
+                RoomsCommand::Delete(c) => {
+                    query(&c.data_dir, Request::RoomsDelete { name: c.name }, c.json)
+                }
             },
             Command::Messages(m) => match m.command {
                 MessagesCommand::List(c) => {
@@ -716,18 +681,10 @@ impl Admin {
                         limit: c.limit,
                         asc: c.asc,
                     };
-                    simple(
-                        &data_dir(&c.data_dir),
-                        Need::Any,
-                        false,
-                        Request::MessagesList(search),
-                        c.json,
-                    )
+                    query(&c.data_dir, Request::MessagesList(search), c.json)
                 }
-                MessagesCommand::Delete(c) => simple(
-                    &data_dir(&c.data_dir),
-                    Need::Any,
-                    false,
+                MessagesCommand::Delete(c) => query(
+                    &c.data_dir,
                     Request::MessagesDelete {
                         ids: c.ids,
                         room: c.room,
@@ -749,10 +706,8 @@ impl Admin {
                         "say what to prune: --older-than 30d and/or --keep-last N",
                     ));
                 }
-                simple(
-                    &data_dir(&c.data_dir),
-                    Need::Any,
-                    false,
+                query(
+                    &c.data_dir,
                     Request::Prune {
                         rule,
                         room: c.room,
