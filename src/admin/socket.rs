@@ -12,6 +12,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_lite::{AsyncBufReadExt, AsyncWriteExt};
 use serde::{Deserialize, Serialize};
@@ -225,6 +226,9 @@ async fn handle(stream: Async<UnixStream>, state: Arc<State>) -> io::Result<()> 
     }
 }
 
+/// Longest the CLI waits for the next line of a reply.
+const CALL_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// A connection to a running server's admin socket.
 pub struct Client {
     reader: BufReader<UnixStream>,
@@ -238,6 +242,12 @@ impl Client {
         let path = socket_path(data_dir);
         match UnixStream::connect(&path) {
             Ok(stream) => {
+                // A hung server must not hang the CLI forever; the bounds are generous because
+                // pruning or exporting millions of messages legitimately takes a while.
+                stream
+                    .set_read_timeout(Some(CALL_TIMEOUT))
+                    .and_then(|()| stream.set_write_timeout(Some(Duration::from_secs(30))))
+                    .map_err(|e| AdminError::failed(format!("cannot use the admin socket: {e}")))?;
                 let reader = BufReader::new(stream.try_clone().map_err(|e| {
                     AdminError::failed(format!("cannot use the admin socket: {e}"))
                 })?);
@@ -272,9 +282,15 @@ impl Client {
         sink: &mut dyn FnMut(Line) -> Result<(), AdminError>,
     ) -> Result<Reply, AdminError> {
         let gone = |e: io::Error| {
-            AdminError::failed(format!(
+            match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => AdminError::failed(format!(
+                "the server did not answer within {} minutes; it may still be working (see its log)",
+                CALL_TIMEOUT.as_secs() / 60
+            )),
+            _ => AdminError::failed(format!(
                 "lost the connection to the server's admin socket ({e}); is the server shutting down?"
-            ))
+            )),
+        }
         };
         let mut bytes = serde_json::to_vec(request)
             .map_err(|e| AdminError::failed(format!("cannot encode the request: {e}")))?;
