@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use crate::metrics::Metrics;
 use crate::outbox::{CloseRequest, Outbox};
-use crate::protocol::{encode, Encoded, HistoryPage, MessageEvent, ServerFrame};
+use crate::protocol::{
+    encode, Encoded, ErrorCode, HistoryPage, MessageEvent, Rejection, ServerFrame,
+};
 use crate::store::commit::Committer;
 use crate::store::{Appended, Message, Page, Store, StoreError};
 
@@ -403,55 +405,75 @@ impl Hub {
             ts: now_ms(),
             cid,
         };
+        self.append(room, &member.user_key, message, Some(member.outbox.clone()))
+            .map(drop)
+    }
+
+    /// The one way messages enter a room. Under the room lock: take the next id and write the
+    /// message. Once it is durable: ack it to `sender` (if any), raise the room's published id,
+    /// and broadcast it. Because announcements are queued under the room lock, they run in id
+    /// order. A repeated cid stores nothing; the sender gets the original ack after the flush.
+    fn append(
+        &self,
+        room: &Arc<Room>,
+        user_key: &str,
+        message: Message,
+        sender: Option<Arc<Outbox>>,
+    ) -> Result<Appended, HubError> {
         let state = lock(&room.state);
         if room.is_retired() {
             return Err(HubError::RoomGone);
         }
-        let appended = self.store.append(&room.name, &member.user_key, &message)?;
-        let sender = member.outbox.clone();
-        match appended {
-            Appended::New(id) => {
+        let appended = self.store.append(&room.name, user_key, &message)?;
+        match &appended {
+            &Appended::New(id) => {
                 self.metrics.messages_stored.inc();
                 let room = room.clone();
                 let metrics = self.metrics.clone();
                 self.committer.after_flush(Box::new(move |flushed| {
-                    let ack = encode(&ServerFrame::Ack {
-                        room: &room.name,
-                        cid: message.cid.as_deref(),
-                        id,
-                        ts: message.ts,
-                    });
                     if flushed.is_err() {
-                        let error = crate::protocol::Rejection::new(
-                            crate::protocol::ErrorCode::Internal,
-                            "the message could not be written to disk",
-                        )
-                        .with_ref(message.cid.as_deref().or(Some("send")));
-                        sender.reply(error.encode());
-                        metrics.error(crate::protocol::ErrorCode::Internal);
+                        if let Some(sender) = &sender {
+                            let error = Rejection::new(
+                                ErrorCode::Internal,
+                                "the message could not be written to disk",
+                            )
+                            .with_ref(message.cid.as_deref().or(Some("send")));
+                            sender.reply(error.encode());
+                            metrics.error(ErrorCode::Internal);
+                        }
                         return;
                     }
                     let frame = encode(&MessageEvent::new(&room.name, id, &message));
                     let mut state = lock(&room.state);
                     state.published = state.published.max(id);
-                    sender.reply(ack);
+                    if let Some(sender) = &sender {
+                        sender.reply(encode(&ServerFrame::Ack {
+                            room: &room.name,
+                            cid: message.cid.as_deref(),
+                            id,
+                            ts: message.ts,
+                        }));
+                    }
                     room.fan_out(&state, &frame, None, &metrics);
                 }));
             }
             Appended::Duplicate(original) => {
-                let cid = message.cid;
-                self.committer.after_flush(Box::new(move |_| {
-                    sender.reply(encode(&ServerFrame::Ack {
-                        room: &original.room,
-                        cid: cid.as_deref(),
-                        id: original.id,
-                        ts: original.ts,
+                if let Some(sender) = sender {
+                    let original = original.clone();
+                    let cid = message.cid;
+                    self.committer.after_flush(Box::new(move |_| {
+                        sender.reply(encode(&ServerFrame::Ack {
+                            room: &original.room,
+                            cid: cid.as_deref(),
+                            id: original.id,
+                            ts: original.ts,
+                        }));
                     }));
-                }));
+                }
             }
         }
         drop(state);
-        Ok(())
+        Ok(appended)
     }
 
     /// A page of `room`'s history, as the `history` reply.
@@ -498,15 +520,15 @@ impl Hub {
 
 impl Hub {
     /// Stores a message from `author` (a name no account can have) in the existing room `name`
-    /// through the normal path: under the room lock, durable before it is published, in id order
-    /// with everyone else's messages. Returns its id; it is announced once the committer has
-    /// flushed it (await [`Committer::barrier`] to know it was).
+    /// through the same path as every send: durable before it is published, in id order with
+    /// everyone else's messages. Returns its id; it is announced once the committer has flushed
+    /// it (await [`Committer::barrier`] to know it was).
     pub fn post_system_message(
         &self,
         name: &str,
         author: &str,
         text: String,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<u64, HubError> {
         let room = self.room(name)?;
         let message = Message {
             user: author.to_owned(),
@@ -514,29 +536,11 @@ impl Hub {
             ts: now_ms(),
             cid: None,
         };
-        let state = lock(&room.state);
-        let Appended::New(id) = self.store.append(&room.name, "", &message)? else {
-            // Without a cid there is nothing to be a duplicate of.
-            return Err(StoreError::Corrupt {
-                kind: "message",
-                key: name.to_owned(),
-                detail: "a message without cid was reported as a duplicate".into(),
-            });
-        };
-        self.metrics.messages_stored.inc();
-        let published = room.clone();
-        let metrics = self.metrics.clone();
-        self.committer.after_flush(Box::new(move |flushed| {
-            if flushed.is_err() {
-                return;
-            }
-            let frame = encode(&MessageEvent::new(&published.name, id, &message));
-            let mut state = lock(&published.state);
-            state.published = state.published.max(id);
-            published.fan_out(&state, &frame, None, &metrics);
-        }));
-        drop(state);
-        Ok(id)
+        Ok(match self.append(&room, "", message, None)? {
+            Appended::New(id) => id,
+            // Only a cid makes a duplicate, and announcements have none.
+            Appended::Duplicate(original) => original.id,
+        })
     }
 
     /// Deletes room `name` from the store and from memory. The room record goes first, under

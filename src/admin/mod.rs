@@ -353,6 +353,17 @@ impl From<StoreError> for AdminError {
     }
 }
 
+impl From<crate::hub::HubError> for AdminError {
+    fn from(e: crate::hub::HubError) -> AdminError {
+        match e {
+            crate::hub::HubError::RoomGone => {
+                AdminError::failed("the room was deleted while the command ran")
+            }
+            crate::hub::HubError::Store(e) => e.into(),
+        }
+    }
+}
+
 /// What a command runs against: the store, and the server's state when it runs.
 pub struct Context<'a> {
     /// The database.
