@@ -10,8 +10,11 @@ use argh::FromArgs;
 /// chatd: a real-time chat server in one binary.
 #[derive(FromArgs)]
 struct Chatd {
+    /// print the version and exit
+    #[argh(switch)]
+    version: bool,
     #[argh(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(FromArgs)]
@@ -41,8 +44,16 @@ fn main() -> ExitCode {
         }
     };
     let result = match chatd.command {
-        Command::Serve(serve) => serve.run(),
-        Command::Admin(admin) => return admin.run(),
+        _ if chatd.version => {
+            println!("chatd {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Serve(serve)) => serve.run(),
+        Some(Command::Admin(admin)) => return admin.run(),
+        None => {
+            eprintln!("chatd: say what to do: `chatd serve` runs the server, `chatd admin` administers it (see `chatd --help`)");
+            return ExitCode::from(2);
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,11 +12,12 @@ use argh::FromArgs;
 use chatd::config::{parse_duration, Config, Durability, Registration};
 
 /// Run the chat server.
-///
-/// Every flag can also be set with an environment variable named after it, e.g. CHATD_LISTEN,
-/// CHATD_DATA_DIR, CHATD_PING_INTERVAL; a flag wins over the variable.
 #[derive(FromArgs)]
-#[argh(subcommand, name = "serve")]
+#[argh(
+    subcommand,
+    name = "serve",
+    note = "Every flag can also be set with an environment variable named after it, e.g. CHATD_LISTEN, CHATD_DATA_DIR, CHATD_PING_INTERVAL; a flag wins over the variable. Durations take 500ms, 10s, 5m, 7d."
+)]
 pub struct Serve {
     /// address to listen on (default 0.0.0.0:8000)
     #[argh(option)]
