@@ -78,7 +78,8 @@ pub struct State {
     started: Instant,
     conn_ids: AtomicU64,
     sockets: AtomicUsize,
-    healthy: AtomicBool,
+    /// False once a database flush failed.
+    healthy: Arc<AtomicBool>,
     /// Every WebSocket connection's outbox, authenticated or not, so shutdown reaches them all.
     outboxes: Mutex<HashMap<u64, Arc<Outbox>>>,
 }
@@ -175,10 +176,18 @@ impl Server {
             })?;
         let metrics = Arc::new(Metrics::new());
         let observed = metrics.clone();
+        let healthy = Arc::new(AtomicBool::new(true));
+        let health = healthy.clone();
         let committer = Arc::new(Committer::start(
             store.clone(),
             config.durability == Durability::Strict,
-            Box::new(move |took| observed.flush_seconds.observe(took.as_secs_f64())),
+            Box::new(move |took, ok| {
+                observed.flush_seconds.observe(took.as_secs_f64());
+                if !ok {
+                    // sled does not recover from a failed flush; operators must look.
+                    health.store(false, Ordering::Relaxed);
+                }
+            }),
         ));
         let executor = Arc::new(Executor::new());
         let hub = Arc::new(Hub::new(
@@ -198,7 +207,7 @@ impl Server {
             started: Instant::now(),
             conn_ids: AtomicU64::new(1),
             sockets: AtomicUsize::new(0),
-            healthy: AtomicBool::new(true),
+            healthy,
             outboxes: Mutex::new(HashMap::new()),
         });
         Ok(Server {

@@ -19,8 +19,8 @@ pub type FlushResult = Result<(), Arc<StoreError>>;
 /// Work to do once the writes queued before it are durable.
 pub type Continuation = Box<dyn FnOnce(FlushResult) + Send>;
 
-/// Called with the duration of every flush (for metrics).
-pub type FlushObserver = Box<dyn Fn(Duration) + Send + Sync>;
+/// Called after every flush with its duration and whether it succeeded (for metrics and health).
+pub type FlushObserver = Box<dyn Fn(Duration, bool) + Send + Sync>;
 
 #[derive(Default)]
 struct Queue {
@@ -43,6 +43,11 @@ impl Committer {
     /// Starts the commit thread. With `flush` false (relaxed durability) continuations run
     /// without waiting for the disk; sled's background flush then bounds the loss window.
     pub fn start(store: Arc<Store>, flush: bool, observe: FlushObserver) -> Committer {
+        Committer::with_flush(Box::new(move || store.flush()), flush, observe)
+    }
+
+    /// A committer around any flush function (the store's, or a failing one in tests).
+    fn with_flush(store_flush: FlushFn, flush: bool, observe: FlushObserver) -> Committer {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
@@ -50,7 +55,7 @@ impl Committer {
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("chatd-commit".into())
-            .spawn(move || run(&worker, &store, flush, &observe))
+            .spawn(move || run(&worker, &*store_flush, flush, &observe))
             .expect("spawning the commit thread");
         Committer {
             shared,
@@ -106,7 +111,14 @@ impl Committer {
     }
 }
 
-fn run(shared: &Shared, store: &Store, flush: bool, observe: &FlushObserver) {
+type FlushFn = Box<dyn Fn() -> Result<(), StoreError> + Send>;
+
+fn run(
+    shared: &Shared,
+    store_flush: &dyn Fn() -> Result<(), StoreError>,
+    flush: bool,
+    observe: &FlushObserver,
+) {
     loop {
         let (batch, stopping) = {
             let mut queue = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
@@ -120,8 +132,8 @@ fn run(shared: &Shared, store: &Store, flush: bool, observe: &FlushObserver) {
         };
         let result = if flush || stopping {
             let started = Instant::now();
-            let result = store.flush().map_err(Arc::new);
-            observe(started.elapsed());
+            let result = store_flush().map_err(Arc::new);
+            observe(started.elapsed(), result.is_ok());
             if let Err(e) = &result {
                 tracing::error!(error = %e, "flushing the database failed; writes are not acknowledged");
             }
@@ -159,7 +171,10 @@ mod tests {
         let committer = Committer::start(
             store,
             true,
-            Box::new(move |_| *counter.lock().unwrap() += 1),
+            Box::new(move |_, ok| {
+                assert!(ok);
+                *counter.lock().unwrap() += 1
+            }),
         );
         let order = Arc::new(Mutex::new(Vec::new()));
         for i in 0..100 {
@@ -174,6 +189,42 @@ mod tests {
         assert_eq!(*order.lock().unwrap(), (0..100).collect::<Vec<_>>());
         let n = *flushes.lock().unwrap();
         assert!((1..=101).contains(&n));
+        committer.shutdown();
+    }
+
+    #[test]
+    fn a_failed_flush_reaches_every_waiter_and_the_observer() {
+        let failures = Arc::new(Mutex::new(0u32));
+        let counter = failures.clone();
+        let committer = Committer::with_flush(
+            Box::new(|| {
+                Err(StoreError::Sled(sled::Error::Unsupported(
+                    "disk on fire".into(),
+                )))
+            }),
+            true,
+            Box::new(move |_, ok| {
+                if !ok {
+                    *counter.lock().unwrap() += 1;
+                }
+            }),
+        );
+        let failed = Arc::new(Mutex::new(0u32));
+        for _ in 0..10 {
+            let failed = failed.clone();
+            committer.after_flush(Box::new(move |r| {
+                if r.is_err() {
+                    *failed.lock().unwrap() += 1;
+                }
+            }));
+        }
+        assert!(smol::block_on(committer.barrier()).is_err());
+        assert_eq!(
+            *failed.lock().unwrap(),
+            10,
+            "no write is acknowledged as durable"
+        );
+        assert!(*failures.lock().unwrap() >= 1);
         committer.shutdown();
     }
 }
