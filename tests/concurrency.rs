@@ -5,7 +5,6 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap};
-use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
@@ -64,36 +63,19 @@ fn twenty_concurrent_senders_in_one_room() {
         r.join(room);
     }
 
-    let go = Gate::new();
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let handles: Vec<_> = (0..SENDERS)
-        .map(|i| {
-            let go = go.clone();
-            let ready = ready_tx.clone();
-            thread::spawn(move || {
-                let user = format!("sender{i:02}");
-                let mut c = Client::register(addr, &user, PASSWORD);
-                c.join(room);
-                ready.send(()).unwrap();
-                go.wait(Duration::from_secs(30));
-                for k in 0..N {
-                    c.send_json(&json!({"type":"send","room":room,"text":format!("{user} #{k}"),"cid":format!("{user}-{k}")}));
-                }
-                let (acks, seen) = drain(&mut c, room, N, SENDERS * N);
-                SenderResult { user, acks, seen }
-            })
-        })
-        .collect();
-    for _ in 0..SENDERS {
-        ready_rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("every sender registers and joins");
-    }
-    go.open();
-    let results: Vec<SenderResult> = handles
-        .into_iter()
-        .map(|h| h.join().expect("sender thread panicked"))
-        .collect();
+    let results: Vec<SenderResult> = run_together(
+        addr,
+        SENDERS,
+        |i| (format!("sender{i:02}"), room.to_owned()),
+        |mut c, room| {
+            let user = c.user.clone();
+            for k in 0..N {
+                c.send_json(&json!({"type":"send","room":room,"text":format!("{user} #{k}"),"cid":format!("{user}-{k}")}));
+            }
+            let (acks, seen) = drain(&mut c, &room, N, SENDERS * N);
+            SenderResult { user, acks, seen }
+        },
+    );
 
     // Every sender's acks: in the order sent, ids strictly increasing.
     let mut acked: HashMap<u64, (String, String)> = HashMap::new();
@@ -163,39 +145,20 @@ fn concurrent_senders_across_rooms_get_server_unique_ids() {
     const N: usize = 20;
     let s = TestServer::start(FAST);
     let addr = s.addr();
-    let go = Gate::new();
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let handles: Vec<_> = (0..ROOMS * PER_ROOM)
-        .map(|i| {
-            let go = go.clone();
-            let ready = ready_tx.clone();
-            thread::spawn(move || {
-                let room = format!("room{}", i % ROOMS);
-                let user = format!("u{i}");
-                let mut c = Client::register(addr, &user, PASSWORD);
-                c.join(&room);
-                ready.send(()).unwrap();
-                go.wait(Duration::from_secs(30));
-                for k in 0..N {
-                    c.send_json(&json!({"type":"send","room":room,"text":format!("{k}")}));
-                }
-                let (acks, seen) = drain(&mut c, &room, N, PER_ROOM * N);
-                (room, acks, seen)
-            })
-        })
-        .collect();
-    for _ in 0..ROOMS * PER_ROOM {
-        ready_rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("every sender registers and joins");
-    }
-    go.open();
+    let results: Vec<_> = run_together(
+        addr,
+        ROOMS * PER_ROOM,
+        |i| (format!("u{i}"), format!("room{}", i % ROOMS)),
+        |mut c, room| {
+            for k in 0..N {
+                c.send_json(&json!({"type":"send","room":room,"text":format!("{k}")}));
+            }
+            let (acks, seen) = drain(&mut c, &room, N, PER_ROOM * N);
+            (room, acks, seen)
+        },
+    );
     let mut all = BTreeSet::new();
     let mut per_room: HashMap<String, BTreeSet<u64>> = HashMap::new();
-    let results: Vec<_> = handles
-        .into_iter()
-        .map(|h| h.join().expect("thread panicked"))
-        .collect();
     for (room, acks, _) in &results {
         for a in acks {
             assert!(
@@ -305,20 +268,7 @@ fn joining_during_a_flood_misses_nothing_and_duplicates_nothing() {
                 &json!({"type":"send","room":room,"text":format!("f{}", acked.len() + k)}),
             );
         }
-        let mut acks = 0;
-        let mut echoes = 0;
-        while acks < BATCH || echoes < BATCH {
-            let v = sender.recv_json(Duration::from_secs(20));
-            match v["type"].as_str() {
-                Some("ack") => {
-                    acked.push(id_of(&v));
-                    acks += 1;
-                }
-                Some("message") => echoes += 1,
-                Some("presence") => {}
-                _ => panic!("sender: unexpected {v}"),
-            }
-        }
+        acked.extend(sender.acks_and_echoes(BATCH));
         progress.store(acked.len(), Ordering::SeqCst);
     }
     // Late joiners may still come online: skip presence while waiting for END's ack.

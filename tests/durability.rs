@@ -4,8 +4,6 @@ mod common;
 use common::*;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::sync::mpsc;
-use std::thread;
 use std::time::Duration;
 
 const FAST: &[&str] = &["--rate", "100000", "--burst", "100000"];
@@ -21,47 +19,41 @@ fn every_acked_message_survives_kill_9() {
     let mut observer = s.register("observer");
     observer.join(room);
 
-    let go = Gate::new();
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let handles: Vec<_> = (0..SENDERS)
-        .map(|i| {
-            let go = go.clone();
-            let ready = ready_tx.clone();
-            thread::spawn(move || {
-                let user = format!("writer{i}");
-                let mut c = Client::register(addr, &user, PASSWORD);
-                c.join(room);
-                ready.send(()).unwrap();
-                go.wait(Duration::from_secs(30));
-                // Pipelined: group commit may batch these.
-                for k in 0..N {
-                    c.send_json(&json!({"type":"send","room":room,"text":format!("{user} durable {k}"),"cid":format!("{user}-{k}")}));
-                }
-                let mut acks = BTreeMap::new();
-                while acks.len() < N {
-                    let v = c.recv_json(Duration::from_secs(20));
-                    match v["type"].as_str() {
-                        Some("ack") => {
-                            let k: usize = v["cid"].as_str().unwrap().rsplit('-').next().unwrap().parse().unwrap();
-                            acks.insert(id_of(&v), format!("{user} durable {k}"));
-                        }
-                        Some("message") | Some("presence") => {}
-                        _ => panic!("unexpected {v}"),
-                    }
-                }
-                acks
-            })
-        })
-        .collect();
-    for _ in 0..SENDERS {
-        ready_rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("writers ready");
-    }
-    go.open();
     let mut acked = BTreeMap::new();
-    for h in handles {
-        acked.extend(h.join().expect("writer panicked"));
+    let results = run_together(
+        addr,
+        SENDERS,
+        |i| (format!("writer{i}"), room.to_owned()),
+        |mut c, room| {
+            let user = c.user.clone();
+            // Pipelined: group commit may batch these.
+            for k in 0..N {
+                c.send_json(&json!({"type":"send","room":room,"text":format!("{user} durable {k}"),"cid":format!("{user}-{k}")}));
+            }
+            let mut acks = BTreeMap::new();
+            while acks.len() < N {
+                let v = c.recv_json(Duration::from_secs(20));
+                match v["type"].as_str() {
+                    Some("ack") => {
+                        let k: usize = v["cid"]
+                            .as_str()
+                            .unwrap()
+                            .rsplit('-')
+                            .next()
+                            .unwrap()
+                            .parse()
+                            .unwrap();
+                        acks.insert(id_of(&v), format!("{user} durable {k}"));
+                    }
+                    Some("message") | Some("presence") => {}
+                    _ => panic!("unexpected {v}"),
+                }
+            }
+            acks
+        },
+    );
+    for acks in results {
+        acked.extend(acks);
     }
     // Kill -9 right after the last ack.
     s.kill9();

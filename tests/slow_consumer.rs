@@ -92,20 +92,7 @@ fn non_reading_client_is_closed_with_4008_and_a_reader_gets_everything() {
         for k in 0..BATCH {
             sender.send_json(&json!({"type":"send","room":room,"text":format!("{k:04}{big}")}));
         }
-        let mut got_acks = 0;
-        let mut got_echo = 0;
-        while got_acks < BATCH || got_echo < BATCH {
-            let v = sender.recv_json(Duration::from_secs(20));
-            match v["type"].as_str() {
-                Some("ack") => {
-                    acked.push(id_of(&v));
-                    got_acks += 1;
-                }
-                Some("message") => got_echo += 1,
-                Some("presence") => {}
-                _ => panic!("sender: unexpected {v}"),
-            }
-        }
+        acked.extend(sender.acks_and_echoes(BATCH));
         if detected_after.is_none() && slow_close_metric(&s) > metric_base {
             detected_after = Some(acked.len());
             slow_drain = Some(drain(slow.take().unwrap()));

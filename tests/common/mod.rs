@@ -760,6 +760,22 @@ impl Client {
     }
 
     /// `send`, then require `ack` followed by the sender's own `message` with the same id.
+    /// Reads until `n` acks and `n` of the sender's own broadcasts arrived (presence frames
+    /// may interleave); returns the acked ids in order.
+    pub fn acks_and_echoes(&mut self, n: usize) -> Vec<u64> {
+        let (mut acked, mut echoes) = (Vec::new(), 0);
+        while acked.len() < n || echoes < n {
+            let v = self.recv_json(Duration::from_secs(20));
+            match v["type"].as_str() {
+                Some("ack") => acked.push(id_of(&v)),
+                Some("message") => echoes += 1,
+                Some("presence") => {}
+                _ => panic!("[{}] unexpected {v}", self.user),
+            }
+        }
+        acked
+    }
+
     pub fn say(&mut self, room: &str, text: &str) -> (Value, Value) {
         let ack = self.send_msg(room, text, None);
         let msg = self.expect("message");
@@ -1329,6 +1345,43 @@ impl Gate {
         let (g, res) = cv.wait_timeout_while(g, timeout, |open| !*open).unwrap();
         assert!(*g && !res.timed_out(), "gate not opened within {timeout:?}");
     }
+}
+
+/// Runs `count` clients on threads of their own, released together. Client `i` registers as
+/// and joins the room that `seat(i)` names (user, room); once every one is ready, each runs
+/// `body(client, room)` at the same moment. Returns the bodies' results in order of `i`.
+pub fn run_together<T: Send + 'static>(
+    addr: SocketAddr,
+    count: usize,
+    seat: impl Fn(usize) -> (String, String),
+    body: impl Fn(Client, String) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    let body = Arc::new(body);
+    let go = Gate::new();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let handles: Vec<_> = (0..count)
+        .map(|i| {
+            let (user, room) = seat(i);
+            let (go, ready, body) = (go.clone(), ready_tx.clone(), body.clone());
+            thread::spawn(move || {
+                let mut c = Client::register(addr, &user, PASSWORD);
+                c.join(&room);
+                ready.send(()).expect("the test is waiting");
+                go.wait(Duration::from_secs(30));
+                body(c, room)
+            })
+        })
+        .collect();
+    for _ in 0..count {
+        ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("every client registers and joins");
+    }
+    go.open();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("client thread panicked"))
+        .collect()
 }
 
 /// Poll `f` until it returns Some, or panic after `timeout` with `what`.
