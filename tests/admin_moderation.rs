@@ -4,7 +4,7 @@ mod admin_common;
 mod common;
 
 use admin_common::*;
-use common::{id_of, Client, TestServer, PASSWORD, T};
+use common::{id_of, message_ids, Client, TestServer, PASSWORD, T};
 use serde_json::json;
 
 /// Sends `auth` with a token on a fresh connection; returns the reply frame.
@@ -103,12 +103,7 @@ fn deleted_messages_disappear_from_live_screens_and_history() {
         assert_eq!(ev, json!({"type":"deleted","room":"general","id":spam}));
     }
     let h = alice.history(json!({"type":"history","room":"general"}));
-    let ids: Vec<u64> = h["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(id_of)
-        .collect();
+    let ids = message_ids(&h);
     assert_eq!(ids, [id_of(&ack1)]);
     // A fresh join does not replay it either.
     let mut carol = server.register("carol");

@@ -231,12 +231,7 @@ fn text_length_counts_unicode_scalar_values() {
     assert!(e["code"] == "too_long" || e["code"] == "bad_request", "{e}");
 
     let h = c.history(json!({"type":"history","room":"r"}));
-    let ids: Vec<u64> = h["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(id_of)
-        .collect();
+    let ids = message_ids(&h);
     assert_eq!(
         ids,
         vec![id_of(&ack), id_of(&m2)],
@@ -362,11 +357,6 @@ fn lone_surrogate_escapes_are_not_text() {
     let m = c.expect("message");
     assert_eq!(m["text"], "\u{1F600}", "{m}");
     let h = c.history(json!({"type":"history","room":"r"}));
-    let ids: Vec<u64> = h["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(id_of)
-        .collect();
+    let ids = message_ids(&h);
     assert_eq!(ids, vec![id_of(&ack)]);
 }

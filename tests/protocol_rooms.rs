@@ -166,12 +166,7 @@ fn since_replay_stops_at_the_replay_limit_with_more() {
 
     // Page on with history after.
     let h = b.history(json!({"type":"history","room":"r","after":ids[19],"limit":200}));
-    let got: Vec<u64> = h["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(id_of)
-        .collect();
+    let got = message_ids(&h);
     assert_eq!(
         got,
         ids[20..].to_vec(),

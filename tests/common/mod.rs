@@ -858,6 +858,16 @@ pub fn names(list: &[&str]) -> Vec<String> {
     v
 }
 
+/// The ids of the messages in a `history` reply, in the order given.
+pub fn message_ids(reply: &Value) -> Vec<u64> {
+    reply["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a history reply has `messages`: {reply}"))
+        .iter()
+        .map(id_of)
+        .collect()
+}
+
 pub fn assert_strictly_increasing(ids: &[u64], what: &str) {
     for w in ids.windows(2) {
         assert!(
