@@ -1,0 +1,159 @@
+//! Durable sends (issue 7 item 4): 64 publishers, each a different account alone in its own
+//! room, 8 sends in flight each, chatd with its default strict durability: acked sends/s and ack
+//! p50/p99; then one sender in lock-step (1 in flight): ack p50/p99. The Node `ws` peer (which
+//! stores nothing) runs the same in the same run for reference. Median (range) of the runs.
+//! `--ceiling N` (sled's own rate for the same records, from benches/storage.rs) and `--fsync-us
+//! N` (one raw fsync) print the issue's ratios.
+//!
+//! Run: `cargo bench --bench durable` (`-- --smoke`, `--runs N`, `--seconds S`, `--publishers P`,
+//! `--inflight W`, `--ceiling N`, `--fsync-us N`, `--no-pin`).
+
+#[path = "hot/mod.rs"]
+mod hot;
+
+use std::time::Duration;
+
+use hot::durable::{window, Durable};
+use hot::net::Net;
+use hot::procs::{import_accounts, pin_self, start_chatd, start_peer, Pinning};
+use hot::setup::{open_members, ratio, settle, Flags, Member, Spread};
+
+fn main() {
+    let flags = Flags::parse();
+    hot::net::raise_nofile();
+    let pin = if flags.pin {
+        Pinning::standard()
+    } else {
+        Pinning::NONE
+    };
+    pin_self(pin.gen_core);
+    let num = |name: &str, smoke: usize, full: usize| -> usize {
+        flags
+            .get(name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(if flags.smoke { smoke } else { full })
+    };
+    let pubs = num("--publishers", 4, 64);
+    let inflight = num("--inflight", 2, 8);
+    let secs = flags.seconds.unwrap_or(if flags.smoke { 1.0 } else { 8.0 });
+    let lock_secs = if flags.smoke { 1.0 } else { 4.0 };
+    let runs = flags.runs.unwrap_or(if flags.smoke { 1 } else { 3 });
+    let ceiling: Option<f64> = flags.get("--ceiling").and_then(|v| v.parse().ok());
+    let fsync_us: Option<f64> = flags.get("--fsync-us").and_then(|v| v.parse().ok());
+    println!("durable: {pubs} publishers x {inflight} in flight, each alone in its room, {secs} s; lock-step 1 x 1 for {lock_secs} s; {runs} runs; pinning {pin:?}");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tokens = import_accounts(dir.path(), "d", pubs + 1);
+    let chatd = start_chatd(
+        "chatd",
+        dir.path(),
+        "127.0.0.1:0",
+        &["--rate", "1000000", "--burst", "1000000"],
+        pin.server_core,
+    );
+    let peer = start_peer(pin.server_core, true);
+    let mut servers = vec![chatd];
+    servers.extend(peer);
+    let mut net = Net::new(0);
+    let rooms: Vec<String> = (0..pubs).map(|j| format!("durable-{j}")).collect();
+    let lock_room = vec!["lockstep".to_string()];
+    let stride = pubs + 1;
+    for (k, s) in servers.iter().enumerate() {
+        let members: Vec<Member> = (0..=pubs)
+            .map(|j| Member {
+                token: tokens[j].clone(),
+                rooms: vec![if j < pubs {
+                    rooms[j].clone()
+                } else {
+                    lock_room[0].clone()
+                }],
+            })
+            .collect();
+        if let Err(e) = open_members(
+            &mut net,
+            k * stride,
+            s.addr,
+            &members,
+            128,
+            Duration::from_secs(60),
+        ) {
+            eprintln!("{}: {e}", s.name);
+            std::process::exit(1);
+        }
+        settle(
+            &mut net,
+            Duration::from_millis(200),
+            Duration::from_secs(10),
+        );
+    }
+    let mut many: Vec<Vec<Durable>> = vec![Vec::new(); servers.len()];
+    let mut one: Vec<Vec<Durable>> = vec![Vec::new(); servers.len()];
+    let mut tag = 0;
+    for run in 0..runs {
+        for (k, s) in servers.iter().enumerate() {
+            tag += 1;
+            let d = window(&mut net, s.pid, k * stride, &rooms, inflight, secs, tag);
+            eprintln!("  run {} {} {pubs}x{inflight}: {:.0} acked/s, p50 {:.2} ms p99 {:.2} ms, cpu {}, errors {}, closed {}, unacked {}",
+                run + 1, s.name, d.per_sec, d.p50_ms, d.p99_ms, d.server_cpu_pct.map_or("n/a".into(), |c| format!("{c:.0}%")), d.errors, d.closed, d.unacked);
+            many[k].push(d);
+            tag += 1;
+            let d = window(
+                &mut net,
+                s.pid,
+                k * stride + pubs,
+                &lock_room,
+                1,
+                lock_secs,
+                tag,
+            );
+            eprintln!(
+                "  run {} {} lock-step: {:.0} acked/s, p50 {:.3} ms p99 {:.3} ms",
+                run + 1,
+                s.name,
+                d.per_sec,
+                d.p50_ms,
+                d.p99_ms
+            );
+            one[k].push(d);
+        }
+    }
+    println!();
+    println!("| server | {pubs}×{inflight} acked sends/s | ack p50 ms | ack p99 ms | server CPU % | lock-step acks/s | lock-step p50 ms | p99 ms |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (k, s) in servers.iter().enumerate() {
+        let sp = |v: &[Durable], f: fn(&Durable) -> f64| {
+            Spread::of(&v.iter().map(f).collect::<Vec<_>>())
+        };
+        println!(
+            "| {}{} | {} | {} | {} | {} | {} | {} | {} |",
+            s.name,
+            if s.name == "chatd" {
+                " (strict)"
+            } else {
+                " (stores nothing)"
+            },
+            sp(&many[k], |d| d.per_sec).show(0),
+            sp(&many[k], |d| d.p50_ms).show(2),
+            sp(&many[k], |d| d.p99_ms).show(2),
+            Spread::of(
+                &many[k]
+                    .iter()
+                    .filter_map(|d| d.server_cpu_pct)
+                    .collect::<Vec<_>>()
+            )
+            .show(0),
+            sp(&one[k], |d| d.per_sec).show(0),
+            sp(&one[k], |d| d.p50_ms).show(3),
+            sp(&one[k], |d| d.p99_ms).show(3),
+        );
+    }
+    let chatd_rate = Spread::of(&many[0].iter().map(|d| d.per_sec).collect::<Vec<_>>()).med;
+    let chatd_p50 = Spread::of(&one[0].iter().map(|d| d.p50_ms).collect::<Vec<_>>()).med;
+    println!(
+        "\nchatd / sled ceiling: {}   lock-step p50 / one raw fsync: {}",
+        ceiling.map_or("n/a (no --ceiling)".into(), |c| ratio(chatd_rate, c)),
+        fsync_us.map_or("n/a (no --fsync-us)".into(), |f| ratio(
+            chatd_p50 * 1000.0,
+            f
+        )),
+    );
+}

@@ -1,0 +1,154 @@
+//! Fan-out to many members, paced (issue 7 items 1–2): 1000 members in one room, one publisher at
+//! 20 msg/s and at 100 msg/s, against the floor, the Node `ws` peer and chatd in the same run.
+//! Servers pinned to core 0, this generator to core 1. Per window: server CPU (% of a core and µs
+//! per delivery, from /proc/PID/stat), delivery latency p50/p99 over all deliveries, deliveries
+//! counted against the expected number, and the generator's own CPU. Median (range) of the runs.
+//!
+//! Run: `cargo bench --bench fanout` (`-- --smoke`, `--runs N`, `--seconds S`, `--members N`,
+//! `--rates 20,100`, `--no-pin`).
+
+#[path = "hot/mod.rs"]
+mod hot;
+
+use hot::fanout::{bring_up, floor_sweeps, paced, Paced, Setup};
+use hot::procs::{pin_self, Pinning};
+use hot::setup::{ratio, Flags, Spread};
+use std::time::Duration;
+
+fn main() {
+    if std::env::args().any(|a| a == "--serve-floor") {
+        hot::procs::serve_floor_main();
+    }
+    let flags = Flags::parse();
+    hot::net::raise_nofile();
+    let pin = if flags.pin {
+        Pinning::standard()
+    } else {
+        Pinning::NONE
+    };
+    pin_self(pin.gen_core);
+    let members: usize = flags
+        .get("--members")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if flags.smoke { 50 } else { 1000 });
+    let rates: Vec<f64> = flags
+        .get("--rates")
+        .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_else(|| {
+            if flags.smoke {
+                vec![20.0]
+            } else {
+                vec![20.0, 100.0]
+            }
+        });
+    let secs = flags
+        .seconds
+        .unwrap_or(if flags.smoke { 1.0 } else { 10.0 });
+    let runs = flags.runs.unwrap_or(if flags.smoke { 1 } else { 3 });
+    println!(
+        "fanout: {members} members in one room, one publisher at {rates:?} msg/s, {secs} s windows, {runs} runs; pinning {pin:?}"
+    );
+    let setup = Setup {
+        members,
+        pin,
+        floor_process: true,
+        peer: true,
+        npm_install: true,
+    };
+    let mut rig = match bring_up(&setup) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("setup failed: {e}");
+            std::process::exit(1);
+        }
+    };
+    let names: Vec<String> = rig.servers.iter().map(|s| s.name.clone()).collect();
+    // results[rate][server] = windows
+    let mut results: Vec<Vec<Vec<Paced>>> = vec![vec![Vec::new(); names.len()]; rates.len()];
+    let mut tag = 0u32;
+    let mut failed = false;
+    for run in 0..runs {
+        for (ri, &rate) in rates.iter().enumerate() {
+            for s in 0..names.len() {
+                tag += 1;
+                let g = rig.group(s, members);
+                let drain = Duration::from_secs(if rate > 50.0 { 30 } else { 5 });
+                let mut w = paced(&mut rig.net, &g, tag, rate, secs, drain);
+                if s == 0 {
+                    w.sweep_ms = floor_sweeps(&mut rig.net, &g);
+                }
+                let ok = w.delivered == w.expected && w.closed == 0;
+                failed |= !ok;
+                eprintln!(
+                    "  run {} {rate} msg/s {}: {}/{} delivered, cpu {} ({} µs/delivery), p50 {:.2} ms p99 {:.2} ms, generator {:.0}%{}{}",
+                    run + 1,
+                    names[s],
+                    w.delivered,
+                    w.expected,
+                    w.server_cpu_pct.map_or("n/a".into(), |c| format!("{c:.0}%")),
+                    w.us_per_delivery.map_or("n/a".into(), |c| format!("{c:.1}")),
+                    w.lat_p50_ms,
+                    w.lat_p99_ms,
+                    w.gen_cpu_pct,
+                    w.sweep_ms.map_or(String::new(), |(a, b)| format!(", sweep p50 {a:.2} ms p99 {b:.2} ms")),
+                    if ok { "" } else { "  <-- INCOMPLETE" }
+                );
+                results[ri][s].push(w);
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+    }
+    println!();
+    println!("| rate | server | server CPU % | µs CPU / delivery | latency p50 ms | p99 ms | delivered | generator CPU % | CPU vs floor | CPU vs ws |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (ri, &rate) in rates.iter().enumerate() {
+        let us = |s: usize| {
+            Spread::of(
+                &results[ri][s]
+                    .iter()
+                    .filter_map(|w| w.us_per_delivery)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let floor_us = us(0).med;
+        let ws_idx = names.iter().position(|n| n == "node ws");
+        let ws_us = ws_idx.map_or(f64::NAN, |i| us(i).med);
+        for s in 0..names.len() {
+            let ws = &results[ri][s];
+            let cpu = Spread::of(
+                &ws.iter()
+                    .filter_map(|w| w.server_cpu_pct)
+                    .collect::<Vec<_>>(),
+            );
+            let p50 = Spread::of(&ws.iter().map(|w| w.lat_p50_ms).collect::<Vec<_>>());
+            let p99 = Spread::of(&ws.iter().map(|w| w.lat_p99_ms).collect::<Vec<_>>());
+            let gen = Spread::of(&ws.iter().map(|w| w.gen_cpu_pct).collect::<Vec<_>>());
+            let delivered: u64 = ws.iter().map(|w| w.delivered).sum();
+            let expected: u64 = ws.iter().map(|w| w.expected).sum();
+            println!(
+                "| {rate} msg/s | {} | {} | {} | {} | {} | {delivered}/{expected} | {} | {} | {} |",
+                names[s],
+                cpu.show(0),
+                us(s).show(1),
+                p50.show(2),
+                p99.show(2),
+                gen.show(0),
+                ratio(us(s).med, floor_us),
+                ratio(us(s).med, ws_us),
+            );
+        }
+        let sweeps: Vec<f64> = results[ri][0]
+            .iter()
+            .filter_map(|w| w.sweep_ms.map(|x| x.0))
+            .collect();
+        println!(
+            "| {rate} msg/s | floor: one message to all {members} sockets (sweep p50) | {} ms | | | | | | | |",
+            Spread::of(&sweeps).show(2)
+        );
+    }
+    if failed {
+        println!(
+            "\nsome windows were incomplete (deliveries missing or connections closed): see above"
+        );
+    }
+}

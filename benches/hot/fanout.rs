@@ -1,0 +1,439 @@
+//! Fan-out to many members (issue 7 items 1–3): one room of N members per server (floor, Node
+//! `ws` peer, chatd), all held open by one generator. A window drives one server:
+//! - paced: one publisher (a member) sends at a fixed rate, open loop; every member's delivery
+//!   latency comes from the send time embedded in the text;
+//! - saturation: a few publishers (members) each keep W messages in flight, a new one as soon as
+//!   the previous one comes back (its own copy of the broadcast, or its ack).
+
+use std::time::{Duration, Instant};
+
+use super::net::{field_u64, find, frame_type, Ev, Net};
+use super::procs::{cpu_ticks, self_ticks, ticks_per_sec, Server};
+use super::setup::{micros, quantile};
+
+/// One server's room in the generator: connections `base..base + n`, publishers first.
+pub struct Group {
+    /// The server process (None: in-process floor, no CPU figure).
+    pub pid: Option<u32>,
+    pub base: usize,
+    pub n: usize,
+    pub room: String,
+}
+
+/// What a paced window saw.
+#[derive(Clone, Debug, Default)]
+pub struct Paced {
+    pub sent: u64,
+    pub expected: u64,
+    pub delivered: u64,
+    /// Deliveries out of order or repeated (per connection, by sequence number).
+    pub disorder: u64,
+    pub lat_p50_ms: f64,
+    pub lat_p99_ms: f64,
+    pub secs: f64,
+    pub server_cpu_pct: Option<f64>,
+    pub us_per_delivery: Option<f64>,
+    pub gen_cpu_pct: f64,
+    pub errors: u64,
+    pub closed: u64,
+    /// Floor only: time to write one message to all members (p50, p99), ms.
+    pub sweep_ms: Option<(f64, f64)>,
+}
+
+/// The text of a bench message: `~TAG~SEQ~MICROS~Pn` and padding to about 80 bytes.
+fn text(tag: u32, seq: u64, publisher: usize) -> String {
+    let us = micros(Instant::now());
+    format!("~{tag:05}~{seq:08}~{us:013}~P{publisher:03} lorem ipsum dolor sit amet consectetur")
+}
+
+/// (tag, seq, micros, publisher) from a message frame.
+fn parse_text(payload: &[u8]) -> Option<(u32, u64, u64, usize)> {
+    let at = find(payload, b"\"text\":\"~")? + 9;
+    let t = payload.get(at..at + 5 + 1 + 8 + 1 + 13 + 2 + 3)?;
+    let num = |s: &[u8]| -> Option<u64> {
+        let mut v = 0u64;
+        for &d in s {
+            if !d.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + u64::from(d - b'0');
+        }
+        Some(v)
+    };
+    Some((
+        num(&t[0..5])? as u32,
+        num(&t[6..14])?,
+        num(&t[15..28])?,
+        num(&t[30..33])? as usize,
+    ))
+}
+
+fn cpu_pct(ticks: u64, secs: f64) -> f64 {
+    ticks as f64 / ticks_per_sec() / secs * 100.0
+}
+
+/// One paced window: publisher = the group's first connection, `rate` messages/s for `secs`,
+/// then up to `drain` for the last deliveries. CPU is taken from the first send until the last
+/// delivery arrived (or the drain ended).
+pub fn paced(net: &mut Net, g: &Group, tag: u32, rate: f64, secs: f64, drain: Duration) -> Paced {
+    let total = (rate * secs).round().max(1.0) as u64;
+    let send_frame = |seq: u64| -> String {
+        let t = text(tag, seq, 0);
+        format!(
+            "{{\"type\":\"send\",\"room\":\"{}\",\"text\":\"{t}\",\"cid\":\"f{tag}-{seq}\"}}",
+            g.room
+        )
+    };
+    let mut got = vec![0u32; g.n];
+    let mut last_seq = vec![u64::MAX; g.n];
+    let mut lat: Vec<u32> = Vec::with_capacity((total as usize) * g.n);
+    let (mut delivered, mut disorder, mut errors, mut closed) = (0u64, 0u64, 0u64, 0u64);
+    let expected = total * g.n as u64;
+    let cpu0 = g.pid.and_then(cpu_ticks);
+    let gen0 = self_ticks();
+    let t0 = Instant::now();
+    let mut sent = 0u64;
+    let hard_end = t0 + Duration::from_secs_f64(secs) + drain;
+    let mut end = t0;
+    while Instant::now() < hard_end {
+        let now = Instant::now();
+        if sent < total {
+            let due = t0 + Duration::from_secs_f64(sent as f64 / rate);
+            if now >= due {
+                net.send(g.base, send_frame(sent).as_bytes());
+                sent += 1;
+                continue;
+            }
+        } else if delivered >= expected {
+            end = now;
+            break;
+        }
+        let wait = if sent < total {
+            (t0 + Duration::from_secs_f64(sent as f64 / rate)).saturating_duration_since(now)
+        } else {
+            Duration::from_millis(5)
+        };
+        net.pump(wait.min(Duration::from_millis(5)), |i, _, ev, at| {
+            if i < g.base || i >= g.base + g.n {
+                return;
+            }
+            let j = i - g.base;
+            match ev {
+                Ev::Text(p) => match frame_type(p) {
+                    b"message" => {
+                        if let Some((t, seq, us, _)) = parse_text(p) {
+                            if t != tag {
+                                return;
+                            }
+                            delivered += 1;
+                            got[j] += 1;
+                            if last_seq[j] != u64::MAX && seq <= last_seq[j] {
+                                disorder += 1;
+                            }
+                            last_seq[j] = seq;
+                            lat.push(micros(at).saturating_sub(us) as u32);
+                        }
+                    }
+                    b"error" => errors += 1,
+                    _ => {}
+                },
+                Ev::Closed(_) => closed += 1,
+                Ev::Opened => {}
+            }
+        });
+        end = Instant::now();
+    }
+    let secs_used = end.duration_since(t0).as_secs_f64().max(1e-3);
+    let cpu = match (cpu0, g.pid.and_then(cpu_ticks)) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    let gen = self_ticks() - gen0;
+    lat.sort_unstable();
+    Paced {
+        sent,
+        expected,
+        delivered,
+        disorder,
+        lat_p50_ms: f64::from(quantile(&lat, 0.5)) / 1000.0,
+        lat_p99_ms: f64::from(quantile(&lat, 0.99)) / 1000.0,
+        secs: secs_used,
+        server_cpu_pct: cpu.map(|c| cpu_pct(c, secs_used)),
+        us_per_delivery: cpu.map(|c| c as f64 / ticks_per_sec() * 1e6 / delivered.max(1) as f64),
+        gen_cpu_pct: cpu_pct(gen, secs_used),
+        errors,
+        closed,
+        sweep_ms: None,
+    }
+}
+
+/// Asks the floor (over the group's first connection) for its sweep times since the last ask.
+pub fn floor_sweeps(net: &mut Net, g: &Group) -> Option<(f64, f64)> {
+    net.send(g.base, br#"{"type":"floor_stats"}"#);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut out = None;
+    while out.is_none() && Instant::now() < deadline {
+        net.pump(Duration::from_millis(10), |i, _, ev, _| {
+            if let (true, Ev::Text(p)) = (i == g.base, ev) {
+                if frame_type(p) == b"floor_stats" {
+                    let p50 = field_u64(p, b"\"p50_us\":").unwrap_or(0) as f64 / 1000.0;
+                    let p99 = field_u64(p, b"\"p99_us\":").unwrap_or(0) as f64 / 1000.0;
+                    out = Some((p50, p99));
+                }
+            }
+        });
+    }
+    out
+}
+
+/// How a saturation publisher knows a message is done.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Flow {
+    /// Its own copy of the broadcast came back.
+    Echo,
+    /// Its `ack` came back.
+    Ack,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Saturated {
+    pub sent: u64,
+    /// Deliveries inside the window.
+    pub delivered: u64,
+    pub secs: f64,
+    pub per_sec: f64,
+    pub server_cpu_pct: Option<f64>,
+    pub us_per_delivery: Option<f64>,
+    pub gen_cpu_pct: f64,
+    pub errors: u64,
+    pub closed: u64,
+    /// Every message sent was delivered to every member by the end of the drain.
+    pub complete: bool,
+    pub lat_p50_ms: f64,
+    pub lat_p99_ms: f64,
+}
+
+/// One saturation window: `publishers` members each keep `inflight` sends outstanding for
+/// `secs`; deliveries inside the window per second, CPU over the window. Then a bounded drain.
+pub fn saturate(
+    net: &mut Net,
+    g: &Group,
+    tag: u32,
+    publishers: usize,
+    inflight: usize,
+    secs: f64,
+    flow: Flow,
+) -> Saturated {
+    let publishers = publishers.min(g.n).max(1);
+    let mut outstanding = vec![0usize; publishers];
+    let mut next_seq = 0u64;
+    let mut lat: Vec<u32> = Vec::new();
+    let (mut delivered, mut total_delivered, mut errors, mut closed) = (0u64, 0u64, 0u64, 0u64);
+    let cpu0 = g.pid.and_then(cpu_ticks);
+    let gen0 = self_ticks();
+    let t0 = Instant::now();
+    let stop = t0 + Duration::from_secs_f64(secs);
+    let mut cpu1 = None;
+    let mut gen1 = 0;
+    let hard_end = stop + Duration::from_secs(20);
+    let room = g.room.clone();
+    let mut queue: Vec<usize> = (0..publishers)
+        .flat_map(|p| std::iter::repeat_n(p, inflight))
+        .collect();
+    let mut quiet_since = None::<Instant>;
+    while Instant::now() < hard_end {
+        let now = Instant::now();
+        if now < stop {
+            for p in queue.drain(..) {
+                let f = format!(
+                    "{{\"type\":\"send\",\"room\":\"{room}\",\"text\":\"{}\",\"cid\":\"s{tag}-{next_seq}\"}}",
+                    text(tag, next_seq, p)
+                );
+                next_seq += 1;
+                outstanding[p] += 1;
+                net.send(g.base + p, f.as_bytes());
+            }
+        } else {
+            queue.clear();
+            if cpu1.is_none() {
+                cpu1 = Some(g.pid.and_then(cpu_ticks));
+                gen1 = self_ticks();
+            }
+            let expected = next_seq * g.n as u64;
+            if total_delivered >= expected || outstanding.iter().all(|&o| o == 0) {
+                let q = *quiet_since.get_or_insert(now);
+                if total_delivered >= expected || q.elapsed() > Duration::from_secs(1) {
+                    break;
+                }
+            }
+        }
+        net.pump(Duration::from_millis(2), |i, _, ev, at| {
+            if i < g.base || i >= g.base + g.n {
+                return;
+            }
+            let j = i - g.base;
+            match ev {
+                Ev::Text(p) => match frame_type(p) {
+                    b"message" => {
+                        if let Some((t, _, us, from)) = parse_text(p) {
+                            if t != tag {
+                                return;
+                            }
+                            total_delivered += 1;
+                            if at < stop {
+                                delivered += 1;
+                                lat.push(micros(at).saturating_sub(us) as u32);
+                            }
+                            if flow == Flow::Echo && j == from && j < publishers {
+                                outstanding[j] -= 1;
+                                if at < stop {
+                                    queue.push(j);
+                                }
+                            }
+                        }
+                    }
+                    b"ack" if flow == Flow::Ack && j < publishers => {
+                        outstanding[j] = outstanding[j].saturating_sub(1);
+                        if at < stop {
+                            queue.push(j);
+                        }
+                    }
+                    b"error" => errors += 1,
+                    _ => {}
+                },
+                Ev::Closed(_) => closed += 1,
+                Ev::Opened => {}
+            }
+        });
+    }
+    let secs_used = secs;
+    let cpu = match (cpu0, cpu1.flatten()) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    if cpu1.is_none() {
+        gen1 = self_ticks();
+    }
+    lat.sort_unstable();
+    Saturated {
+        sent: next_seq,
+        delivered,
+        secs: secs_used,
+        per_sec: delivered as f64 / secs_used,
+        server_cpu_pct: cpu.map(|c| cpu_pct(c, secs_used)),
+        us_per_delivery: cpu.map(|c| c as f64 / ticks_per_sec() * 1e6 / delivered.max(1) as f64),
+        gen_cpu_pct: cpu_pct(gen1 - gen0, secs_used),
+        errors,
+        closed,
+        complete: total_delivered == next_seq * g.n as u64,
+        lat_p50_ms: f64::from(quantile(&lat, 0.5)) / 1000.0,
+        lat_p99_ms: f64::from(quantile(&lat, 0.99)) / 1000.0,
+    }
+}
+
+/// Which servers take part and how they run.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    pub members: usize,
+    pub pin: super::procs::Pinning,
+    /// Floor as a process (benches) or a thread of this process (tests: no CPU figure).
+    pub floor_process: bool,
+    pub peer: bool,
+    /// Install `ws` with npm if missing.
+    pub npm_install: bool,
+}
+
+/// The servers with their rooms open in one generator.
+pub struct Rig {
+    pub servers: Vec<Server>,
+    pub net: Net,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Rig {
+    pub fn group(&self, s: usize, members: usize) -> Group {
+        Group {
+            pid: self.servers[s].pid,
+            base: s * members,
+            n: members,
+            room: "fanout".into(),
+        }
+    }
+}
+
+/// Starts floor, peer (if asked and available) and chatd; opens `members` members in room
+/// `fanout` on each (chatd: distinct imported accounts, token resume); waits for the presence
+/// flood to settle. Returns the rig; prints progress.
+pub fn bring_up(s: &Setup) -> Result<Rig, String> {
+    use super::procs::{
+        import_accounts, start_chatd, start_floor_process, start_floor_thread, start_peer,
+    };
+    use super::setup::{open_members, settle, Member};
+    let core = s.pin.server_core;
+    let mut servers = vec![if s.floor_process {
+        start_floor_process(core)
+    } else {
+        start_floor_thread()
+    }];
+    if s.peer {
+        if let Some(p) = start_peer(core, s.npm_install) {
+            servers.push(p);
+        }
+    }
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let tokens = import_accounts(dir.path(), "m", s.members);
+    servers.push(start_chatd(
+        "chatd",
+        dir.path(),
+        "127.0.0.1:0",
+        &[
+            "--rate",
+            "1000000",
+            "--burst",
+            "1000000",
+            "--max-connections",
+            "20000",
+        ],
+        core,
+    ));
+    let mut net = Net::new(0);
+    for (k, server) in servers.iter().enumerate() {
+        let members: Vec<Member> = tokens
+            .iter()
+            .map(|t| Member {
+                token: t.clone(),
+                rooms: vec!["fanout".into()],
+            })
+            .collect();
+        let took = open_members(
+            &mut net,
+            k * s.members,
+            server.addr,
+            &members,
+            256,
+            Duration::from_secs(120),
+        )
+        .map_err(|e| format!("{}: {e}", server.name))?;
+        let (frames, quiet) = settle(
+            &mut net,
+            Duration::from_millis(500),
+            Duration::from_secs(120),
+        );
+        eprintln!(
+            "  {}: {} members joined in {:.1} s, then {frames} presence/other frames{}",
+            server.name,
+            s.members,
+            took.as_secs_f64(),
+            if quiet {
+                ""
+            } else {
+                " (still not quiet after 120 s)"
+            }
+        );
+    }
+    Ok(Rig {
+        servers,
+        net,
+        _dirs: vec![dir],
+    })
+}

@@ -1,0 +1,324 @@
+//! Server processes under measurement (chatd, the Node `ws` peer, the floor), CPU pinning, CPU
+//! time and memory from /proc, and accounts created through `chatd admin import`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Where processes run: servers on `server_core`, the generator on `gen_core` (None: no pinning).
+#[derive(Clone, Copy, Debug)]
+pub struct Pinning {
+    pub server_core: Option<usize>,
+    pub gen_core: Option<usize>,
+}
+
+impl Pinning {
+    pub const NONE: Pinning = Pinning {
+        server_core: None,
+        gen_core: None,
+    };
+    /// Servers on core 0, generator on core 1, if the machine has two cores.
+    pub fn standard() -> Pinning {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cores >= 2 {
+            Pinning {
+                server_core: Some(0),
+                gen_core: Some(1),
+            }
+        } else {
+            Pinning::NONE
+        }
+    }
+}
+
+fn set_affinity(pid: i32, core: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes within it; sched_setaffinity reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        if libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Pins the calling thread (call it in `main` before any thread starts) to `core`.
+pub fn pin_self(core: Option<usize>) {
+    if let Some(core) = core {
+        if let Err(e) = set_affinity(0, core) {
+            eprintln!("could not pin the generator to core {core}: {e}");
+        }
+    }
+}
+
+fn pinned(program: impl AsRef<std::ffi::OsStr>, core: Option<usize>) -> Command {
+    let mut cmd = Command::new(program);
+    if let Some(core) = core {
+        // SAFETY: only sched_setaffinity (async-signal-safe) runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || set_affinity(0, core));
+        }
+    }
+    cmd
+}
+
+/// A server under measurement; killed on drop.
+pub struct Server {
+    pub name: String,
+    pub addr: SocketAddr,
+    /// The process to read CPU time and memory from (None for an in-process floor).
+    pub pid: Option<u32>,
+    child: Option<Child>,
+    _stdout: Option<BufReader<ChildStdout>>,
+    stop: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some((flag, thread)) = self.stop.take() {
+            flag.store(true, Ordering::Relaxed);
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Server {
+    /// SIGTERM and wait (at most `limit`) for the process to exit; true if it exited.
+    pub fn terminate(&mut self, limit: Duration) -> bool {
+        let Some(child) = &mut self.child else {
+            return false;
+        };
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                self.child = None;
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    pub fn cpu_ticks(&self) -> Option<u64> {
+        self.pid.and_then(cpu_ticks)
+    }
+
+    pub fn rss_kib(&self) -> Option<u64> {
+        self.pid.and_then(rss_kib)
+    }
+}
+
+fn wait_listening(name: &str, mut child: Child) -> Server {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    reader
+        .read_line(&mut line)
+        .expect("reading the server's first line");
+    let Some(addr) = line.trim().strip_prefix("listening on ") else {
+        let _ = child.kill();
+        panic!("{name} printed {line:?} instead of `listening on ADDR`");
+    };
+    Server {
+        name: name.into(),
+        addr: addr.parse().expect("address"),
+        pid: Some(child.id()),
+        child: Some(child),
+        _stdout: Some(reader),
+        stop: None,
+    }
+}
+
+/// Path of the chatd binary (set by Cargo for benches and integration tests).
+pub fn chatd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_chatd"))
+}
+
+/// Starts `chatd serve` on `listen` with `data_dir`, pinned as asked.
+pub fn start_chatd(
+    name: &str,
+    data_dir: &Path,
+    listen: &str,
+    extra: &[&str],
+    core: Option<usize>,
+) -> Server {
+    let child = pinned(chatd_bin(), core)
+        .args(["serve", "--listen", listen, "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting chatd");
+    wait_listening(name, child)
+}
+
+/// Directory of the Node peer.
+pub fn peer_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peer")
+}
+
+/// Starts the Node `ws` peer, installing `ws` with npm if missing (unless `install` is false).
+/// None if node or ws is unavailable.
+pub fn start_peer(core: Option<usize>, install: bool) -> Option<Server> {
+    let dir = peer_dir();
+    if !dir.join("node_modules/ws").exists() {
+        if !install {
+            eprintln!("skipping the Node peer: benches/peer/node_modules/ws is missing");
+            return None;
+        }
+        let ok = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent"])
+            .current_dir(&dir)
+            .status();
+        if !matches!(ok, Ok(s) if s.success()) {
+            eprintln!("skipping the Node peer: `npm install` failed");
+            return None;
+        }
+    }
+    let child = pinned("node", core)
+        .arg(dir.join("server.mjs"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    Some(wait_listening("node ws", child))
+}
+
+/// Starts the floor as a process: this very executable, re-run with `--serve-floor` (each bench
+/// that uses the floor checks for that flag first in `main`).
+pub fn start_floor_process(core: Option<usize>) -> Server {
+    let exe = std::env::current_exe().expect("current exe");
+    let child = pinned(exe, core)
+        .arg("--serve-floor")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting the floor");
+    wait_listening("floor", child)
+}
+
+/// Starts the floor on a thread of this process (for tests: no CPU figures).
+pub fn start_floor_thread() -> Server {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let flag = Arc::new(AtomicBool::new(false));
+    let f2 = flag.clone();
+    let thread = std::thread::spawn(move || super::floor::serve(listener, &f2));
+    Server {
+        name: "floor".into(),
+        addr,
+        pid: None,
+        child: None,
+        _stdout: None,
+        stop: Some((flag, thread)),
+    }
+}
+
+/// The `--serve-floor` entry point: serves until killed.
+pub fn serve_floor_main() -> ! {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    println!("listening on {}", listener.local_addr().expect("addr"));
+    let _ = std::io::stdout().flush();
+    super::floor::serve(listener, &AtomicBool::new(false));
+    std::process::exit(0)
+}
+
+/// utime + stime of a process, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest[0] is field 3 (state): utime is field 14, stime field 15.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Clock ticks per second.
+pub fn ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// CPU time of this process (the generator), in ticks.
+pub fn self_ticks() -> u64 {
+    cpu_ticks(std::process::id()).unwrap_or(0)
+}
+
+/// Resident memory in KiB (VmRSS).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Accounts `{prefix}{i}` with session tokens, created in `data_dir` before the server starts
+/// with `chatd admin import` (an export with secrets: users and sessions). No password hashing
+/// is involved, so 10,000 accounts take a second instead of 10,000 argon2 hashes. The accounts
+/// have no usable password; they log in by token (PROTOCOL.md's resume). Returns the tokens.
+pub fn import_accounts(data_dir: &Path, prefix: &str, n: usize) -> Vec<String> {
+    use sha2::Digest;
+    let now = now_ms();
+    let mut seed = [0u8; 16];
+    getrandom::fill(&mut seed).expect("OS random");
+    let seed: String = seed.iter().map(|b| format!("{b:02x}")).collect();
+    let mut text = format!(
+        "{{\"type\":\"header\",\"format\":\"chatd-export\",\"version\":1,\"exported_ms\":{now},\"id_floor\":0}}\n"
+    );
+    let mut tokens = Vec::with_capacity(n);
+    for i in 0..n {
+        let name = format!("{prefix}{i}");
+        let token = format!("bench-{seed}-{i}");
+        let hash: String = sha2::Sha256::digest(token.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        text.push_str(&format!(
+            "{{\"type\":\"user\",\"name\":\"{name}\",\"created_ms\":{now},\"banned\":false,\"token_epoch\":0}}\n\
+             {{\"type\":\"session\",\"token_sha256\":\"{hash}\",\"user\":\"{}\",\"created_ms\":{now},\"expires_ms\":{},\"epoch\":0}}\n",
+            name.to_ascii_lowercase(),
+            now + 7 * 86_400_000
+        ));
+        tokens.push(token);
+    }
+    let file = data_dir.join("bench-accounts.jsonl");
+    std::fs::write(&file, text).expect("writing the import file");
+    let out = Command::new(chatd_bin())
+        .args(["admin", "import", "--json", "--data-dir"])
+        .arg(data_dir)
+        .arg(&file)
+        .output()
+        .expect("running chatd admin import");
+    assert!(
+        out.status.success(),
+        "chatd admin import failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_file(&file);
+    tokens
+}
