@@ -90,6 +90,9 @@ struct Client {
     pinged: u64,
 }
 
+/// An event copied out of the generator: (connection, text, closed with, opened, time).
+type Queued = (usize, Option<Vec<u8>>, Option<Option<u16>>, bool, Instant);
+
 struct Rng(u64);
 impl Rng {
     fn below(&mut self, n: u64) -> u64 {
@@ -362,7 +365,7 @@ impl World {
     }
 
     fn pump(&mut self) {
-        let mut evs: Vec<(usize, Option<Vec<u8>>, Option<Option<u16>>, bool, Instant)> = Vec::new();
+        let mut evs: Vec<Queued> = Vec::new();
         // Collect first (the handler needs the whole world, the net is borrowed while pumping).
         self.net
             .pump(Duration::from_millis(2), |i, _, ev, at| match ev {
