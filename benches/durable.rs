@@ -148,6 +148,34 @@ fn main() {
     }
     let chatd_rate = Spread::of(&many[0].iter().map(|d| d.per_sec).collect::<Vec<_>>()).med;
     let chatd_p50 = Spread::of(&one[0].iter().map(|d| d.p50_ms).collect::<Vec<_>>()).med;
+    let row = |v: &[Durable]| {
+        format!(
+            "{}/s · p50 {} · p99 {} ms",
+            Spread::of(&v.iter().map(|d| d.per_sec).collect::<Vec<_>>()).show(0),
+            Spread::of(&v.iter().map(|d| d.p50_ms).collect::<Vec<_>>()).show(1),
+            Spread::of(&v.iter().map(|d| d.p99_ms).collect::<Vec<_>>()).show(1)
+        )
+    };
+    let lock = |v: &[Durable]| {
+        format!(
+            "p50 {} · p99 {} ms",
+            Spread::of(&v.iter().map(|d| d.p50_ms).collect::<Vec<_>>()).show(2),
+            Spread::of(&v.iter().map(|d| d.p99_ms).collect::<Vec<_>>()).show(2)
+        )
+    };
+    let peer_idx = servers.iter().position(|s| s.name == "node ws");
+    println!(
+        "\nSUMMARY| {pubs} publishers each in own room, {inflight} in flight: acked sends/s, ack latency | | {} (stores nothing) | {} | {} of sled ceiling | ≥ 15,000/s, p99 ≤ 20 ms, ≥ 70 % of ceiling |",
+        peer_idx.map_or("n/a".into(), |i| row(&many[i])),
+        row(&many[0]),
+        ceiling.map_or("n/a".into(), |c| ratio(chatd_rate, c)),
+    );
+    println!(
+        "SUMMARY| one sender in lock-step: ack latency | | {} | {} | {} of one fsync | p50 ≤ 1.5× fsync |",
+        peer_idx.map_or("n/a".into(), |i| lock(&one[i])),
+        lock(&one[0]),
+        fsync_us.map_or("n/a".into(), |f| ratio(chatd_p50 * 1000.0, f)),
+    );
     println!(
         "\nchatd / sled ceiling: {}   lock-step p50 / one raw fsync: {}",
         ceiling.map_or("n/a (no --ceiling)".into(), |c| ratio(chatd_rate, c)),

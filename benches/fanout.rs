@@ -146,6 +146,51 @@ fn main() {
             Spread::of(&sweeps).show(2)
         );
     }
+    // One-line rows for benches/run-all.sh's summary table:
+    // | scenario | floor | Node ws | chatd | chatd ratios | bar |
+    println!();
+    let idx = |name: &str| names.iter().position(|n| n == name);
+    for (ri, &rate) in rates.iter().enumerate() {
+        let sp = |s: Option<usize>, f: &dyn Fn(&Paced) -> Option<f64>| {
+            s.map_or(Spread::of(&[]), |s| {
+                Spread::of(&results[ri][s].iter().filter_map(f).collect::<Vec<_>>())
+            })
+        };
+        let (fl, ws, cd) = (Some(0), idx("node ws"), idx("chatd"));
+        let cell = |s| {
+            format!(
+                "{} % · {} µs",
+                sp(s, &|w| w.server_cpu_pct).show(0),
+                sp(s, &|w| w.us_per_delivery).show(1)
+            )
+        };
+        let us = |s| sp(s, &|w| w.us_per_delivery).med;
+        println!(
+            "SUMMARY| {members} members, {rate} msg/s: server CPU · per delivery | {} | {} | {} | {} floor, {} ws | ≤ 1.25× floor |",
+            cell(fl),
+            cell(ws),
+            cell(cd),
+            ratio(us(cd), us(fl)),
+            ratio(us(cd), us(ws)),
+        );
+        let lat = |s| {
+            format!(
+                "{} / {} ms",
+                sp(s, &|w| Some(w.lat_p50_ms)).show(1),
+                sp(s, &|w| Some(w.lat_p99_ms)).show(1)
+            )
+        };
+        let sweep = sp(fl, &|w| w.sweep_ms.map(|x| x.0));
+        println!(
+            "SUMMARY| same: delivery latency p50 / p99 (floor sweep p50) | {} ({} ms) | {} | {} | p99 {} sweep, p50 {} half-sweep | p99 ≤ 1.25× sweep, p50 ≤ 1.25× half |",
+            lat(fl),
+            sweep.show(1),
+            lat(ws),
+            lat(cd),
+            ratio(sp(cd, &|w| Some(w.lat_p99_ms)).med, sweep.med),
+            ratio(sp(cd, &|w| Some(w.lat_p50_ms)).med, sweep.med / 2.0),
+        );
+    }
     if failed {
         println!(
             "\nsome windows were incomplete (deliveries missing or connections closed): see above"

@@ -89,4 +89,10 @@ fn main() {
     println!("| node ws | {} |", p.show(2));
     println!("| chatd | {} |", c.show(2));
     println!("\nchatd / ws: {}", ratio(c.med, p.med));
+    println!(
+        "\nSUMMARY| {conns} idle connections, distinct accounts, joined ({rooms} rooms), after {warm} warm-up: KiB RSS each | | {} | {} | {} ws | ≤ 4 KiB |",
+        p.show(2),
+        c.show(2),
+        ratio(c.med, p.med)
+    );
 }

@@ -119,5 +119,32 @@ fn main() {
             ws.map_or("n/a".into(), |i| ratio(rate(s).med, rate(i).med)),
         );
     }
+    let cell = |s: Option<usize>| {
+        s.map_or("n/a".into(), |s| {
+            let r = &results[s];
+            format!(
+                "{}/s · {} µs · gen {} %",
+                rate(s).show(0),
+                Spread::of(
+                    &r.iter()
+                        .filter_map(|w| w.us_per_delivery)
+                        .collect::<Vec<_>>()
+                )
+                .show(1),
+                Spread::of(&r.iter().map(|w| w.gen_cpu_pct).collect::<Vec<_>>()).show(0)
+            )
+        })
+    };
+    let cd = names.iter().position(|n| n == "chatd");
+    println!(
+        "\nSUMMARY| {members} members, {publishers}×{inflight} in flight: deliveries/s · CPU per delivery · generator CPU | {} | {} | {} | {} ws | ≥ 3× ws |",
+        cell(Some(0)),
+        cell(ws),
+        cell(cd),
+        match (cd, ws) {
+            (Some(c), Some(w)) => ratio(rate(c).med, rate(w).med),
+            _ => "n/a".into(),
+        }
+    );
     println!("\nA generator CPU near 100% means the load tool, not the server, set the pace: compare µs CPU per delivery then.");
 }

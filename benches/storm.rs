@@ -55,15 +55,16 @@ fn main() {
     let sp =
         |f: &dyn Fn(&hot::storm::Run) -> f64| Spread::of(&runs.iter().map(f).collect::<Vec<_>>());
     println!();
-    println!("| restart | listening → all synced (s) | synced p50 / p99 (s) | missed | out of order | witness ping p50 / p99 ms (no rooms) | p99 ms (in all rooms) | connect attempts (failed) | other closes |");
+    println!("| restart | listening → all synced (s) | synced p50 / p99 (s) | missed | out of order | witness ping p50 / p99 ms (no rooms) | in all rooms: synced at s, ping p99 ms | connect attempts (failed) | other closes |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for (i, r) in runs.iter().enumerate() {
         println!(
-            "| {} | {} | {:.2} / {:.2} | {} | {} | {:.1} / {:.1} ({} pings) | {:.1} ({} pings) | {} ({}) | {:?} |",
+            "| {} | {} | {:.2} / {:.2} | {} | {} | {:.1} / {:.1} ({} pings) | {}, {:.1} ({} pings) | {} ({}) | {:?} |",
             i + 1,
             r.all_synced_secs.map_or(format!("not all: {}/{}", r.synced, r.clients), |s| format!("{s:.2}")),
             r.sync_p50_secs, r.sync_p99_secs, r.missed, r.disorder,
             r.witness_plain_p50_ms, r.witness_plain_p99_ms, r.witness_plain_pings,
+            r.witness_rooms_synced_secs.map_or("never".into(), |s| format!("{s:.2}")),
             r.witness_rooms_p99_ms, r.witness_rooms_pings,
             r.attempts, r.failed_attempts, r.other_closes,
         );
@@ -74,5 +75,16 @@ fn main() {
         sp(&|r| r.missed as f64).show(0),
         sp(&|r| r.witness_plain_p99_ms).show(1),
         sp(&|r| r.witness_rooms_p99_ms).show(1),
+    );
+    let missed: u64 = runs.iter().map(|r| r.missed).sum();
+    let all = sp(&|r| r.all_synced_secs.unwrap_or(f64::NAN));
+    println!(
+        "\nSUMMARY| reconnect storm, {} clients in {} rooms: listening → all synced; missed; witness ping p99 | | | {} s; {missed} missed; ping p99 {} ms | {}/{} restarts all synced | ≤ 5 s, 0 missed, p99 ≤ 50 ms |",
+        cfg.clients,
+        cfg.rooms,
+        all.show(2),
+        sp(&|r| r.witness_plain_p99_ms).show(1),
+        all.n,
+        runs.len(),
     );
 }

@@ -50,6 +50,8 @@ pub struct Run {
     pub disorder: u64,
     pub witness_rooms_p99_ms: f64,
     pub witness_rooms_pings: usize,
+    /// When the witness joined to every room was synced again (from "listening").
+    pub witness_rooms_synced_secs: Option<f64>,
     pub witness_plain_p50_ms: f64,
     pub witness_plain_p99_ms: f64,
     pub witness_plain_pings: usize,
@@ -114,8 +116,9 @@ struct World {
     publishing: bool,
     /// Record witness samples and close codes from this time.
     window_from: Option<Instant>,
-    ping_rooms: Vec<u32>,
-    ping_plain: Vec<u32>,
+    /// Witness pings answered: (sent at, micros; round trip, micros).
+    ping_rooms: Vec<(u64, u32)>,
+    ping_plain: Vec<(u64, u32)>,
     attempts: u64,
     failed: u64,
     closes: Vec<(Option<u16>, u64)>,
@@ -312,14 +315,12 @@ impl World {
                         }
                     }
                     b"pong" => {
-                        if let (Some(t), Some(from)) = (field_u64(p, b"\"t\":"), self.window_from) {
+                        if let Some(t) = field_u64(p, b"\"t\":") {
                             let rtt = micros(at).saturating_sub(t) as u32;
-                            if at >= from {
-                                if i == self.cfg.clients + W_ROOMS {
-                                    self.ping_rooms.push(rtt);
-                                } else {
-                                    self.ping_plain.push(rtt);
-                                }
+                            if i == self.cfg.clients + W_ROOMS {
+                                self.ping_rooms.push((t, rtt));
+                            } else {
+                                self.ping_plain.push((t, rtt));
                             }
                         }
                     }
@@ -570,8 +571,11 @@ pub fn run(cfg: &Cfg, mut log: impl FnMut(&str)) -> Result<Vec<Run>, String> {
         };
         let synced = sync_times.len();
         let all_synced = (synced == cfg.clients).then(|| sync_times.last().copied().unwrap_or(0.0));
-        let mut pr = std::mem::take(&mut w.ping_rooms);
-        let mut pp = std::mem::take(&mut w.ping_plain);
+        let synced_end = Instant::now();
+        let witness_rooms_synced = w.cs[cfg.clients + W_ROOMS]
+            .synced_at
+            .filter(|&s| s >= listening)
+            .map(|s| s.duration_since(listening).as_secs_f64());
         w.window_from = None;
         // More messages, then stop and drain before checking.
         let t = Instant::now();
@@ -592,8 +596,19 @@ pub fn run(cfg: &Cfg, mut log: impl FnMut(&str)) -> Result<Vec<Run>, String> {
             w.pump();
         }
         let (missed, disorder) = w.check();
-        pr.sort_unstable();
-        pp.sort_unstable();
+        // Pings sent between "listening" and "all synced", answered by now.
+        let window = |v: &[(u64, u32)]| -> Vec<u32> {
+            let (a, b) = (micros(listening), micros(synced_end));
+            let mut x: Vec<u32> = v
+                .iter()
+                .filter(|(t, _)| *t >= a && *t <= b)
+                .map(|&(_, r)| r)
+                .collect();
+            x.sort_unstable();
+            x
+        };
+        let pr = window(&w.ping_rooms);
+        let pp = window(&w.ping_plain);
         let r = Run {
             restart_secs: restart_took.as_secs_f64(),
             all_synced_secs: all_synced,
@@ -607,6 +622,7 @@ pub fn run(cfg: &Cfg, mut log: impl FnMut(&str)) -> Result<Vec<Run>, String> {
             disorder,
             witness_rooms_p99_ms: f64::from(quantile(&pr, 0.99)) / 1000.0,
             witness_rooms_pings: pr.len(),
+            witness_rooms_synced_secs: witness_rooms_synced,
             witness_plain_p50_ms: f64::from(quantile(&pp, 0.5)) / 1000.0,
             witness_plain_p99_ms: f64::from(quantile(&pp, 0.99)) / 1000.0,
             witness_plain_pings: pp.len(),
