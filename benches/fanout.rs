@@ -80,7 +80,7 @@ fn main() {
                 let ok = w.delivered == w.expected && w.closed == 0;
                 failed |= !ok;
                 eprintln!(
-                    "  run {} {rate} msg/s {}: {}/{} delivered, cpu {} ({} µs/delivery), p50 {:.2} ms p99 {:.2} ms, generator {:.0}%{}{}",
+                    "  run {} {rate} msg/s {}: {}/{} delivered, cpu {} ({} µs/delivery), p50 {:.2} ms p99 {:.2} ms, generator {:.0}%, ksoftirqd {}{}{}",
                     run + 1,
                     names[s],
                     w.delivered,
@@ -90,6 +90,7 @@ fn main() {
                     w.lat_p50_ms,
                     w.lat_p99_ms,
                     w.gen_cpu_pct,
+                    w.softirqd_pct.map_or("n/a".into(), |c| format!("{c:.0}%")),
                     w.sweep_ms.map_or(String::new(), |(a, b)| format!(", sweep p50 {a:.2} ms p99 {b:.2} ms")),
                     if ok { "" } else { "  <-- INCOMPLETE" }
                 );
@@ -99,8 +100,8 @@ fn main() {
         }
     }
     println!();
-    println!("| rate | server | server CPU % | µs CPU / delivery | latency p50 ms | p99 ms | delivered | generator CPU % | CPU vs floor | CPU vs ws |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| rate | server | server CPU % | µs CPU / delivery | latency p50 ms | p99 ms | delivered | generator CPU % | ksoftirqd CPU % | CPU vs floor | CPU vs ws |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for (ri, &rate) in rates.iter().enumerate() {
         let us = |s: usize| {
             Spread::of(
@@ -126,13 +127,14 @@ fn main() {
             let delivered: u64 = ws.iter().map(|w| w.delivered).sum();
             let expected: u64 = ws.iter().map(|w| w.expected).sum();
             println!(
-                "| {rate} msg/s | {} | {} | {} | {} | {} | {delivered}/{expected} | {} | {} | {} |",
+                "| {rate} msg/s | {} | {} | {} | {} | {} | {delivered}/{expected} | {} | {} | {} | {} |",
                 names[s],
                 cpu.show(0),
                 us(s).show(1),
                 p50.show(2),
                 p99.show(2),
                 gen.show(0),
+                Spread::of(&ws.iter().filter_map(|w| w.softirqd_pct).collect::<Vec<_>>()).show(0),
                 ratio(us(s).med, floor_us),
                 ratio(us(s).med, ws_us),
             );
@@ -142,7 +144,7 @@ fn main() {
             .filter_map(|w| w.sweep_ms.map(|x| x.0))
             .collect();
         println!(
-            "| {rate} msg/s | floor: one message to all {members} sockets (sweep p50) | {} ms | | | | | | | |",
+            "| {rate} msg/s | floor: one message to all {members} sockets (sweep p50) | {} ms | | | | | | | | |",
             Spread::of(&sweeps).show(2)
         );
     }

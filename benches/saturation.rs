@@ -69,7 +69,7 @@ fn main() {
             let g = rig.group(s, members);
             let w = saturate(&mut rig.net, &g, tag, publishers, inflight, secs, flow);
             eprintln!(
-                "  run {} {}: {:.0} deliveries/s ({} sent), cpu {} ({} µs/delivery), generator {:.0}%, p50 {:.1} ms p99 {:.1} ms, complete {}, closed {}, errors {}",
+                "  run {} {}: {:.0} deliveries/s ({} sent), cpu {} ({} µs/delivery), generator {:.0}%, ksoftirqd {}, p50 {:.1} ms p99 {:.1} ms, complete {}, closed {}, errors {}",
                 run + 1,
                 names[s],
                 w.per_sec,
@@ -77,6 +77,7 @@ fn main() {
                 w.server_cpu_pct.map_or("n/a".into(), |c| format!("{c:.0}%")),
                 w.us_per_delivery.map_or("n/a".into(), |c| format!("{c:.1}")),
                 w.gen_cpu_pct,
+                w.softirqd_pct.map_or("n/a".into(), |c| format!("{c:.0}%")),
                 w.lat_p50_ms,
                 w.lat_p99_ms,
                 w.complete,
@@ -90,8 +91,8 @@ fn main() {
     let rate = |s: usize| Spread::of(&results[s].iter().map(|w| w.per_sec).collect::<Vec<_>>());
     let ws = names.iter().position(|n| n == "node ws");
     println!();
-    println!("| server | deliveries/s | server CPU % | µs CPU / delivery | latency p50 / p99 ms | generator CPU % | vs ws (deliveries/s) |");
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("| server | deliveries/s | server CPU % | µs CPU / delivery | latency p50 / p99 ms | generator CPU % | ksoftirqd CPU % | vs ws (deliveries/s) |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for s in 0..names.len() {
         let r = &results[s];
         let cpu = Spread::of(
@@ -108,7 +109,7 @@ fn main() {
         let p50 = Spread::of(&r.iter().map(|w| w.lat_p50_ms).collect::<Vec<_>>());
         let p99 = Spread::of(&r.iter().map(|w| w.lat_p99_ms).collect::<Vec<_>>());
         println!(
-            "| {} | {} | {} | {} | {} / {} | {} | {} |",
+            "| {} | {} | {} | {} | {} / {} | {} | {} | {} |",
             names[s],
             rate(s).show(0),
             cpu.show(0),
@@ -116,6 +117,7 @@ fn main() {
             p50.show(1),
             p99.show(1),
             gen.show(0),
+            Spread::of(&r.iter().filter_map(|w| w.softirqd_pct).collect::<Vec<_>>()).show(0),
             ws.map_or("n/a".into(), |i| ratio(rate(s).med, rate(i).med)),
         );
     }

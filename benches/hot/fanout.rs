@@ -15,6 +15,8 @@ use super::setup::{micros, quantile};
 pub struct Group {
     /// The server process (None: in-process floor, no CPU figure).
     pub pid: Option<u32>,
+    /// `ksoftirqd/N` of the server's core, if pinned.
+    pub softirqd: Option<u32>,
     pub base: usize,
     pub n: usize,
     pub room: String,
@@ -34,6 +36,8 @@ pub struct Paced {
     pub server_cpu_pct: Option<f64>,
     pub us_per_delivery: Option<f64>,
     pub gen_cpu_pct: f64,
+    /// CPU of the server core's ksoftirqd over the window (charged to no server).
+    pub softirqd_pct: Option<f64>,
     pub errors: u64,
     pub closed: u64,
     /// Floor only: time to write one message to all members (p50, p99), ms.
@@ -90,6 +94,7 @@ pub fn paced(net: &mut Net, g: &Group, tag: u32, rate: f64, secs: f64, drain: Du
     let (mut delivered, mut disorder, mut errors, mut closed) = (0u64, 0u64, 0u64, 0u64);
     let expected = total * g.n as u64;
     let cpu0 = g.pid.and_then(cpu_ticks);
+    let sirq0 = g.softirqd.and_then(cpu_ticks);
     let gen0 = self_ticks();
     let t0 = Instant::now();
     let mut sent = 0u64;
@@ -149,8 +154,13 @@ pub fn paced(net: &mut Net, g: &Group, tag: u32, rate: f64, secs: f64, drain: Du
         _ => None,
     };
     let gen = self_ticks() - gen0;
+    let sirq = match (sirq0, g.softirqd.and_then(cpu_ticks)) {
+        (Some(a), Some(b)) => Some(cpu_pct(b - a, secs_used)),
+        _ => None,
+    };
     lat.sort_unstable();
     Paced {
+        softirqd_pct: sirq,
         sent,
         expected,
         delivered,
@@ -205,6 +215,8 @@ pub struct Saturated {
     pub server_cpu_pct: Option<f64>,
     pub us_per_delivery: Option<f64>,
     pub gen_cpu_pct: f64,
+    /// CPU of the server core's ksoftirqd over the window (charged to no server).
+    pub softirqd_pct: Option<f64>,
     pub errors: u64,
     pub closed: u64,
     /// Every message sent was delivered to every member by the end of the drain.
@@ -230,6 +242,8 @@ pub fn saturate(
     let mut lat: Vec<u32> = Vec::new();
     let (mut delivered, mut total_delivered, mut errors, mut closed) = (0u64, 0u64, 0u64, 0u64);
     let cpu0 = g.pid.and_then(cpu_ticks);
+    let sirq0 = g.softirqd.and_then(cpu_ticks);
+    let mut sirq1 = None;
     let gen0 = self_ticks();
     let t0 = Instant::now();
     let stop = t0 + Duration::from_secs_f64(secs);
@@ -257,6 +271,7 @@ pub fn saturate(
             queue.clear();
             if cpu1.is_none() {
                 cpu1 = Some(g.pid.and_then(cpu_ticks));
+                sirq1 = g.softirqd.and_then(cpu_ticks);
                 gen1 = self_ticks();
             }
             let expected = next_seq * g.n as u64;
@@ -316,6 +331,10 @@ pub fn saturate(
     }
     lat.sort_unstable();
     Saturated {
+        softirqd_pct: match (sirq0, sirq1) {
+            (Some(a), Some(b)) => Some(cpu_pct(b - a, secs_used)),
+            _ => None,
+        },
         sent: next_seq,
         delivered,
         secs: secs_used,
@@ -346,6 +365,7 @@ pub struct Setup {
 /// The servers with their rooms open in one generator.
 pub struct Rig {
     pub servers: Vec<Server>,
+    pub softirqd: Option<u32>,
     pub net: Net,
     _dirs: Vec<tempfile::TempDir>,
 }
@@ -354,6 +374,7 @@ impl Rig {
     pub fn group(&self, s: usize, members: usize) -> Group {
         Group {
             pid: self.servers[s].pid,
+            softirqd: self.softirqd,
             base: s * members,
             n: members,
             room: "fanout".into(),
@@ -433,6 +454,7 @@ pub fn bring_up(s: &Setup) -> Result<Rig, String> {
     }
     Ok(Rig {
         servers,
+        softirqd: super::procs::ksoftirqd(s.pin.server_core),
         net,
         _dirs: vec![dir],
     })

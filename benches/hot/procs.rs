@@ -322,3 +322,14 @@ pub fn import_accounts(data_dir: &Path, prefix: &str, n: usize) -> Vec<String> {
     let _ = std::fs::remove_file(&file);
     tokens
 }
+
+/// The pid of `ksoftirqd/CORE`: softirq work the kernel defers to it (under a high packet rate,
+/// loopback receive processing) runs on the server's core but is charged to no server.
+pub fn ksoftirqd(core: Option<usize>) -> Option<u32> {
+    let want = format!("ksoftirqd/{}", core?);
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        (comm.trim() == want).then_some(pid)
+    })
+}
