@@ -55,12 +55,14 @@ fn main() {
     let sp =
         |f: &dyn Fn(&hot::storm::Run) -> f64| Spread::of(&runs.iter().map(f).collect::<Vec<_>>());
     println!();
-    println!("| restart | listening → all synced (s) | synced p50 / p99 (s) | missed | out of order | witness ping p50 / p99 ms (no rooms) | witness in all rooms: synced at s, ping p99 ms (until 1 s after all synced) | connect attempts (failed) | other closes |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| restart | SIGTERM → exit / start → listening (s) | listening → all synced (s) | synced p50 / p99 (s) | missed | out of order | witness ping p50 / p99 ms (no rooms) | witness in all rooms: synced at s, ping p99 ms (until 1 s after all synced) | connect attempts (failed) | other closes |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for (i, r) in runs.iter().enumerate() {
         println!(
-            "| {} | {} | {:.2} / {:.2} | {} | {} | {:.1} / {:.1} ({} pings) | {}, {:.1} ({} pings) | {} ({}) | {:?} |",
+            "| {} | {:.2} / {:.2} | {} | {:.2} / {:.2} | {} | {} | {:.1} / {:.1} ({} pings) | {}, {:.1} ({} pings) | {} ({}) | {:?} |",
             i + 1,
+            r.shutdown_secs,
+            r.restart_secs,
             r.all_synced_secs.map_or(format!("not all: {}/{}", r.synced, r.clients), |s| format!("{s:.2}")),
             r.sync_p50_secs, r.sync_p99_secs, r.missed, r.disorder,
             r.witness_plain_p50_ms, r.witness_plain_p99_ms, r.witness_plain_pings,
@@ -70,7 +72,7 @@ fn main() {
         );
     }
     println!(
-        "| median (range) | {} | | {} | | p99 {} | {} | | |",
+        "| median (range) | | {} | | {} | | p99 {} | {} | | |",
         sp(&|r| r.all_synced_secs.unwrap_or(f64::NAN)).show(2),
         sp(&|r| r.missed as f64).show(0),
         sp(&|r| r.witness_plain_p99_ms).show(1),

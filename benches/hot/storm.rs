@@ -36,6 +36,8 @@ pub struct Cfg {
 
 #[derive(Clone, Debug, Default)]
 pub struct Run {
+    /// SIGTERM → the old process exited (graceful shutdown).
+    pub shutdown_secs: f64,
     /// Process start → `listening on` of the new server.
     pub restart_secs: f64,
     /// `listening on` → every client synced (None: not within the limit).
@@ -523,7 +525,9 @@ pub fn run(cfg: &Cfg, mut log: impl FnMut(&str)) -> Result<Vec<Run>, String> {
         let listen = addr.to_string();
         let mut old = server;
         std::thread::spawn(move || {
+            let term = Instant::now();
             let exited = old.terminate(Duration::from_secs(30));
+            let stop_took = term.elapsed();
             drop(old);
             let started = Instant::now();
             let new = start_chatd(
@@ -533,16 +537,16 @@ pub fn run(cfg: &Cfg, mut log: impl FnMut(&str)) -> Result<Vec<Run>, String> {
                 &["--max-connections", "20000"],
                 core,
             );
-            let _ = tx.send((new, started.elapsed(), exited));
+            let _ = tx.send((new, started.elapsed(), exited, stop_took));
         });
         let deadline = Instant::now() + Duration::from_secs(60);
-        let (new, restart_took, listening) = loop {
+        let (new, restart_took, listening, stop_took) = loop {
             w.pump();
-            if let Ok((s, took, exited)) = rx.try_recv() {
+            if let Ok((s, took, exited, stop_took)) = rx.try_recv() {
                 if !exited {
                     log("  the old server did not exit within 30 s of SIGTERM (killed)");
                 }
-                break (s, took, Instant::now());
+                break (s, took, Instant::now(), stop_took);
             }
             if Instant::now() > deadline {
                 return Err("the server did not come back within 60 s".into());
@@ -613,6 +617,7 @@ pub fn run(cfg: &Cfg, mut log: impl FnMut(&str)) -> Result<Vec<Run>, String> {
         let pr = window(&w.ping_rooms, post_end);
         let pp = window(&w.ping_plain, synced_end);
         let r = Run {
+            shutdown_secs: stop_took.as_secs_f64(),
             restart_secs: restart_took.as_secs_f64(),
             all_synced_secs: all_synced,
             synced,
