@@ -15,8 +15,10 @@ use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use async_tungstenite::WebSocketStream;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 
+use crate::outbox::Outbox;
 use crate::server::State;
 use crate::session::{self, Socket};
+use crate::transport::{ReadHalf, Transport};
 
 /// Largest request head accepted.
 const MAX_HEAD: usize = 8 * 1024;
@@ -252,15 +254,21 @@ async fn upgrade(
     let max = state.config.max_frame;
     let config = WebSocketConfig::default()
         .read_buffer_size(WS_READ_BUFFER)
-        .write_buffer_size(16 * 1024)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
+    let transport = Arc::new(Transport::new(stream));
+    let outbox = Arc::new(Outbox::new(
+        transport.clone(),
+        state.config.send_queue,
+        state.metrics.frames_out.clone(),
+    ));
+    let read_half = ReadHalf::new(transport, outbox.clone());
     let ws = if rest.is_empty() {
-        WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await
+        WebSocketStream::from_raw_socket(read_half, Role::Server, Some(config)).await
     } else {
-        WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config)).await
+        WebSocketStream::from_partially_read(read_half, rest, Role::Server, Some(config)).await
     };
-    session::run(ws, peer, state).await;
+    session::run(ws, outbox, peer, state).await;
 }
 
 async fn static_file(

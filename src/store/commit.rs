@@ -141,13 +141,16 @@ fn run(
         } else {
             Ok(())
         };
-        for continuation in batch {
-            // One faulty continuation must not stop every later ack: the thread is shared.
-            let run = std::panic::AssertUnwindSafe(|| continuation(result.clone()));
-            if std::panic::catch_unwind(run).is_err() {
-                tracing::error!("a commit continuation panicked; continuing with the next");
+        // Corked: every frame this batch sends to one socket goes out in one write.
+        crate::outbox::corked(|| {
+            for continuation in batch {
+                // One faulty continuation must not stop every later ack: the thread is shared.
+                let run = std::panic::AssertUnwindSafe(|| continuation(result.clone()));
+                if std::panic::catch_unwind(run).is_err() {
+                    tracing::error!("a commit continuation panicked; continuing with the next");
+                }
             }
-        }
+        });
         if stopping {
             let queue = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
             if queue.pending.is_empty() {
