@@ -15,8 +15,8 @@ use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use async_tungstenite::WebSocketStream;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 
-use crate::server::State;
 use crate::session::{self, Socket};
+use crate::state::State;
 
 /// Largest request head accepted.
 const MAX_HEAD: usize = 8 * 1024;

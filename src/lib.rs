@@ -13,7 +13,9 @@ pub mod outbox;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod state;
 pub mod store;
+mod sync;
 
 pub use config::Config;
 pub use server::{Server, ServerError};

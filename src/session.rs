@@ -28,7 +28,7 @@ use crate::auth;
 use crate::hub::{now_ms, HubError, Member, Room};
 use crate::outbox::{CloseRequest, Drained, Outbox};
 use crate::protocol::{self, close, Auth, ErrorCode, Limits, Rejection, Request, ServerFrame};
-use crate::server::State;
+use crate::state::State;
 use crate::store::{user_key, Session as StoredSession, User};
 
 /// The socket type sessions run on.

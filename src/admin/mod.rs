@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::hub::now_ms;
 use crate::outbox::CloseRequest;
 use crate::protocol::{self, close, ErrorCode, Rejection};
-use crate::server::State;
+use crate::state::State;
 use crate::store::maintenance::{Found, Imported, Line, PruneRule, PrunedRoom, Search};
 use crate::store::{user_key, Store, StoreError, User};
 
