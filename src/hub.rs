@@ -306,11 +306,16 @@ impl Hub {
             room: &room.name,
             members: Room::member_names(&state),
         }));
-        frames.extend(
-            page.messages
-                .iter()
-                .map(|m| encode(&MessageEvent::new(&room.name, m.id, &m.message))),
-        );
+        frames.extend(page.messages.iter().map(|m| {
+            encode(&MessageEvent::new(
+                &room.name,
+                m.id,
+                &m.message.user,
+                &m.message.text,
+                m.message.ts,
+                m.message.cid.as_deref(),
+            ))
+        }));
         frames.push(encode(&ServerFrame::Synced {
             room: &room.name,
             last_id: state.published,
@@ -440,7 +445,14 @@ impl Hub {
                         }
                         return;
                     }
-                    let frame = encode(&MessageEvent::new(&room.name, id, &message));
+                    let frame = encode(&MessageEvent::new(
+                        &room.name,
+                        id,
+                        &message.user,
+                        &message.text,
+                        message.ts,
+                        message.cid.as_deref(),
+                    ));
                     let mut state = lock(&room.state);
                     state.published = state.published.max(id);
                     if let Some(sender) = &sender {
@@ -494,7 +506,16 @@ impl Hub {
             messages: page
                 .messages
                 .iter()
-                .map(|m| MessageEvent::new(&room.name, m.id, &m.message))
+                .map(|m| {
+                    MessageEvent::new(
+                        &room.name,
+                        m.id,
+                        &m.message.user,
+                        &m.message.text,
+                        m.message.ts,
+                        m.message.cid.as_deref(),
+                    )
+                })
                 .collect(),
             more: page.more,
         }))

@@ -11,6 +11,7 @@ pub mod hub;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;
+pub mod rules;
 pub mod server;
 pub mod session;
 pub mod state;
