@@ -161,11 +161,6 @@ impl Hub {
         }
     }
 
-    /// The store behind the hub.
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
-    }
-
     /// The committer behind the hub.
     pub fn committer(&self) -> &Arc<Committer> {
         &self.committer

@@ -13,8 +13,6 @@ use crate::rules::{self, valid_room_name, TextError, MAX_ID};
 
 /// Close codes the server uses.
 pub mod close {
-    /// Normal close.
-    pub const NORMAL: u16 = 1000;
     /// Server shutting down.
     pub const GOING_AWAY: u16 = 1001;
     /// Binary frame received.
@@ -25,8 +23,6 @@ pub mod close {
     pub const POLICY: u16 = 1008;
     /// Message larger than the configured maximum.
     pub const TOO_BIG: u16 = 1009;
-    /// Internal error.
-    pub const INTERNAL: u16 = 1011;
     /// Nothing received for the idle timeout.
     pub const IDLE: u16 = 4000;
     /// The client did not read fast enough.
@@ -308,11 +304,6 @@ impl Envelope {
     }
 }
 
-/// Parses one text frame into a request, or the error to answer it with.
-pub fn parse(text: &str) -> Result<Frame, Rejection> {
-    envelope(text)?.request()
-}
-
 /// Checks that a text frame is a JSON object with a string `type`.
 pub fn envelope(text: &str) -> Result<Envelope, Rejection> {
     let value: Value = serde_json::from_str(text)
@@ -591,6 +582,11 @@ impl Rejection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the session does with a text frame: the envelope, then its fields.
+    fn parse(text: &str) -> Result<Frame, Rejection> {
+        envelope(text)?.request()
+    }
 
     fn code(text: &str) -> (ErrorCode, Option<String>) {
         let r = parse(text).unwrap_err();

@@ -137,11 +137,6 @@ impl Server {
         self.listener.get_ref().local_addr()
     }
 
-    /// Shared state (for the admin endpoint and tests).
-    pub fn state(&self) -> &Arc<State> {
-        &self.state
-    }
-
     /// Serves until `shutdown` yields (or its sender is dropped), then shuts down gracefully.
     pub fn run(self, shutdown: async_channel::Receiver<()>) -> Result<(), ServerError> {
         let Server {

@@ -1,10 +1,10 @@
 //! `chatd admin`: one implementation of every administrative command.
 //!
 //! A command is a serializable [`Request`]; [`execute`] runs it against a [`Store`] and, when a
-//! server is running, its live [`State`] (hub, committer), and returns a [`Reply`] or an
+//! server is running, its live `State` (hub, committer), and returns a [`Reply`] or an
 //! [`AdminError`]. The CLI runs `execute` itself when no server holds the database, and
 //! otherwise ships the request as one JSON line over the server's admin socket
-//! ([`socket`]), where the server runs the very same `execute` on its blocking pool.
+//! (`socket`), where the server runs the very same `execute` on its blocking pool.
 //!
 //! Moderation on a live server goes through the hub, so connected clients see it: deleted
 //! messages produce `deleted` events, bans and kicks close connections with 1008, deleted rooms
@@ -12,7 +12,7 @@
 
 pub mod format;
 pub mod offline;
-pub mod socket;
+pub(crate) mod socket;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -84,11 +84,6 @@ impl Listener {
             }
         }
     }
-
-    /// The socket's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 impl Drop for Listener {
