@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::outbox::{CloseRequest, Outbox};
 use crate::protocol::close;
-use crate::server::State;
+use crate::state::State;
 use crate::wire::Encoded;
 
 /// Milliseconds on a monotonic clock that starts with the process.

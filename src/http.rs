@@ -16,8 +16,8 @@ use async_tungstenite::WebSocketStream;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 
 use crate::outbox::Outbox;
-use crate::server::State;
 use crate::session::{self, Socket};
+use crate::state::State;
 use crate::transport::{ReadHalf, Transport};
 
 /// Largest request head accepted.

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::metrics::Metrics;
@@ -27,16 +27,13 @@ use crate::protocol::{
 };
 use crate::store::commit::Committer;
 use crate::store::{Appended, Message, Page, Store, StoreError};
+use crate::sync::lock;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// One authenticated connection, as the hub knows it.
@@ -163,11 +160,6 @@ impl Hub {
             presence_grace,
             replay_limit,
         }
-    }
-
-    /// The store behind the hub.
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
     }
 
     /// The committer behind the hub.
@@ -325,11 +317,16 @@ impl Hub {
             room: &room.name,
             members: Room::member_names(&state),
         }));
-        frames.extend(
-            page.messages
-                .iter()
-                .map(|m| encode(&MessageEvent::new(&room.name, m.id, &m.message))),
-        );
+        frames.extend(page.messages.iter().map(|m| {
+            encode(&MessageEvent::new(
+                &room.name,
+                m.id,
+                &m.message.user,
+                &m.message.text,
+                m.message.ts,
+                m.message.cid.as_deref(),
+            ))
+        }));
         frames.push(encode(&ServerFrame::Synced {
             room: &room.name,
             last_id: state.published,
@@ -467,7 +464,14 @@ impl Hub {
                         }
                         return;
                     }
-                    let frame = encode(&MessageEvent::new(&room.name, id, &message));
+                    let frame = encode(&MessageEvent::new(
+                        &room.name,
+                        id,
+                        &message.user,
+                        &message.text,
+                        message.ts,
+                        message.cid.as_deref(),
+                    ));
                     let mut state = lock(&room.state);
                     state.published = state.published.max(id);
                     if let Some(sender) = &sender {
@@ -521,7 +525,16 @@ impl Hub {
             messages: page
                 .messages
                 .iter()
-                .map(|m| MessageEvent::new(&room.name, m.id, &m.message))
+                .map(|m| {
+                    MessageEvent::new(
+                        &room.name,
+                        m.id,
+                        &m.message.user,
+                        &m.message.text,
+                        m.message.ts,
+                        m.message.cid.as_deref(),
+                    )
+                })
                 .collect(),
             more: page.more,
         }))

@@ -27,7 +27,8 @@ use crate::auth;
 use crate::hub::{now_ms, HubError, Member, Room};
 use crate::outbox::{CloseRequest, Outbox, PEER_CLOSED};
 use crate::protocol::{self, close, Auth, ErrorCode, Limits, Rejection, Request, ServerFrame};
-use crate::server::State;
+use crate::rules;
+use crate::state::State;
 use crate::store::{user_key, Session as StoredSession, User};
 use crate::transport::ReadHalf;
 
@@ -427,14 +428,14 @@ impl Session {
                         "registration is closed on this server",
                     );
                 }
-                if !protocol::valid_user_name(&user) {
+                if !rules::valid_user_name(&user) {
                     return stay_open(
                         self,
                         ErrorCode::BadRequest,
                         "user names are 1 to 32 characters of A-Z a-z 0-9 _ . -",
                     );
                 }
-                if !protocol::valid_password(&password) {
+                if !rules::valid_password(&password) {
                     return stay_open(
                         self,
                         ErrorCode::BadRequest,
@@ -455,8 +456,7 @@ impl Session {
                 }
             }
             Auth::Password { user, password, .. } => {
-                let plausible =
-                    protocol::valid_user_name(&user) && protocol::valid_password(&password);
+                let plausible = rules::valid_user_name(&user) && rules::valid_password(&password);
                 let record = if plausible {
                     match state.store.user(&user) {
                         Ok(record) => record,

@@ -820,7 +820,7 @@ impl Store {
 
 /// Checks one parsed export line; the error says what is wrong with it.
 pub fn validate_line(line: &Line) -> Result<(), String> {
-    use crate::protocol::{valid_room_name, valid_user_name, MAX_ID};
+    use crate::rules::{valid_room_name, valid_user_name, MAX_ID};
     match line {
         Line::Header {
             format, version, ..

@@ -13,10 +13,10 @@
 //!
 //! Big-endian ids make sled's byte order the id order, so a room's history is one range scan.
 //! Writes that must agree (a message, its cid and its room's counters) go in one sled
-//! transaction. Nothing here waits for the disk: durability is the [`commit::Committer`]'s job.
+//! transaction. Nothing here waits for the disk: durability is the `commit::Committer`'s job.
 
 mod codec;
-pub mod commit;
+pub(crate) mod commit;
 pub mod maintenance;
 mod records;
 
@@ -307,11 +307,6 @@ impl Store {
         Ok(())
     }
 
-    /// The database directory.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Writes everything so far to disk and fsyncs it. Slow (hundreds of µs): the server calls it
     /// only through the committer, once per batch.
     pub fn flush(&self) -> Result<(), StoreError> {
@@ -478,28 +473,6 @@ impl Store {
         })
     }
 
-    /// Deletes a room and all its messages. Its ids stay retired (a recreated room continues
-    /// after them), so clients resuming with an old `since` never miss new messages.
-    pub fn delete_room(&self, name: &str) -> Result<Option<Room>, StoreError> {
-        let Some(room) = self.room(name)? else {
-            return Ok(None);
-        };
-        self.raise_id_floor(room.last_id)?;
-        let mut batch = sled::Batch::default();
-        let mut pending = 0;
-        for kv in self.messages.scan_prefix(room.no.to_be_bytes()) {
-            batch.remove(kv?.0);
-            pending += 1;
-            if pending == 10_000 {
-                self.messages.apply_batch(std::mem::take(&mut batch))?;
-                pending = 0;
-            }
-        }
-        self.messages.apply_batch(batch)?;
-        self.rooms.remove(name.as_bytes())?;
-        Ok(Some(room))
-    }
-
     fn raise_id_floor(&self, id: u64) -> Result<(), StoreError> {
         self.meta.update_and_fetch(META_ID_FLOOR, |old| {
             let floor = be_u64(old.unwrap_or_default());
@@ -556,15 +529,6 @@ impl Store {
                 Ok(Appended::New(id))
             })
             .map_err(tx_error)
-    }
-
-    /// What `user_key` first used `cid` for, if anything.
-    pub fn cid(&self, user_key: &str, cid: &str) -> Result<Option<CidEntry>, StoreError> {
-        let key = cid_key(user_key, cid);
-        self.cids
-            .get(&key)?
-            .map(|v| codec::decode(&v, &key))
-            .transpose()
     }
 
     /// Forgets cids first used before `before_ms`; returns how many.
@@ -778,7 +742,8 @@ mod tests {
                     last = id;
                 }
             }
-            store.delete_room("a").unwrap();
+            let room = store.remove_room_record("a").unwrap().unwrap();
+            store.purge_room_messages(room.no, &mut || {}).unwrap();
             store.flush().unwrap();
             last
         };
