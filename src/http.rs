@@ -16,7 +16,7 @@ use async_tungstenite::WebSocketStream;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 
 use crate::outbox::Outbox;
-use crate::session::{self, Socket};
+use crate::session::Socket;
 use crate::state::State;
 use crate::transport::{ReadHalf, Transport};
 
@@ -49,8 +49,13 @@ enum HeadError {
     Gone,
 }
 
-/// Serves one TCP connection: one HTTP request, or a WebSocket session after an upgrade.
-pub async fn serve(mut stream: Socket, peer: SocketAddr, state: Arc<State>) {
+/// A connection that completed the WebSocket handshake, ready for [`crate::session::run`].
+pub type Upgraded = (WebSocketStream<ReadHalf>, Arc<Outbox>);
+
+/// Serves one TCP connection: one HTTP request, or the WebSocket handshake. Returns the upgraded
+/// connection; its session runs in a task of its own, so that nothing of the HTTP phase stays
+/// in the memory of a connection that lives for hours.
+pub async fn serve(mut stream: Socket, peer: SocketAddr, state: Arc<State>) -> Option<Upgraded> {
     let read = future::or(read_head(&mut stream), async {
         smol::Timer::after(HEAD_TIMEOUT).await;
         Err(HeadError::Gone)
@@ -67,9 +72,9 @@ pub async fn serve(mut stream: Socket, peer: SocketAddr, state: Arc<State>) {
                 false,
             )
             .await;
-            return;
+            return None;
         }
-        Err(HeadError::Gone) => return,
+        Err(HeadError::Gone) => return None,
     };
     let is_head = head.method == "HEAD";
     if head.method != "GET" && !is_head {
@@ -82,18 +87,11 @@ pub async fn serve(mut stream: Socket, peer: SocketAddr, state: Arc<State>) {
             false,
         )
         .await;
-        return;
+        return None;
     }
     let path = head.path.split('?').next().unwrap_or_default();
     let result = match path {
-        "/ws" => {
-            // Nothing of the request may stay alive across the session: it would be paid for by
-            // every connection for its whole life.
-            if let Some((ws, outbox)) = upgrade(stream, head, rest, &state).await {
-                session::run(ws, outbox, peer, state).await;
-            }
-            return;
-        }
+        "/ws" => return upgrade(stream, head, rest, &state).await,
         "/" | "/index.html" => {
             static_file(&mut stream, "text/html; charset=utf-8", INDEX_HTML, is_head).await
         }
@@ -148,6 +146,7 @@ pub async fn serve(mut stream: Socket, peer: SocketAddr, state: Arc<State>) {
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "writing HTTP response failed");
     }
+    None
 }
 
 /// Reads until the end of the request head; returns it and any bytes read past it.
@@ -220,7 +219,7 @@ async fn upgrade(
     head: Head,
     rest: Vec<u8>,
     state: &State,
-) -> Option<(WebSocketStream<ReadHalf>, Arc<Outbox>)> {
+) -> Option<Upgraded> {
     if !(head.upgrade_websocket && head.connection_upgrade) || head.method != "GET" {
         let _ = respond(
             &mut stream,

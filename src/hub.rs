@@ -36,9 +36,27 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// One authenticated connection, as the hub knows it.
+/// One authenticated connection, as the hub knows it: a shared handle, because the connection,
+/// the hub's registry and every room it joined each hold it (one allocation per connection).
 #[derive(Clone)]
-pub struct Member {
+pub struct Member(Arc<MemberInfo>);
+
+impl std::ops::Deref for Member {
+    type Target = MemberInfo;
+
+    fn deref(&self) -> &MemberInfo {
+        &self.0
+    }
+}
+
+impl From<MemberInfo> for Member {
+    fn from(info: MemberInfo) -> Member {
+        Member(Arc::new(info))
+    }
+}
+
+/// What the hub knows of an authenticated connection.
+pub struct MemberInfo {
     /// Connection id (unique for the server's life).
     pub conn: u64,
     /// Lower-cased user name.

@@ -358,7 +358,8 @@ impl Outbox {
             })
             .await;
             if let Err(request) = work {
-                self.finish(&request, linger).await;
+                // Boxed: closing happens once, but its state would sit in every idle connection.
+                Box::pin(self.finish(&request, linger)).await;
                 return request;
             }
             let writable = future::or(async { Some(self.transport.writable().await) }, async {

@@ -263,16 +263,37 @@ async fn accept(
         }
         let state = state.clone();
         let live = live.clone();
+        let sessions = executor.clone();
         executor
             .spawn(async move {
-                let served = std::panic::AssertUnwindSafe(crate::http::serve(stream, peer, state))
-                    .catch_unwind()
-                    .await;
-                if served.is_err() {
-                    tracing::error!(%peer, "connection task panicked; the connection was dropped");
+                let served =
+                    std::panic::AssertUnwindSafe(crate::http::serve(stream, peer, state.clone()))
+                        .catch_unwind()
+                        .await;
+                match served {
+                    Ok(Some((ws, outbox))) => {
+                        // A task of its own, sized for the session alone: this one is sized for
+                        // the HTTP phase too, and a connection may live for hours.
+                        sessions
+                            .spawn(async move {
+                                let run = crate::session::run(ws, outbox, peer, state);
+                                if std::panic::AssertUnwindSafe(run)
+                                    .catch_unwind()
+                                    .await
+                                    .is_err()
+                                {
+                                    tracing::error!(%peer, "connection task panicked; the connection was dropped");
+                                }
+                                drop(slot);
+                                drop(live);
+                            })
+                            .detach();
+                    }
+                    Ok(None) => {}
+                    Err(_) => {
+                        tracing::error!(%peer, "connection task panicked; the connection was dropped")
+                    }
                 }
-                drop(slot);
-                drop(live);
             })
             .detach();
     }

@@ -24,7 +24,7 @@ use futures_util::SinkExt;
 use smol::Timer;
 
 use crate::auth;
-use crate::hub::{now_ms, HubError, Member, Room};
+use crate::hub::{now_ms, HubError, Member, MemberInfo, Room};
 use crate::outbox::{CloseRequest, Outbox, PEER_CLOSED};
 use crate::protocol::{self, close, Auth, ErrorCode, Limits, Rejection, Request, ServerFrame};
 use crate::rules;
@@ -146,9 +146,9 @@ pub async fn run(
         if request.code != PEER_CLOSED {
             // Our Close is on its way; the peer's reply ends the stream.
             let drain = async { while ws.next().await.is_some() {} };
-            future::or(drain, async {
+            Box::pin(future::or(drain, async {
                 Timer::after(CLOSE_LINGER).await;
-            })
+            }))
             .await;
         }
         request
@@ -201,10 +201,12 @@ impl Session {
                         Some(_) => self.handle(&text).await,
                         // Hashing can queue behind a login flood: the auth deadline still holds.
                         None => {
-                            future::or(self.handle(&text), async {
+                            // Boxed, like every once-per-connection path: its state would
+                            // otherwise sit in every idle connection's future.
+                            Box::pin(future::or(self.handle(&text), async {
                                 Timer::at(auth_deadline).await;
                                 Some(closing(close::POLICY, "auth timeout"))
-                            })
+                            }))
                             .await
                         }
                     };
@@ -510,14 +512,14 @@ impl Session {
                 }
             }
         };
-        let member = Member {
+        let member = Member::from(MemberInfo {
             conn: self.conn,
             user_key: user_key(&user.name).into(),
             name: user.name.as_str().into(),
             peer: self.peer,
             since_ms: now_ms(),
             outbox: self.outbox.clone(),
-        };
+        });
         state.hub.register(&member);
         // A ban between our check and the registration would have missed this connection.
         if matches!(state.store.user(&user.name), Ok(Some(u)) if u.banned) {
