@@ -584,7 +584,9 @@ impl Hub {
     }
 
     /// Deletes room `name` from the store and from memory. The room record goes first, under
-    /// the room's lock, so no message can be stored in it afterwards; its members get `left`.
+    /// the room's lock, so no message can be stored in it afterwards (writes already queued for
+    /// it find no record when their batch is applied, and are dropped with an error to their
+    /// senders); its members get `left`.
     /// The messages are removed after that, outside the lock. Returns the removed record and
     /// how many messages went.
     pub fn delete_room(
