@@ -12,7 +12,8 @@
 //!
 //! A joining connection thus gets every message up to `published` from the replay and every
 //! later one live, with no gap and no duplicate, and never sees a message before it is durable.
-//! Nothing under a room lock waits on a client: outboxes never block.
+//! Nothing under a room lock waits on a client: outboxes never block, and sections that fan out
+//! run [`corked`], so the socket writes themselves happen after the lock is released.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use crate::metrics::Metrics;
-use crate::outbox::{CloseRequest, Outbox};
+use crate::outbox::{corked, CloseRequest, Outbox};
 use crate::protocol::{
     encode, Encoded, ErrorCode, HistoryPage, MessageEvent, Rejection, ServerFrame,
 };
@@ -125,7 +126,7 @@ impl Room {
             if except_user == Some(&*member.user_key) {
                 continue;
             }
-            if member.outbox.broadcast(frame.clone()).is_err() {
+            if member.outbox.broadcast(frame).is_err() {
                 metrics.slow_consumer_closes.inc();
                 tracing::info!(peer = %member.peer, user = %member.name, "closing slow consumer (4008)");
             }
@@ -213,6 +214,10 @@ impl Hub {
         let Some(room) = lock(&self.rooms).remove(name) else {
             return;
         };
+        corked(|| Self::retire(&room));
+    }
+
+    fn retire(room: &Room) {
         let mut state = lock(&room.state);
         room.retired.store(true, Ordering::Release);
         let left = encode(&ServerFrame::Left { room: &room.name });
@@ -267,6 +272,17 @@ impl Hub {
     /// Joins `member` to `room` and queues `joined`, the replay and `synced` to it, announcing
     /// the user as online to the others if this is their first connection in the room.
     pub fn join(
+        &self,
+        room: &Arc<Room>,
+        member: &Member,
+        since: Option<u64>,
+    ) -> Result<(), HubError> {
+        // Corked: the joiner's replay and everyone's presence event are written after the room
+        // lock is released, one write per socket.
+        corked(|| self.join_locked(room, member, since))
+    }
+
+    fn join_locked(
         &self,
         room: &Arc<Room>,
         member: &Member,
@@ -334,6 +350,10 @@ impl Hub {
     /// offline at once when this was their last connection there; otherwise after the grace
     /// period, unless they come back.
     pub fn part(self: &Arc<Self>, room: &Arc<Room>, conn: u64, graceful: bool) {
+        corked(|| self.part_locked(room, conn, graceful));
+    }
+
+    fn part_locked(self: &Arc<Self>, room: &Arc<Room>, conn: u64, graceful: bool) {
         let mut state = lock(&room.state);
         let Some(member) = state.members.remove(&conn) else {
             return;
@@ -366,6 +386,10 @@ impl Hub {
     }
 
     fn end_grace(&self, room: &Room, user_key: &str, epoch: u64) {
+        corked(|| self.end_grace_locked(room, user_key, epoch));
+    }
+
+    fn end_grace_locked(&self, room: &Room, user_key: &str, epoch: u64) {
         let mut state = lock(&room.state);
         let expired = state
             .presence
@@ -486,8 +510,10 @@ impl Hub {
                 room: &room.name,
                 id,
             });
-            let state = lock(&room.state);
-            room.fan_out(&state, &frame, None, &self.metrics);
+            corked(|| {
+                let state = lock(&room.state);
+                room.fan_out(&state, &frame, None, &self.metrics);
+            });
         }
     }
 }

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod heartbeat;
 pub mod http;
 pub mod hub;
 pub mod metrics;
@@ -14,6 +15,8 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod transport;
+pub mod wire;
 
 pub use config::Config;
 pub use server::{Server, ServerError};

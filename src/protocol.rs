@@ -586,15 +586,12 @@ pub enum ServerFrame<'a> {
     },
 }
 
-/// An encoded frame, cheap to clone and share among connections.
-pub type Encoded = async_tungstenite::tungstenite::Utf8Bytes;
+/// An encoded frame: complete WebSocket bytes, cheap to clone and share among connections.
+pub use crate::wire::Encoded;
 
-/// Encodes any serializable frame.
+/// Encodes a server frame once, as a complete WebSocket text frame.
 pub fn encode<T: Serialize + ?Sized>(frame: &T) -> Encoded {
-    // Our frames are strings, numbers and vectors of them: serializing to a string cannot fail.
-    serde_json::to_string(frame)
-        .expect("serializing a server frame")
-        .into()
+    Encoded::json(frame)
 }
 
 impl Rejection {
@@ -726,12 +723,15 @@ mod tests {
             id: 3,
             ts: 9,
         });
-        assert_eq!(ack.as_str(), r#"{"type":"ack","room":"a","id":3,"ts":9}"#);
+        assert_eq!(
+            std::str::from_utf8(ack.payload()).unwrap(),
+            r#"{"type":"ack","room":"a","id":3,"ts":9}"#
+        );
         let err = Rejection::new(ErrorCode::NotJoined, "m")
             .with_ref(Some("c"))
             .encode();
         assert_eq!(
-            err.as_str(),
+            std::str::from_utf8(err.payload()).unwrap(),
             r#"{"type":"error","code":"not_joined","message":"m","ref":"c"}"#
         );
     }

@@ -100,6 +100,12 @@ impl State {
         lock(&self.outboxes).remove(&conn);
     }
 
+    /// Replaces `into`'s contents with every WebSocket connection's outbox.
+    pub fn connections_into(&self, into: &mut Vec<Arc<Outbox>>) {
+        into.clear();
+        into.extend(lock(&self.outboxes).values().cloned());
+    }
+
     /// Asks every WebSocket connection to close.
     fn close_all(&self, request: CloseRequest) {
         for outbox in lock(&self.outboxes).values() {
@@ -168,7 +174,7 @@ impl Server {
                 source,
             }
         })?;
-        let listener = TcpListener::bind(config.listen)
+        let listener = listen(config.listen)
             .and_then(Async::new)
             .map_err(|source| ServerError::Bind {
                 addr: config.listen,
@@ -251,6 +257,9 @@ impl Server {
                 source,
             })?;
         executor.spawn(janitor(state.clone())).detach();
+        executor
+            .spawn(crate::heartbeat::run(state.clone()))
+            .detach();
         let admin_task = executor.spawn(crate::admin::socket::serve(
             admin,
             state.clone(),
@@ -288,6 +297,22 @@ impl Server {
         tracing::info!("shut down cleanly");
         Ok(())
     }
+}
+
+/// Connections the kernel may hold completed but not yet accepted. std's 128 turns a
+/// reconnect storm (every client of a restarted server at once) into dropped SYNs and
+/// one-second retransmits; the kernel caps this at `net.core.somaxconn`.
+const LISTEN_BACKLOG: i32 = 8192;
+
+/// A listening socket with a backlog sized for reconnect storms.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // Lets a restarted server bind while the old one's connections sit in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
 }
 
 async fn accept(

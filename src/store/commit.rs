@@ -127,12 +127,15 @@ impl Delivery {
 /// Runs one batch's continuations in order. A panicking continuation is logged and skipped: the
 /// thread is shared by every room, and one fault must not stop every later ack.
 pub fn deliver(batch: Delivery) {
-    for (continuation, result) in batch.items {
-        let run = std::panic::AssertUnwindSafe(|| continuation(result));
-        if std::panic::catch_unwind(run).is_err() {
-            tracing::error!("a commit continuation panicked; continuing with the next");
+    // Corked: every frame this batch sends to one socket goes out in one write.
+    crate::outbox::corked(|| {
+        for (continuation, result) in batch.items {
+            let run = std::panic::AssertUnwindSafe(|| continuation(result));
+            if std::panic::catch_unwind(run).is_err() {
+                tracing::error!("a commit continuation panicked; continuing with the next");
+            }
         }
-    }
+    })
 }
 
 /// The message log's write side: the commit and delivery threads and their queue. Dropping it
