@@ -214,12 +214,7 @@ impl Head {
 }
 
 /// Answers the upgrade request; returns the WebSocket and its outbox, or `None` after refusing.
-async fn upgrade(
-    mut stream: Socket,
-    head: Head,
-    rest: Vec<u8>,
-    state: &State,
-) -> Option<Upgraded> {
+async fn upgrade(mut stream: Socket, head: Head, rest: Vec<u8>, state: &State) -> Option<Upgraded> {
     if !(head.upgrade_websocket && head.connection_upgrade) || head.method != "GET" {
         let _ = respond(
             &mut stream,

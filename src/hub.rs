@@ -3,10 +3,11 @@
 //!
 //! Every room has one lock. Three things happen under it, and that is what makes the protocol's
 //! ordering promises hold:
-//! - `send`: take the next id, write the message to sled, queue its announcement with the
-//!   committer. Ids therefore reach the committer in id order per room.
-//! - announcement (on the commit thread, after the flush): raise the room's `published` id and
-//!   push the frame to every member's outbox.
+//! - `send`: check the cid, take the next id and queue the message with its announcement in the
+//!   committer's message log (memory work and a read, no disk write). Ids therefore reach the
+//!   committer in id order per room.
+//! - announcement (on the delivery thread, after the batch holding the message was written and
+//!   flushed): raise the room's `published` id and push the frame to every member's outbox.
 //! - `join`: add the member, read the replay from sled up to `published`, queue it.
 //!
 //! A joining connection thus gets every message up to `published` from the replay and every
@@ -26,7 +27,7 @@ use crate::protocol::{
     encode, Encoded, ErrorCode, HistoryPage, MessageEvent, Rejection, ServerFrame,
 };
 use crate::store::commit::Committer;
-use crate::store::{Appended, Message, Page, Store, StoreError};
+use crate::store::{Appended, Message, Page, RoomRef, Store, StoreError};
 use crate::sync::lock;
 
 /// Milliseconds since the Unix epoch.
@@ -92,6 +93,8 @@ struct RoomState {
 pub struct Room {
     name: String,
     no: u32,
+    /// How the message log addresses the room (name and number, shared by every append).
+    log_ref: RoomRef,
     state: Mutex<RoomState>,
     /// Set when an admin deleted the room: connections holding this object must drop it, and
     /// a join loads a fresh one.
@@ -193,6 +196,10 @@ impl Hub {
         }
         let record = self.store.ensure_room(name, now_ms())?;
         let room = Arc::new(Room {
+            log_ref: RoomRef {
+                name: Arc::from(record.name.as_str()),
+                no: record.no,
+            },
             name: record.name,
             no: record.no,
             state: Mutex::new(RoomState {
@@ -297,13 +304,13 @@ impl Hub {
         }
         let page = match since {
             Some(since) => {
-                self.store
+                self.committer
                     .messages_after(room.no, since, state.published, self.replay_limit)?
             }
             None => Page {
                 more: false,
                 ..self
-                    .store
+                    .committer
                     .messages_before(room.no, u64::MAX, state.published, 50)?
             },
         };
@@ -448,10 +455,12 @@ impl Hub {
             .map(drop)
     }
 
-    /// The one way messages enter a room. Under the room lock: take the next id and write the
-    /// message. Once it is durable: ack it to `sender` (if any), raise the room's published id,
-    /// and broadcast it. Because announcements are queued under the room lock, they run in id
-    /// order. A repeated cid stores nothing; the sender gets the original ack after the flush.
+    /// The one way messages enter a room. Under the room lock: check the cid, take the next id
+    /// and queue the message with the committer (no disk write here). Once the batch holding it
+    /// is durable, on the delivery thread: ack it to `sender` (if any), raise the room's
+    /// published id, and broadcast it. Because announcements are queued under the room lock,
+    /// they run in id order. A repeated cid stores nothing; the sender gets the original ack
+    /// once the original is durable.
     fn append(
         &self,
         room: &Arc<Room>,
@@ -463,61 +472,17 @@ impl Hub {
         if room.is_retired() {
             return Err(HubError::RoomGone);
         }
-        let appended = self.store.append(&room.name, user_key, &message)?;
-        match &appended {
-            &Appended::New(id) => {
-                self.metrics.messages_stored.inc();
-                let room = room.clone();
-                let metrics = self.metrics.clone();
-                self.committer.after_flush(Box::new(move |flushed| {
-                    if flushed.is_err() {
-                        if let Some(sender) = &sender {
-                            let error = Rejection::new(
-                                ErrorCode::Internal,
-                                "the message could not be written to disk",
-                            )
-                            .with_ref(message.cid.as_deref().or(Some("send")));
-                            sender.reply(error.encode());
-                            metrics.error(ErrorCode::Internal);
-                        }
-                        return;
-                    }
-                    let frame = encode(&MessageEvent::new(
-                        &room.name,
-                        id,
-                        &message.user,
-                        &message.text,
-                        message.ts,
-                        message.cid.as_deref(),
-                    ));
-                    let mut state = lock(&room.state);
-                    state.published = state.published.max(id);
-                    if let Some(sender) = &sender {
-                        sender.reply(encode(&ServerFrame::Ack {
-                            room: &room.name,
-                            cid: message.cid.as_deref(),
-                            id,
-                            ts: message.ts,
-                        }));
-                    }
-                    room.fan_out(&state, &frame, None, &metrics);
-                }));
-            }
-            Appended::Duplicate(original) => {
-                if let Some(sender) = sender {
-                    let original = original.clone();
-                    let cid = message.cid;
-                    self.committer.after_flush(Box::new(move |_| {
-                        sender.reply(encode(&ServerFrame::Ack {
-                            room: &original.room,
-                            cid: cid.as_deref(),
-                            id: original.id,
-                            ts: original.ts,
-                        }));
-                    }));
-                }
-            }
-        }
+        let announced = room.clone();
+        let metrics = self.metrics.clone();
+        // The log keeps one copy to write, the announcement the other to build the frame.
+        let appended = self.committer.append(
+            &room.log_ref,
+            user_key,
+            message.clone(),
+            Box::new(move |appended, result| {
+                announce(&announced, appended, message, result, sender, &metrics)
+            }),
+        )?;
         drop(state);
         Ok(appended)
     }
@@ -532,11 +497,15 @@ impl Hub {
         let published = lock(&room.state).published;
         let page = match page {
             HistoryPage::Newest => {
-                self.store
+                self.committer
                     .messages_before(room.no, u64::MAX, published, limit)?
             }
-            HistoryPage::Before(id) => self.store.messages_before(room.no, id, published, limit)?,
-            HistoryPage::After(id) => self.store.messages_after(room.no, id, published, limit)?,
+            HistoryPage::Before(id) => self
+                .committer
+                .messages_before(room.no, id, published, limit)?,
+            HistoryPage::After(id) => self
+                .committer
+                .messages_after(room.no, id, published, limit)?,
         };
         Ok(encode(&ServerFrame::History {
             room: &room.name,
@@ -573,6 +542,77 @@ impl Hub {
     }
 }
 
+/// What happens to an appended message once the batch holding it is durable, or failed: runs
+/// on the committer's delivery thread, in queue order.
+fn announce(
+    room: &Room,
+    appended: Appended,
+    message: Message,
+    result: Result<(), Arc<StoreError>>,
+    sender: Option<Arc<Outbox>>,
+    metrics: &Metrics,
+) {
+    if let Err(e) = result {
+        let Some(sender) = sender else {
+            return;
+        };
+        // No ack: the message is not (known to be) on disk.
+        let error = match &*e {
+            StoreError::RoomGone { .. } => Rejection::new(
+                ErrorCode::NotJoined,
+                format!("`{}` was deleted; join it again", room.name),
+            ),
+            _ => {
+                metrics.error(ErrorCode::Internal);
+                Rejection::new(
+                    ErrorCode::Internal,
+                    "the message could not be written to disk",
+                )
+            }
+        };
+        sender.reply(
+            error
+                .with_ref(message.cid.as_deref().or(Some("send")))
+                .encode(),
+        );
+        return;
+    }
+    match appended {
+        Appended::New(id) => {
+            metrics.messages_stored.inc();
+            let frame = encode(&MessageEvent::new(
+                &room.name,
+                id,
+                &message.user,
+                &message.text,
+                message.ts,
+                message.cid.as_deref(),
+            ));
+            let mut state = lock(&room.state);
+            state.published = state.published.max(id);
+            if let Some(sender) = &sender {
+                sender.reply(encode(&ServerFrame::Ack {
+                    room: &room.name,
+                    cid: message.cid.as_deref(),
+                    id,
+                    ts: message.ts,
+                }));
+            }
+            room.fan_out(&state, &frame, None, metrics);
+        }
+        Appended::Duplicate(original) => {
+            if let Some(sender) = sender {
+                sender.reply(encode(&ServerFrame::Ack {
+                    room: &original.room,
+                    cid: message.cid.as_deref(),
+                    id: original.id,
+                    ts: original.ts,
+                }));
+            }
+        }
+    }
+}
+
 // ----- administration (used by `chatd admin` through the admin socket) -----
 
 impl Hub {
@@ -601,7 +641,9 @@ impl Hub {
     }
 
     /// Deletes room `name` from the store and from memory. The room record goes first, under
-    /// the room's lock, so no message can be stored in it afterwards; its members get `left`.
+    /// the room's lock, so no message can be stored in it afterwards (writes already queued for
+    /// it find no record when their batch is applied, and are dropped with an error to their
+    /// senders); its members get `left`.
     /// The messages are removed after that, outside the lock. Returns the removed record and
     /// how many messages went.
     pub fn delete_room(
