@@ -505,7 +505,7 @@ fn read_password(from_stdin: bool, name: &str) -> Result<String, AdminError> {
         }
         first
     };
-    if !chatd::protocol::valid_password(&password) {
+    if !chatd::rules::valid_password(&password) {
         return Err(AdminError::usage(
             "passwords are 8 to 128 characters; nothing was changed",
         ));
@@ -579,7 +579,7 @@ impl Admin {
                     query(&c.data_dir, Request::UsersShow { name: c.name }, c.json)
                 }
                 UsersCommand::Add(c) => {
-                    if !chatd::protocol::valid_user_name(&c.name) {
+                    if !chatd::rules::valid_user_name(&c.name) {
                         return Err(AdminError::usage(format!(
                             "`{}` is not a user name (1 to 32 of A-Z a-z 0-9 _ . -)",
                             c.name

@@ -15,8 +15,10 @@ use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use async_tungstenite::WebSocketStream;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 
-use crate::server::State;
-use crate::session::{self, Socket};
+use crate::outbox::Outbox;
+use crate::session::Socket;
+use crate::state::State;
+use crate::transport::{ReadHalf, Transport};
 
 /// Largest request head accepted.
 const MAX_HEAD: usize = 8 * 1024;
@@ -24,7 +26,7 @@ const MAX_HEAD: usize = 8 * 1024;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Initial read buffer of a WebSocket connection. Small, because every idle connection pays
 /// for it; it grows while a large message is read.
-const WS_READ_BUFFER: usize = 1024;
+const WS_READ_BUFFER: usize = 256;
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
 const APP_JS: &str = include_str!("../web/app.js");
@@ -47,8 +49,13 @@ enum HeadError {
     Gone,
 }
 
-/// Serves one TCP connection: one HTTP request, or a WebSocket session after an upgrade.
-pub async fn serve(mut stream: Socket, peer: SocketAddr, state: Arc<State>) {
+/// A connection that completed the WebSocket handshake, ready for [`crate::session::run`].
+pub type Upgraded = (WebSocketStream<ReadHalf>, Arc<Outbox>);
+
+/// Serves one TCP connection: one HTTP request, or the WebSocket handshake. Returns the upgraded
+/// connection; its session runs in a task of its own, so that nothing of the HTTP phase stays
+/// in the memory of a connection that lives for hours.
+pub async fn serve(mut stream: Socket, peer: SocketAddr, state: Arc<State>) -> Option<Upgraded> {
     let read = future::or(read_head(&mut stream), async {
         smol::Timer::after(HEAD_TIMEOUT).await;
         Err(HeadError::Gone)
@@ -65,9 +72,9 @@ pub async fn serve(mut stream: Socket, peer: SocketAddr, state: Arc<State>) {
                 false,
             )
             .await;
-            return;
+            return None;
         }
-        Err(HeadError::Gone) => return,
+        Err(HeadError::Gone) => return None,
     };
     let is_head = head.method == "HEAD";
     if head.method != "GET" && !is_head {
@@ -80,11 +87,11 @@ pub async fn serve(mut stream: Socket, peer: SocketAddr, state: Arc<State>) {
             false,
         )
         .await;
-        return;
+        return None;
     }
     let path = head.path.split('?').next().unwrap_or_default();
     let result = match path {
-        "/ws" => return upgrade(stream, peer, head, rest, state).await,
+        "/ws" => return upgrade(stream, head, rest, &state).await,
         "/" | "/index.html" => {
             static_file(&mut stream, "text/html; charset=utf-8", INDEX_HTML, is_head).await
         }
@@ -139,18 +146,25 @@ pub async fn serve(mut stream: Socket, peer: SocketAddr, state: Arc<State>) {
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "writing HTTP response failed");
     }
+    None
 }
 
 /// Reads until the end of the request head; returns it and any bytes read past it.
 async fn read_head(stream: &mut Socket) -> Result<(Head, Vec<u8>), HeadError> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
+    // Read straight into the heap buffer: a buffer on the stack would live in the future of every
+    // connection, also after the upgrade.
+    let mut buf = Vec::new();
     loop {
-        let n = stream.read(&mut chunk).await.map_err(|_| HeadError::Gone)?;
+        let filled = buf.len();
+        buf.resize(filled + 1024, 0);
+        let n = stream
+            .read(&mut buf[filled..])
+            .await
+            .map_err(|_| HeadError::Gone)?;
+        buf.truncate(filled + n);
         if n == 0 {
             return Err(HeadError::Gone);
         }
-        buf.extend_from_slice(&chunk[..n]);
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut request = httparse::Request::new(&mut headers);
         match request.parse(&buf) {
@@ -199,13 +213,8 @@ impl Head {
     }
 }
 
-async fn upgrade(
-    mut stream: Socket,
-    peer: SocketAddr,
-    head: Head,
-    rest: Vec<u8>,
-    state: Arc<State>,
-) {
+/// Answers the upgrade request; returns the WebSocket and its outbox, or `None` after refusing.
+async fn upgrade(mut stream: Socket, head: Head, rest: Vec<u8>, state: &State) -> Option<Upgraded> {
     if !(head.upgrade_websocket && head.connection_upgrade) || head.method != "GET" {
         let _ = respond(
             &mut stream,
@@ -216,7 +225,7 @@ async fn upgrade(
             head.method == "HEAD",
         )
         .await;
-        return;
+        return None;
     }
     if head.ws_version.as_deref() != Some("13") {
         let _ = respond(
@@ -228,7 +237,7 @@ async fn upgrade(
             false,
         )
         .await;
-        return;
+        return None;
     }
     let Some(key) = head.ws_key else {
         let _ = respond(
@@ -240,27 +249,33 @@ async fn upgrade(
             false,
         )
         .await;
-        return;
+        return None;
     };
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
         derive_accept_key(key.as_bytes())
     );
     if stream.write_all(response.as_bytes()).await.is_err() {
-        return;
+        return None;
     }
     let max = state.config.max_frame;
     let config = WebSocketConfig::default()
         .read_buffer_size(WS_READ_BUFFER)
-        .write_buffer_size(16 * 1024)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
+    let transport = Arc::new(Transport::new(stream));
+    let outbox = Arc::new(Outbox::new(
+        transport.clone(),
+        state.config.send_queue,
+        state.metrics.frames_out.clone(),
+    ));
+    let read_half = ReadHalf::new(transport, outbox.clone());
     let ws = if rest.is_empty() {
-        WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await
+        WebSocketStream::from_raw_socket(read_half, Role::Server, Some(config)).await
     } else {
-        WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config)).await
+        WebSocketStream::from_partially_read(read_half, rest, Role::Server, Some(config)).await
     };
-    session::run(ws, peer, state).await;
+    Some((ws, outbox))
 }
 
 async fn static_file(

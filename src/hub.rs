@@ -3,29 +3,32 @@
 //!
 //! Every room has one lock. Three things happen under it, and that is what makes the protocol's
 //! ordering promises hold:
-//! - `send`: take the next id, write the message to sled, queue its announcement with the
-//!   committer. Ids therefore reach the committer in id order per room.
-//! - announcement (on the commit thread, after the flush): raise the room's `published` id and
-//!   push the frame to every member's outbox.
+//! - `send`: check the cid, take the next id and queue the message with its announcement in the
+//!   committer's message log (memory work and a read, no disk write). Ids therefore reach the
+//!   committer in id order per room.
+//! - announcement (on the delivery thread, after the batch holding the message was written and
+//!   flushed): raise the room's `published` id and push the frame to every member's outbox.
 //! - `join`: add the member, read the replay from sled up to `published`, queue it.
 //!
 //! A joining connection thus gets every message up to `published` from the replay and every
 //! later one live, with no gap and no duplicate, and never sees a message before it is durable.
-//! Nothing under a room lock waits on a client: outboxes never block.
+//! Nothing under a room lock waits on a client: outboxes never block, and sections that fan out
+//! run [`corked`], so the socket writes themselves happen after the lock is released.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::metrics::Metrics;
-use crate::outbox::{CloseRequest, Outbox};
+use crate::outbox::{corked, CloseRequest, Outbox};
 use crate::protocol::{
     encode, Encoded, ErrorCode, HistoryPage, MessageEvent, Rejection, ServerFrame,
 };
 use crate::store::commit::Committer;
-use crate::store::{Appended, Message, Page, Store, StoreError};
+use crate::store::{Appended, Message, Page, RoomRef, Store, StoreError};
+use crate::sync::lock;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -34,13 +37,27 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+/// One authenticated connection, as the hub knows it: a shared handle, because the connection,
+/// the hub's registry and every room it joined each hold it (one allocation per connection).
+#[derive(Clone)]
+pub struct Member(Arc<MemberInfo>);
+
+impl std::ops::Deref for Member {
+    type Target = MemberInfo;
+
+    fn deref(&self) -> &MemberInfo {
+        &self.0
+    }
 }
 
-/// One authenticated connection, as the hub knows it.
-#[derive(Clone)]
-pub struct Member {
+impl From<MemberInfo> for Member {
+    fn from(info: MemberInfo) -> Member {
+        Member(Arc::new(info))
+    }
+}
+
+/// What the hub knows of an authenticated connection.
+pub struct MemberInfo {
     /// Connection id (unique for the server's life).
     pub conn: u64,
     /// Lower-cased user name.
@@ -76,6 +93,8 @@ struct RoomState {
 pub struct Room {
     name: String,
     no: u32,
+    /// How the message log addresses the room (name and number, shared by every append).
+    log_ref: RoomRef,
     state: Mutex<RoomState>,
     /// Set when an admin deleted the room: connections holding this object must drop it, and
     /// a join loads a fresh one.
@@ -122,7 +141,7 @@ impl Room {
             if except_user == Some(&*member.user_key) {
                 continue;
             }
-            if member.outbox.broadcast(frame.clone()).is_err() {
+            if member.outbox.broadcast(frame).is_err() {
                 metrics.slow_consumer_closes.inc();
                 tracing::info!(peer = %member.peer, user = %member.name, "closing slow consumer (4008)");
             }
@@ -164,11 +183,6 @@ impl Hub {
         }
     }
 
-    /// The store behind the hub.
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
-    }
-
     /// The committer behind the hub.
     pub fn committer(&self) -> &Arc<Committer> {
         &self.committer
@@ -182,6 +196,10 @@ impl Hub {
         }
         let record = self.store.ensure_room(name, now_ms())?;
         let room = Arc::new(Room {
+            log_ref: RoomRef {
+                name: Arc::from(record.name.as_str()),
+                no: record.no,
+            },
             name: record.name,
             no: record.no,
             state: Mutex::new(RoomState {
@@ -206,6 +224,10 @@ impl Hub {
         let Some(room) = lock(&self.rooms).remove(name) else {
             return;
         };
+        corked(|| Self::retire(&room));
+    }
+
+    fn retire(room: &Room) {
         let mut state = lock(&room.state);
         room.retired.store(true, Ordering::Release);
         let left = encode(&ServerFrame::Left { room: &room.name });
@@ -265,19 +287,30 @@ impl Hub {
         member: &Member,
         since: Option<u64>,
     ) -> Result<(), HubError> {
+        // Corked: the joiner's replay and everyone's presence event are written after the room
+        // lock is released, one write per socket.
+        corked(|| self.join_locked(room, member, since))
+    }
+
+    fn join_locked(
+        &self,
+        room: &Arc<Room>,
+        member: &Member,
+        since: Option<u64>,
+    ) -> Result<(), HubError> {
         let mut state = lock(&room.state);
         if room.is_retired() {
             return Err(HubError::RoomGone);
         }
         let page = match since {
             Some(since) => {
-                self.store
+                self.committer
                     .messages_after(room.no, since, state.published, self.replay_limit)?
             }
             None => Page {
                 more: false,
                 ..self
-                    .store
+                    .committer
                     .messages_before(room.no, u64::MAX, state.published, 50)?
             },
         };
@@ -309,11 +342,16 @@ impl Hub {
             room: &room.name,
             members: Room::member_names(&state),
         }));
-        frames.extend(
-            page.messages
-                .iter()
-                .map(|m| encode(&MessageEvent::new(&room.name, m.id, &m.message))),
-        );
+        frames.extend(page.messages.iter().map(|m| {
+            encode(&MessageEvent::new(
+                &room.name,
+                m.id,
+                &m.message.user,
+                &m.message.text,
+                m.message.ts,
+                m.message.cid.as_deref(),
+            ))
+        }));
         frames.push(encode(&ServerFrame::Synced {
             room: &room.name,
             last_id: state.published,
@@ -327,6 +365,10 @@ impl Hub {
     /// offline at once when this was their last connection there; otherwise after the grace
     /// period, unless they come back.
     pub fn part(self: &Arc<Self>, room: &Arc<Room>, conn: u64, graceful: bool) {
+        corked(|| self.part_locked(room, conn, graceful));
+    }
+
+    fn part_locked(self: &Arc<Self>, room: &Arc<Room>, conn: u64, graceful: bool) {
         let mut state = lock(&room.state);
         let Some(member) = state.members.remove(&conn) else {
             return;
@@ -359,6 +401,10 @@ impl Hub {
     }
 
     fn end_grace(&self, room: &Room, user_key: &str, epoch: u64) {
+        corked(|| self.end_grace_locked(room, user_key, epoch));
+    }
+
+    fn end_grace_locked(&self, room: &Room, user_key: &str, epoch: u64) {
         let mut state = lock(&room.state);
         let expired = state
             .presence
@@ -409,10 +455,12 @@ impl Hub {
             .map(drop)
     }
 
-    /// The one way messages enter a room. Under the room lock: take the next id and write the
-    /// message. Once it is durable: ack it to `sender` (if any), raise the room's published id,
-    /// and broadcast it. Because announcements are queued under the room lock, they run in id
-    /// order. A repeated cid stores nothing; the sender gets the original ack after the flush.
+    /// The one way messages enter a room. Under the room lock: check the cid, take the next id
+    /// and queue the message with the committer (no disk write here). Once the batch holding it
+    /// is durable, on the delivery thread: ack it to `sender` (if any), raise the room's
+    /// published id, and broadcast it. Because announcements are queued under the room lock,
+    /// they run in id order. A repeated cid stores nothing; the sender gets the original ack
+    /// once the original is durable.
     fn append(
         &self,
         room: &Arc<Room>,
@@ -424,54 +472,17 @@ impl Hub {
         if room.is_retired() {
             return Err(HubError::RoomGone);
         }
-        let appended = self.store.append(&room.name, user_key, &message)?;
-        match &appended {
-            &Appended::New(id) => {
-                self.metrics.messages_stored.inc();
-                let room = room.clone();
-                let metrics = self.metrics.clone();
-                self.committer.after_flush(Box::new(move |flushed| {
-                    if flushed.is_err() {
-                        if let Some(sender) = &sender {
-                            let error = Rejection::new(
-                                ErrorCode::Internal,
-                                "the message could not be written to disk",
-                            )
-                            .with_ref(message.cid.as_deref().or(Some("send")));
-                            sender.reply(error.encode());
-                            metrics.error(ErrorCode::Internal);
-                        }
-                        return;
-                    }
-                    let frame = encode(&MessageEvent::new(&room.name, id, &message));
-                    let mut state = lock(&room.state);
-                    state.published = state.published.max(id);
-                    if let Some(sender) = &sender {
-                        sender.reply(encode(&ServerFrame::Ack {
-                            room: &room.name,
-                            cid: message.cid.as_deref(),
-                            id,
-                            ts: message.ts,
-                        }));
-                    }
-                    room.fan_out(&state, &frame, None, &metrics);
-                }));
-            }
-            Appended::Duplicate(original) => {
-                if let Some(sender) = sender {
-                    let original = original.clone();
-                    let cid = message.cid;
-                    self.committer.after_flush(Box::new(move |_| {
-                        sender.reply(encode(&ServerFrame::Ack {
-                            room: &original.room,
-                            cid: cid.as_deref(),
-                            id: original.id,
-                            ts: original.ts,
-                        }));
-                    }));
-                }
-            }
-        }
+        let announced = room.clone();
+        let metrics = self.metrics.clone();
+        // The log keeps one copy to write, the announcement the other to build the frame.
+        let appended = self.committer.append(
+            &room.log_ref,
+            user_key,
+            message.clone(),
+            Box::new(move |appended, result| {
+                announce(&announced, appended, message, result, sender, &metrics)
+            }),
+        )?;
         drop(state);
         Ok(appended)
     }
@@ -486,18 +497,31 @@ impl Hub {
         let published = lock(&room.state).published;
         let page = match page {
             HistoryPage::Newest => {
-                self.store
+                self.committer
                     .messages_before(room.no, u64::MAX, published, limit)?
             }
-            HistoryPage::Before(id) => self.store.messages_before(room.no, id, published, limit)?,
-            HistoryPage::After(id) => self.store.messages_after(room.no, id, published, limit)?,
+            HistoryPage::Before(id) => self
+                .committer
+                .messages_before(room.no, id, published, limit)?,
+            HistoryPage::After(id) => self
+                .committer
+                .messages_after(room.no, id, published, limit)?,
         };
         Ok(encode(&ServerFrame::History {
             room: &room.name,
             messages: page
                 .messages
                 .iter()
-                .map(|m| MessageEvent::new(&room.name, m.id, &m.message))
+                .map(|m| {
+                    MessageEvent::new(
+                        &room.name,
+                        m.id,
+                        &m.message.user,
+                        &m.message.text,
+                        m.message.ts,
+                        m.message.cid.as_deref(),
+                    )
+                })
                 .collect(),
             more: page.more,
         }))
@@ -510,8 +534,81 @@ impl Hub {
                 room: &room.name,
                 id,
             });
-            let state = lock(&room.state);
-            room.fan_out(&state, &frame, None, &self.metrics);
+            corked(|| {
+                let state = lock(&room.state);
+                room.fan_out(&state, &frame, None, &self.metrics);
+            });
+        }
+    }
+}
+
+/// What happens to an appended message once the batch holding it is durable, or failed: runs
+/// on the committer's delivery thread, in queue order.
+fn announce(
+    room: &Room,
+    appended: Appended,
+    message: Message,
+    result: Result<(), Arc<StoreError>>,
+    sender: Option<Arc<Outbox>>,
+    metrics: &Metrics,
+) {
+    if let Err(e) = result {
+        let Some(sender) = sender else {
+            return;
+        };
+        // No ack: the message is not (known to be) on disk.
+        let error = match &*e {
+            StoreError::RoomGone { .. } => Rejection::new(
+                ErrorCode::NotJoined,
+                format!("`{}` was deleted; join it again", room.name),
+            ),
+            _ => {
+                metrics.error(ErrorCode::Internal);
+                Rejection::new(
+                    ErrorCode::Internal,
+                    "the message could not be written to disk",
+                )
+            }
+        };
+        sender.reply(
+            error
+                .with_ref(message.cid.as_deref().or(Some("send")))
+                .encode(),
+        );
+        return;
+    }
+    match appended {
+        Appended::New(id) => {
+            metrics.messages_stored.inc();
+            let frame = encode(&MessageEvent::new(
+                &room.name,
+                id,
+                &message.user,
+                &message.text,
+                message.ts,
+                message.cid.as_deref(),
+            ));
+            let mut state = lock(&room.state);
+            state.published = state.published.max(id);
+            if let Some(sender) = &sender {
+                sender.reply(encode(&ServerFrame::Ack {
+                    room: &room.name,
+                    cid: message.cid.as_deref(),
+                    id,
+                    ts: message.ts,
+                }));
+            }
+            room.fan_out(&state, &frame, None, metrics);
+        }
+        Appended::Duplicate(original) => {
+            if let Some(sender) = sender {
+                sender.reply(encode(&ServerFrame::Ack {
+                    room: &original.room,
+                    cid: message.cid.as_deref(),
+                    id: original.id,
+                    ts: original.ts,
+                }));
+            }
         }
     }
 }
@@ -544,7 +641,9 @@ impl Hub {
     }
 
     /// Deletes room `name` from the store and from memory. The room record goes first, under
-    /// the room's lock, so no message can be stored in it afterwards; its members get `left`.
+    /// the room's lock, so no message can be stored in it afterwards (writes already queued for
+    /// it find no record when their batch is applied, and are dropped with an error to their
+    /// senders); its members get `left`.
     /// The messages are removed after that, outside the lock. Returns the removed record and
     /// how many messages went.
     pub fn delete_room(

@@ -1,114 +1,203 @@
-//! One connection's outbound queue: bounded, cheap when idle, never blocks the producer.
+//! One connection's outbound side: frames go straight to the socket when they can, and wait in
+//! a bounded queue only when the kernel will not take them.
 //!
-//! Producers (the commit thread fanning out a message, other connections' presence events, the
-//! connection's own replies) push encoded frames and return at once; the connection's writer
-//! drains everything queued and writes it with one flush. Broadcasts count against the bound:
-//! a client that stops reading overflows it and is closed with 4008 instead of slowing anyone
-//! down. Replies do not count (they would make a join's replay look like slowness); instead the
-//! connection's reader waits until its earlier replies were handed to the socket before reading
-//! the next request, so a client that sends requests without reading the answers stalls itself.
-//! An idle outbox holds no allocation (an empty `VecDeque` does not allocate).
+//! Whoever produces a frame (the delivery thread fanning out a message, another connection's
+//! presence change, this connection's own replies, the heartbeat) writes it to the socket
+//! itself with a non-blocking `writev`, under this outbox's lock. The lock is what keeps frames
+//! in order: a frame is written directly only when nothing is queued ahead of it; otherwise it
+//! joins the queue, and the connection's writer task (which waits for the socket to become
+//! writable, and so costs nothing while there is no backlog) writes the queue out.
+//!
+//! Corking ([`corked`]): a thread about to produce many frames (a group commit's worth of
+//! messages, a join under a room lock) runs inside `corked`; frames it pushes are only queued,
+//! and each touched outbox is written once when the corked section ends, all its frames in one
+//! `writev`. That turns "one syscall per frame" into "one syscall per socket per batch", and
+//! keeps syscalls out of room-lock sections.
+//!
+//! Bounds: broadcasts count against the capacity; a client that stops reading overflows it and
+//! is closed with 4008 instead of slowing anyone down. Replies do not count (a join's replay
+//! would look like slowness); instead the connection's reader waits until its earlier replies
+//! were written before reading the next request, so a client that sends requests without reading
+//! the answers stalls itself. Control frames (pings, pongs) are small and rare. An idle outbox
+//! holds no allocation beyond itself.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::{Mutex, PoisonError};
+use std::io::{self, IoSlice};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
+use bytes::Bytes;
+use futures_lite::future;
+use prometheus_client::metrics::counter::Counter;
 
+use crate::heartbeat::Liveness;
 use crate::protocol::Encoded;
+use crate::transport::Transport;
+
+/// Slices handed to one `writev`.
+const MAX_IOVECS: usize = 64;
 
 /// Why and how a connection is being closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloseRequest {
-    /// WebSocket close code.
+    /// WebSocket close code; [`PEER_CLOSED`] when none is to be sent.
     pub code: u16,
     /// Close reason (short, for logs and the close frame).
     pub reason: &'static str,
 }
 
-struct Queued {
-    frame: Encoded,
-    broadcast: bool,
+/// Close "code" for a connection whose peer closed first or vanished: no Close frame is sent.
+pub const PEER_CLOSED: u16 = 0;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Broadcast,
+    Reply,
+    Control,
 }
 
 #[derive(Default)]
 struct State {
-    frames: VecDeque<Queued>,
-    /// Broadcast frames among `frames` (bounded by the capacity).
+    queue: VecDeque<(Bytes, Kind)>,
+    /// Bytes of the front frame already written.
+    written: usize,
+    /// Broadcast frames in `queue` (bounded by the capacity).
     broadcasts: usize,
-    /// Reply frames among `frames` (bounded by the reader's backpressure).
+    /// Reply frames in `queue` (bounded by the reader's backpressure).
     replies: usize,
     close: Option<CloseRequest>,
+    /// In some thread's cork list: that thread writes the queue when its section ends.
+    corked: bool,
+    /// The reader is waiting for `replies` to reach 0.
+    reader_waiting: bool,
 }
 
-/// The queue between producers and one connection's writer.
+impl State {
+    /// Drops every queued frame except one already partly on the wire, whose rest must follow
+    /// or the peer's framing breaks.
+    fn discard(&mut self) {
+        let partial = (self.written > 0).then(|| self.queue.pop_front()).flatten();
+        self.queue = VecDeque::new();
+        self.broadcasts = 0;
+        self.replies = 0;
+        if let Some((bytes, _)) = partial {
+            self.queue.push_back((bytes, Kind::Control));
+        } else {
+            self.written = 0;
+        }
+    }
+}
+
+/// The outbound side of one connection.
 pub struct Outbox {
     state: Mutex<State>,
-    /// Wakes the writer when frames or a close arrive.
+    transport: Arc<Transport>,
+    /// Wakes the writer task when a backlog forms or a close is requested.
     writer: AtomicWaker,
-    /// Wakes the reader when the queue drains.
+    /// Wakes the reader when its replies are written or a close is requested.
     reader: AtomicWaker,
     capacity: usize,
-}
-
-/// What the writer should do next.
-pub enum Drained {
-    /// Write these frames.
-    Frames(Vec<Encoded>),
-    /// Write the remaining frames (if any were kept), then close.
-    Close(Vec<Encoded>, CloseRequest),
+    frames_out: Counter,
+    /// Deadlines and pings (see [`crate::heartbeat`]).
+    pub liveness: Liveness,
 }
 
 /// The queue overflowed: the connection is now closing with 4008.
 #[derive(Debug)]
 pub struct Overflow;
 
+thread_local! {
+    static CORKED: RefCell<Option<Vec<Arc<Outbox>>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's writes corked: frames `f` pushes are written when it returns,
+/// one `writev` per connection. Nested calls join the outer section.
+pub fn corked<R>(f: impl FnOnce() -> R) -> R {
+    let outer = CORKED.with(|c| {
+        let mut c = c.borrow_mut();
+        let outer = c.is_some();
+        if !outer {
+            *c = Some(Vec::new());
+        }
+        outer
+    });
+    if outer {
+        return f();
+    }
+    /// Writes the corked outboxes also when `f` panics, so none stays corked for ever.
+    struct Uncork;
+    impl Drop for Uncork {
+        fn drop(&mut self) {
+            let touched = CORKED.with(|c| c.borrow_mut().take()).unwrap_or_default();
+            for outbox in touched {
+                let mut state = outbox.lock();
+                state.corked = false;
+                outbox.write_now(&mut state);
+            }
+        }
+    }
+    let _uncork = Uncork;
+    f()
+}
+
 impl Outbox {
-    /// A queue holding at most `capacity` broadcast frames.
-    pub fn new(capacity: usize) -> Outbox {
+    /// The outbound side of `transport`, holding at most `capacity` broadcast frames.
+    pub fn new(transport: Arc<Transport>, capacity: usize, frames_out: Counter) -> Outbox {
         Outbox {
             state: Mutex::new(State::default()),
+            transport,
             writer: AtomicWaker::new(),
             reader: AtomicWaker::new(),
             capacity,
+            frames_out,
+            liveness: Liveness::default(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, State> {
+        crate::sync::lock(&self.state)
     }
 
-    /// Queues a reply to this connection's own request.
-    pub fn reply(&self, frame: Encoded) {
+    /// Sends a reply to this connection's own request.
+    pub fn reply(self: &Arc<Self>, frame: Encoded) {
         self.reply_all(std::iter::once(frame));
     }
 
-    /// Queues several reply frames, in order, atomically (nothing interleaves).
-    pub fn reply_all(&self, frames: impl IntoIterator<Item = Encoded>) {
+    /// Sends several replies, in order, with nothing in between.
+    pub fn reply_all(self: &Arc<Self>, frames: impl IntoIterator<Item = Encoded>) {
         let mut state = self.lock();
-        if state.close.is_none() {
-            let before = state.frames.len();
-            state.frames.extend(frames.into_iter().map(|frame| Queued {
-                frame,
-                broadcast: false,
-            }));
-            state.replies += state.frames.len() - before;
+        if state.close.is_some() {
+            return;
         }
-        drop(state);
-        self.writer.wake();
+        for frame in frames {
+            state.queue.push_back((frame.wire_bytes(), Kind::Reply));
+            state.replies += 1;
+        }
+        self.pushed(state);
     }
 
-    /// Queues a broadcast frame; on overflow, drops what is queued and starts closing with 4008.
-    pub fn broadcast(&self, frame: Encoded) -> Result<(), Overflow> {
+    /// Sends bytes that are not counted against any bound (pings, tungstenite's pongs).
+    pub fn control(self: &Arc<Self>, bytes: Bytes) {
+        let mut state = self.lock();
+        if state.close.is_some() {
+            return;
+        }
+        state.queue.push_back((bytes, Kind::Control));
+        self.pushed(state);
+    }
+
+    /// Sends a broadcast frame; on overflow, drops what is queued and starts closing with 4008.
+    pub fn broadcast(self: &Arc<Self>, frame: &Encoded) -> Result<(), Overflow> {
         let mut state = self.lock();
         if state.close.is_some() {
             return Ok(());
         }
         if state.broadcasts >= self.capacity {
-            state.frames = VecDeque::new();
-            state.broadcasts = 0;
-            state.replies = 0;
+            state.discard();
             state.close = Some(CloseRequest {
                 code: crate::protocol::close::TOO_SLOW,
                 reason: "too slow",
@@ -118,14 +207,103 @@ impl Outbox {
             self.reader.wake();
             return Err(Overflow);
         }
-        state.frames.push_back(Queued {
-            frame,
-            broadcast: true,
-        });
+        state.queue.push_back((frame.wire_bytes(), Kind::Broadcast));
         state.broadcasts += 1;
-        drop(state);
-        self.writer.wake();
+        self.pushed(state);
         Ok(())
+    }
+
+    /// After a push: write now, or leave it to the cork owner or the writer task.
+    fn pushed(self: &Arc<Self>, mut state: MutexGuard<'_, State>) {
+        if state.corked {
+            return;
+        }
+        let corking = CORKED.with(|c| match c.borrow_mut().as_mut() {
+            Some(touched) => {
+                touched.push(self.clone());
+                true
+            }
+            None => false,
+        });
+        if corking {
+            state.corked = true;
+            return;
+        }
+        // Only the frame just pushed can be new here: anything queued before it is the writer
+        // task's backlog, which this write also advances.
+        self.write_now(&mut state);
+    }
+
+    /// Writes as much of the queue as the socket takes now; a remainder goes to the writer task.
+    fn write_now(&self, state: &mut State) {
+        match self.write_queue(state) {
+            Ok(true) => {}
+            Ok(false) => self.writer.wake(),
+            Err(_) => {
+                // The peer is gone: nothing queued can reach it.
+                state.discard();
+                if state.close.is_none() {
+                    state.close = Some(CloseRequest {
+                        code: PEER_CLOSED,
+                        reason: "write failed",
+                    });
+                }
+                self.writer.wake();
+                self.reader.wake();
+            }
+        }
+    }
+
+    /// Writes queued frames until the queue is empty (`Ok(true)`) or the socket is full
+    /// (`Ok(false)`).
+    fn write_queue(&self, state: &mut State) -> io::Result<bool> {
+        let mut finished = 0u64;
+        let result = loop {
+            if state.queue.is_empty() {
+                break Ok(true);
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut n = 0;
+            for (i, (bytes, _)) in state.queue.iter().take(MAX_IOVECS).enumerate() {
+                let skip = if i == 0 { state.written } else { 0 };
+                slices[i] = IoSlice::new(&bytes[skip..]);
+                n += 1;
+            }
+            match self.transport.try_write_vectored(&slices[..n]) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(mut written) => {
+                    while let Some((bytes, kind)) = state.queue.front() {
+                        let left = bytes.len() - state.written;
+                        if written < left {
+                            state.written += written;
+                            break;
+                        }
+                        written -= left;
+                        state.written = 0;
+                        match kind {
+                            Kind::Broadcast => state.broadcasts -= 1,
+                            Kind::Reply => state.replies -= 1,
+                            Kind::Control => {}
+                        }
+                        state.queue.pop_front();
+                        finished += 1;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => break Err(e),
+            }
+        };
+        self.frames_out.inc_by(finished);
+        if state.queue.is_empty() && state.queue.capacity() > 0 {
+            // Give the memory back: a burst should not make an idle connection expensive.
+            state.queue = VecDeque::new();
+        }
+        if state.replies == 0 && state.reader_waiting {
+            state.reader_waiting = false;
+            self.reader.wake();
+        }
+        result
     }
 
     /// Asks the writer to send what is queued, then close. The first request wins.
@@ -144,134 +322,98 @@ impl Outbox {
         self.lock().close.clone()
     }
 
-    /// Waits for frames or a close request; takes at most `max_frames` frames.
-    pub async fn drain(&self, max_frames: usize) -> Drained {
-        poll_fn(|cx| {
-            self.writer.register(cx.waker());
-            let mut state = self.lock();
-            if state.frames.is_empty() && state.close.is_none() {
-                return Poll::Pending;
-            }
-            let n = state.frames.len().min(max_frames);
-            let mut frames = Vec::with_capacity(n);
-            let (mut broadcasts, mut replies) = (0, 0);
-            for queued in state.frames.drain(..n) {
-                if queued.broadcast {
-                    broadcasts += 1;
-                } else {
-                    replies += 1;
-                }
-                frames.push(queued.frame);
-            }
-            state.broadcasts -= broadcasts;
-            state.replies -= replies;
-            if state.frames.is_empty() {
-                // Give the memory back: a burst should not make an idle connection expensive.
-                state.frames = VecDeque::new();
-            }
-            if state.replies == 0 {
-                self.reader.wake();
-            }
-            match (&state.close, state.frames.is_empty()) {
-                (Some(close), true) => Poll::Ready(Drained::Close(frames, close.clone())),
-                _ => Poll::Ready(Drained::Frames(frames)),
-            }
-        })
-        .await
-    }
-
     /// Waits until no reply is queued (or the connection is closing): backpressure for the
     /// reader. Broadcasts do not count, or a busy room would keep a member from being read.
     pub async fn replies_drained(&self) {
         poll_fn(|cx| {
-            self.reader.register(cx.waker());
-            let state = self.lock();
+            let mut state = self.lock();
             if state.replies == 0 || state.close.is_some() {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
+                return Poll::Ready(());
             }
+            self.reader.register(cx.waker());
+            state.reader_waiting = true;
+            Poll::Pending
         })
         .await
     }
 
-    /// Ready with the close request once one is made; wakes the reader half.
+    /// Ready with the close request once one is made.
     pub fn poll_closing_reader(&self, cx: &mut Context<'_>) -> Poll<CloseRequest> {
         self.reader.register(cx.waker());
         self.closing().map_or(Poll::Pending, Poll::Ready)
     }
 
-    /// Ready with the close request once one is made; wakes the writer half.
-    pub fn poll_closing_writer(&self, cx: &mut Context<'_>) -> Poll<CloseRequest> {
-        self.writer.register(cx.waker());
-        self.closing().map_or(Poll::Pending, Poll::Ready)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frame(s: &str) -> Encoded {
-        Encoded::from(s)
-    }
-
-    #[test]
-    fn broadcast_overflow_closes_with_4008_and_replies_do_not_count() {
-        let outbox = Outbox::new(2);
-        outbox.reply_all((0..10).map(|i| frame(&i.to_string())));
-        outbox.broadcast(frame("a")).unwrap();
-        outbox.broadcast(frame("b")).unwrap();
-        assert!(outbox.broadcast(frame("c")).is_err());
-        match smol::block_on(outbox.drain(100)) {
-            Drained::Close(frames, close) => {
-                assert!(frames.is_empty());
-                assert_eq!(close.code, 4008);
+    /// The connection's writer task: writes backlogs when the socket drains, and on a close
+    /// request writes what is left plus the Close frame, bounded by `linger`. Returns then.
+    pub async fn run_writer(&self, linger: Duration) -> CloseRequest {
+        loop {
+            let work = poll_fn(|cx| {
+                self.writer.register(cx.waker());
+                let state = self.lock();
+                match &state.close {
+                    Some(request) => Poll::Ready(Err(request.clone())),
+                    None if !state.queue.is_empty() && !state.corked => Poll::Ready(Ok(())),
+                    None => Poll::Pending,
+                }
+            })
+            .await;
+            if let Err(request) = work {
+                // Boxed: closing happens once, but its state would sit in every idle connection.
+                Box::pin(self.finish(&request, linger)).await;
+                return request;
             }
-            Drained::Frames(_) => panic!("expected close"),
+            let writable = future::or(async { Some(self.transport.writable().await) }, async {
+                poll_fn(|cx| {
+                    self.writer.register(cx.waker());
+                    if self.lock().close.is_some() {
+                        Poll::Ready(None)
+                    } else {
+                        Poll::Pending
+                    }
+                })
+                .await
+            })
+            .await;
+            match writable {
+                Some(Ok(())) => {
+                    let mut state = self.lock();
+                    if !state.corked {
+                        self.write_now(&mut state);
+                    }
+                }
+                Some(Err(_)) => self.close(CloseRequest {
+                    code: PEER_CLOSED,
+                    reason: "socket error",
+                }),
+                None => {}
+            }
         }
     }
 
-    #[test]
-    fn reader_waits_for_replies_but_not_for_broadcasts() {
-        let outbox = Outbox::new(10);
-        outbox.broadcast(frame("b")).unwrap();
-        let ready = |outbox: &Outbox| {
-            futures_lite::future::block_on(futures_lite::future::poll_once(
-                outbox.replies_drained(),
-            ))
-            .is_some()
+    /// Writes the remaining queue and, unless the peer closed first, our Close frame.
+    async fn finish(&self, request: &CloseRequest, linger: Duration) {
+        {
+            let mut state = self.lock();
+            if request.code != PEER_CLOSED {
+                let frame = Encoded::close(request.code, request.reason);
+                state.queue.push_back((frame.wire_bytes(), Kind::Control));
+            }
+        }
+        let drain = async {
+            loop {
+                let done = {
+                    let mut state = self.lock();
+                    !matches!(self.write_queue(&mut state), Ok(false))
+                };
+                if done || self.transport.writable().await.is_err() {
+                    return;
+                }
+            }
         };
-        assert!(
-            ready(&outbox),
-            "a queued broadcast must not hold the reader back"
-        );
-        outbox.reply(frame("r"));
-        assert!(!ready(&outbox), "a queued reply holds the reader back");
-        smol::block_on(outbox.drain(10));
-        assert!(ready(&outbox));
-    }
-
-    #[test]
-    fn drains_in_order_and_closes_after_queued_frames() {
-        let outbox = Outbox::new(10);
-        outbox.reply(frame("1"));
-        outbox.broadcast(frame("2")).unwrap();
-        outbox.close(CloseRequest {
-            code: 1001,
-            reason: "bye",
-        });
-        outbox.reply(frame("ignored after close"));
-        match smol::block_on(outbox.drain(1)) {
-            Drained::Frames(f) => assert_eq!(f, vec![frame("1")]),
-            Drained::Close(..) => panic!("closed too early"),
-        }
-        match smol::block_on(outbox.drain(10)) {
-            Drained::Close(f, c) => {
-                assert_eq!(f, vec![frame("2")]);
-                assert_eq!(c.code, 1001);
-            }
-            Drained::Frames(_) => panic!("expected close"),
-        }
+        future::or(drain, async {
+            smol::Timer::after(linger).await;
+        })
+        .await;
+        self.transport.shutdown_write();
     }
 }

@@ -9,12 +9,10 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::config::MAX_TEXT;
+use crate::rules::{self, valid_room_name, TextError, MAX_ID};
 
 /// Close codes the server uses.
 pub mod close {
-    /// Normal close.
-    pub const NORMAL: u16 = 1000;
     /// Server shutting down.
     pub const GOING_AWAY: u16 = 1001;
     /// Binary frame received.
@@ -25,8 +23,6 @@ pub mod close {
     pub const POLICY: u16 = 1008;
     /// Message larger than the configured maximum.
     pub const TOO_BIG: u16 = 1009;
-    /// Internal error.
-    pub const INTERNAL: u16 = 1011;
     /// Nothing received for the idle timeout.
     pub const IDLE: u16 = 4000;
     /// The client did not read fast enough.
@@ -201,43 +197,15 @@ pub struct Frame {
     pub reference: String,
 }
 
-/// Largest id a client may name (ids are JSON numbers and stay exact in doubles).
-pub const MAX_ID: u64 = (1 << 53) - 1;
-
-/// Whether `name` is a valid user name: 1 to 32 of `A-Z a-z 0-9 _ . -`.
-pub fn valid_user_name(name: &str) -> bool {
-    (1..=32).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
-
-/// Whether `name` is a valid room name: 1 to 64 of `a-z 0-9 _ -`.
-pub fn valid_room_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
-}
-
-/// Whether `password` has an acceptable length (8 to 128 characters).
-pub fn valid_password(password: &str) -> bool {
-    (8..=128).contains(&password.chars().count())
-}
-
 /// Checks message text: `Ok` or the rejection (`bad_request` for blank, `too_long`).
 pub fn check_text(text: &str) -> Result<(), (ErrorCode, &'static str)> {
-    if text.chars().all(char::is_whitespace) {
-        return Err((
-            ErrorCode::BadRequest,
-            "text must contain a non-white-space character",
-        ));
-    }
-    // Cheap upper bound first: a text of at most MAX_TEXT bytes has at most MAX_TEXT chars.
-    if text.len() > MAX_TEXT && text.chars().count() > MAX_TEXT {
-        return Err((ErrorCode::TooLong, "text is longer than 4000 characters"));
-    }
-    Ok(())
+    rules::check_text(text).map_err(|e| {
+        let code = match e {
+            TextError::Blank => ErrorCode::BadRequest,
+            TextError::TooLong => ErrorCode::TooLong,
+        };
+        (code, e.reason())
+    })
 }
 
 fn valid_cid(cid: &str) -> bool {
@@ -334,11 +302,6 @@ impl Envelope {
         let request = fields.request(&kind)?;
         Ok(Frame { request, reference })
     }
-}
-
-/// Parses one text frame into a request, or the error to answer it with.
-pub fn parse(text: &str) -> Result<Frame, Rejection> {
-    envelope(text)?.request()
 }
 
 /// Checks that a text frame is a JSON object with a string `type`.
@@ -474,16 +437,24 @@ pub struct MessageEvent<'a> {
 }
 
 impl<'a> MessageEvent<'a> {
-    /// A `message` event for a stored message.
-    pub fn new(room: &'a str, id: u64, message: &'a crate::store::Message) -> Self {
+    /// A `message` event. Built from plain fields so the protocol does not depend on how the
+    /// store keeps messages.
+    pub fn new(
+        room: &'a str,
+        id: u64,
+        user: &'a str,
+        text: &'a str,
+        ts: u64,
+        cid: Option<&'a str>,
+    ) -> Self {
         MessageEvent {
             kind: "message",
             room,
             id,
-            user: &message.user,
-            text: &message.text,
-            ts: message.ts,
-            cid: message.cid.as_deref(),
+            user,
+            text,
+            ts,
+            cid,
         }
     }
 }
@@ -586,15 +557,12 @@ pub enum ServerFrame<'a> {
     },
 }
 
-/// An encoded frame, cheap to clone and share among connections.
-pub type Encoded = async_tungstenite::tungstenite::Utf8Bytes;
+/// An encoded frame: complete WebSocket bytes, cheap to clone and share among connections.
+pub use crate::wire::Encoded;
 
-/// Encodes any serializable frame.
+/// Encodes a server frame once, as a complete WebSocket text frame.
 pub fn encode<T: Serialize + ?Sized>(frame: &T) -> Encoded {
-    // Our frames are strings, numbers and vectors of them: serializing to a string cannot fail.
-    serde_json::to_string(frame)
-        .expect("serializing a server frame")
-        .into()
+    Encoded::json(frame)
 }
 
 impl Rejection {
@@ -612,21 +580,14 @@ impl Rejection {
 mod tests {
     use super::*;
 
+    /// What the session does with a text frame: the envelope, then its fields.
+    fn parse(text: &str) -> Result<Frame, Rejection> {
+        envelope(text)?.request()
+    }
+
     fn code(text: &str) -> (ErrorCode, Option<String>) {
         let r = parse(text).unwrap_err();
         (r.code, r.reference)
-    }
-
-    #[test]
-    fn names() {
-        assert!(valid_user_name("Al.ice_-9"));
-        assert!(!valid_user_name(""));
-        assert!(!valid_user_name(&"a".repeat(33)));
-        assert!(!valid_user_name("al ice"));
-        assert!(!valid_user_name("alicé"));
-        assert!(valid_room_name("general-2_x"));
-        assert!(!valid_room_name("General"));
-        assert!(!valid_room_name(&"a".repeat(65)));
     }
 
     #[test]
@@ -726,12 +687,15 @@ mod tests {
             id: 3,
             ts: 9,
         });
-        assert_eq!(ack.as_str(), r#"{"type":"ack","room":"a","id":3,"ts":9}"#);
+        assert_eq!(
+            std::str::from_utf8(ack.payload()).unwrap(),
+            r#"{"type":"ack","room":"a","id":3,"ts":9}"#
+        );
         let err = Rejection::new(ErrorCode::NotJoined, "m")
             .with_ref(Some("c"))
             .encode();
         assert_eq!(
-            err.as_str(),
+            std::str::from_utf8(err.payload()).unwrap(),
             r#"{"type":"error","code":"not_joined","message":"m","ref":"c"}"#
         );
     }

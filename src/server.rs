@@ -5,21 +5,20 @@
 //! connection to close with 1001, wait for them (bounded), run the last group commit, flush, and
 //! stop the threads. The store is dropped only after every task that could write is gone.
 
-use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures_lite::{future, FutureExt};
 use smol::{Async, Executor, Timer};
 
-use crate::auth::Passwords;
 use crate::config::{Config, Durability};
 use crate::hub::{now_ms, Hub};
 use crate::metrics::Metrics;
-use crate::outbox::{CloseRequest, Outbox};
+use crate::outbox::CloseRequest;
 use crate::protocol::close;
+use crate::state::State;
 use crate::store::commit::Committer;
 use crate::store::{Store, StoreError, StoreOptions};
 
@@ -63,80 +62,6 @@ pub enum ServerError {
     },
 }
 
-/// Everything connections share.
-pub struct State {
-    /// Settings.
-    pub config: Config,
-    /// The database.
-    pub store: Arc<Store>,
-    /// Rooms and connections.
-    pub hub: Arc<Hub>,
-    /// Password hashing.
-    pub passwords: Passwords,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    started: Instant,
-    conn_ids: AtomicU64,
-    sockets: AtomicUsize,
-    /// False once a database flush failed.
-    healthy: Arc<AtomicBool>,
-    /// Every WebSocket connection's outbox, authenticated or not, so shutdown reaches them all.
-    outboxes: Mutex<HashMap<u64, Arc<Outbox>>>,
-}
-
-impl State {
-    /// A new connection id.
-    pub fn next_conn_id(&self) -> u64 {
-        self.conn_ids.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Tracks a WebSocket connection until [`State::untrack`].
-    pub fn track(&self, conn: u64, outbox: Arc<Outbox>) {
-        lock(&self.outboxes).insert(conn, outbox);
-    }
-
-    /// Stops tracking a connection.
-    pub fn untrack(&self, conn: u64) {
-        lock(&self.outboxes).remove(&conn);
-    }
-
-    /// Asks every WebSocket connection to close.
-    fn close_all(&self, request: CloseRequest) {
-        for outbox in lock(&self.outboxes).values() {
-            outbox.close(request.clone());
-        }
-    }
-
-    /// Time since start.
-    pub fn uptime(&self) -> Duration {
-        self.started.elapsed()
-    }
-
-    /// The `/healthz` body.
-    pub fn health_json(&self) -> String {
-        serde_json::json!({
-            "ok": self.healthy.load(Ordering::Relaxed),
-            "version": env!("CARGO_PKG_VERSION"),
-            "uptime": self.uptime().as_secs(),
-            "connections": self.metrics.connections.get(),
-        })
-        .to_string()
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Counts an open socket for `--max-connections`; uncounts it when dropped.
-struct SocketSlot(Arc<State>);
-
-impl Drop for SocketSlot {
-    fn drop(&mut self) {
-        self.0.sockets.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// A bound, ready server.
 pub struct Server {
     listener: Async<TcpListener>,
@@ -168,7 +93,7 @@ impl Server {
                 source,
             }
         })?;
-        let listener = TcpListener::bind(config.listen)
+        let listener = listen(config.listen)
             .and_then(Async::new)
             .map_err(|source| ServerError::Bind {
                 addr: config.listen,
@@ -198,18 +123,7 @@ impl Server {
             config.presence_grace,
             config.replay_limit,
         ));
-        let state = Arc::new(State {
-            passwords: Passwords::new(config.hash_concurrency),
-            config,
-            store,
-            hub,
-            metrics,
-            started: Instant::now(),
-            conn_ids: AtomicU64::new(1),
-            sockets: AtomicUsize::new(0),
-            healthy,
-            outboxes: Mutex::new(HashMap::new()),
-        });
+        let state = Arc::new(State::new(config, store, hub, metrics, healthy));
         Ok(Server {
             listener,
             admin,
@@ -221,11 +135,6 @@ impl Server {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.get_ref().local_addr()
-    }
-
-    /// Shared state (for the admin endpoint and tests).
-    pub fn state(&self) -> &Arc<State> {
-        &self.state
     }
 
     /// Serves until `shutdown` yields (or its sender is dropped), then shuts down gracefully.
@@ -251,6 +160,9 @@ impl Server {
                 source,
             })?;
         executor.spawn(janitor(state.clone())).detach();
+        executor
+            .spawn(crate::heartbeat::run(state.clone()))
+            .detach();
         let admin_task = executor.spawn(crate::admin::socket::serve(
             admin,
             state.clone(),
@@ -290,6 +202,22 @@ impl Server {
     }
 }
 
+/// Connections the kernel may hold completed but not yet accepted. std's 128 turns a
+/// reconnect storm (every client of a restarted server at once) into dropped SYNs and
+/// one-second retransmits; the kernel caps this at `net.core.somaxconn`.
+const LISTEN_BACKLOG: i32 = 8192;
+
+/// A listening socket with a backlog sized for reconnect storms.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // Lets a restarted server bind while the old one's connections sit in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
 async fn accept(
     listener: &Async<TcpListener>,
     state: &Arc<State>,
@@ -314,8 +242,7 @@ async fn accept(
             }
         };
         let _ = stream.get_ref().set_nodelay(true);
-        let open = state.sockets.fetch_add(1, Ordering::Relaxed);
-        let slot = SocketSlot(state.clone());
+        let (slot, open) = state.count_socket();
         if open >= state.config.max_connections {
             executor
                 .spawn(async move {
@@ -336,16 +263,37 @@ async fn accept(
         }
         let state = state.clone();
         let live = live.clone();
+        let sessions = executor.clone();
         executor
             .spawn(async move {
-                let served = std::panic::AssertUnwindSafe(crate::http::serve(stream, peer, state))
-                    .catch_unwind()
-                    .await;
-                if served.is_err() {
-                    tracing::error!(%peer, "connection task panicked; the connection was dropped");
+                let served =
+                    std::panic::AssertUnwindSafe(crate::http::serve(stream, peer, state.clone()))
+                        .catch_unwind()
+                        .await;
+                match served {
+                    Ok(Some((ws, outbox))) => {
+                        // A task of its own, sized for the session alone: this one is sized for
+                        // the HTTP phase too, and a connection may live for hours.
+                        sessions
+                            .spawn(async move {
+                                let run = crate::session::run(ws, outbox, peer, state);
+                                if std::panic::AssertUnwindSafe(run)
+                                    .catch_unwind()
+                                    .await
+                                    .is_err()
+                                {
+                                    tracing::error!(%peer, "connection task panicked; the connection was dropped");
+                                }
+                                drop(slot);
+                                drop(live);
+                            })
+                            .detach();
+                    }
+                    Ok(None) => {}
+                    Err(_) => {
+                        tracing::error!(%peer, "connection task panicked; the connection was dropped")
+                    }
                 }
-                drop(slot);
-                drop(live);
             })
             .detach();
     }

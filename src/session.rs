@@ -1,14 +1,15 @@
-//! One WebSocket connection's life: authentication, requests, heartbeats, and its writer.
+//! One WebSocket connection's life: authentication, requests, and closing.
 //!
 //! A connection is one task running two halves side by side:
-//! - the reader takes frames off the socket and handles them in order (so one connection's sends
-//!   are accepted in the order sent), and enforces the auth deadline, the idle timeout, rate
-//!   limits and the protocol's size and encoding rules;
-//! - the writer drains the connection's [`Outbox`] (replies, broadcasts, presence), writes what
-//!   it finds with one flush, and sends a WebSocket Ping every ping interval.
+//! - the reader takes frames off the socket (through tungstenite) and handles them in order, so
+//!   one connection's sends are accepted in the order sent, and enforces rate limits and the
+//!   protocol's size and encoding rules;
+//! - the writer ([`Outbox::run_writer`]) only writes backlogs and the Close frame: frames
+//!   normally reach the socket directly from whoever produced them (see [`crate::outbox`]).
 //!
-//! Either half can end the connection by putting a close request in the outbox. The writer then
-//! sends the Close frame and the reader waits for the peer's reply, each bounded by
+//! Pings and the auth and idle deadlines come from the server-wide [`crate::heartbeat`] task,
+//! which closes a connection by putting a close request in its outbox, as either half can. The
+//! writer then sends the Close frame and the reader waits for the peer's reply, each bounded by
 //! [`CLOSE_LINGER`]: a peer that vanished cannot keep a connection alive.
 
 use std::net::SocketAddr;
@@ -16,38 +17,32 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
-use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use async_tungstenite::tungstenite::protocol::CloseFrame;
-use async_tungstenite::tungstenite::{Message, Utf8Bytes};
-use async_tungstenite::{WebSocketReceiver, WebSocketSender, WebSocketStream};
+use async_tungstenite::tungstenite::Message;
+use async_tungstenite::WebSocketStream;
 use futures_lite::{future, StreamExt};
 use futures_util::SinkExt;
-use smol::{Async, Timer};
+use smol::Timer;
 
 use crate::auth;
-use crate::hub::{now_ms, HubError, Member, Room};
-use crate::outbox::{CloseRequest, Drained, Outbox};
+use crate::hub::{now_ms, HubError, Member, MemberInfo, Room};
+use crate::outbox::{CloseRequest, Outbox, PEER_CLOSED};
 use crate::protocol::{self, close, Auth, ErrorCode, Limits, Rejection, Request, ServerFrame};
-use crate::server::State;
+use crate::rules;
+use crate::state::State;
 use crate::store::{user_key, Session as StoredSession, User};
+use crate::transport::ReadHalf;
 
 /// The socket type sessions run on.
-pub type Socket = Async<std::net::TcpStream>;
+pub type Socket = smol::Async<std::net::TcpStream>;
 
 /// How long closing may take before the socket is dropped regardless.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
-
-/// Frames drained and written per flush.
-const WRITE_BATCH: usize = 128;
 
 /// Rooms one connection may be in at once.
 const MAX_ROOMS_PER_CONNECTION: usize = 256;
 
 /// The one message for every failed login or resume, so it cannot tell which part was wrong.
 const AUTH_FAILED: &str = "wrong user name, password or token (or the token expired)";
-
-/// Close codes that are not sent: the peer closed first, or is gone.
-const PEER_CLOSED: u16 = 0;
 
 fn peer_closed() -> CloseRequest {
     CloseRequest {
@@ -62,14 +57,14 @@ fn closing(code: u16, reason: &'static str) -> CloseRequest {
 
 /// A token bucket: `rate` tokens a second, at most `burst` saved up.
 struct TokenBucket {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
+    tokens: f32,
+    rate: f32,
+    burst: f32,
     updated: Instant,
 }
 
 impl TokenBucket {
-    fn new(rate: f64, burst: f64) -> TokenBucket {
+    fn new(rate: f32, burst: f32) -> TokenBucket {
         TokenBucket {
             tokens: burst,
             rate,
@@ -80,7 +75,7 @@ impl TokenBucket {
 
     fn take(&mut self) -> bool {
         let now = Instant::now();
-        let elapsed = now.duration_since(self.updated).as_secs_f64();
+        let elapsed = now.duration_since(self.updated).as_secs_f32();
         self.updated = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         if self.tokens >= 1.0 {
@@ -108,17 +103,24 @@ struct Session {
 
 enum Event {
     Frame(Option<Result<Message, WsError>>),
-    Deadline,
     Closing(CloseRequest),
 }
 
 /// Runs a connection to its end. Never panics on client input; errors end this connection only.
-pub async fn run(ws: WebSocketStream<Socket>, peer: SocketAddr, state: Arc<State>) {
+///
+/// One task runs the reader and the writer side by side. The writer only wakes when a backlog
+/// forms or a close is requested (frames normally go straight to the socket from whoever
+/// produced them), so the reader's socket is polled only when the reader itself is woken.
+pub async fn run(
+    mut ws: WebSocketStream<ReadHalf>,
+    outbox: Arc<Outbox>,
+    peer: SocketAddr,
+    state: Arc<State>,
+) {
     let conn = state.next_conn_id();
-    let outbox = Arc::new(Outbox::new(state.config.send_queue));
     let config = &state.config;
-    let rate = f64::from(config.rate_per_sec);
-    let burst = f64::from(config.rate_burst);
+    let rate = config.rate_per_sec as f32;
+    let burst = config.rate_burst as f32;
     let mut session = Session {
         state: state.clone(),
         outbox: outbox.clone(),
@@ -134,23 +136,26 @@ pub async fn run(ws: WebSocketStream<Socket>, peer: SocketAddr, state: Arc<State
     state.track(conn, outbox.clone());
     state.metrics.connections.inc();
     tracing::info!(%peer, conn, "connection opened");
-    let (mut sink, mut stream) = ws.split();
     let reader = async {
-        let request = session.read(&mut stream).await;
+        let request = session.read(&mut ws).await;
+        if request.code == PEER_CLOSED {
+            // Hands tungstenite's reply to the peer's Close, if any, to the outbox.
+            let _ = ws.flush().await;
+        }
         outbox.close(request.clone());
         if request.code != PEER_CLOSED {
             // Our Close is on its way; the peer's reply ends the stream.
-            let drain = async { while stream.next().await.is_some() {} };
-            future::or(drain, async {
+            let drain = async { while ws.next().await.is_some() {} };
+            Box::pin(future::or(drain, async {
                 Timer::after(CLOSE_LINGER).await;
-            })
+            }))
             .await;
         }
         request
     };
-    let writer = write(&mut sink, &outbox, config.ping_interval, &state);
-    let (request, ()) = future::zip(reader, writer).await;
+    let (request, written) = future::zip(reader, outbox.run_writer(CLOSE_LINGER)).await;
     let reason = outbox.closing().unwrap_or(request);
+    debug_assert_eq!(reason, written);
     session.finish();
     state.untrack(conn);
     state.metrics.connections.dec();
@@ -166,48 +171,29 @@ pub async fn run(ws: WebSocketStream<Socket>, peer: SocketAddr, state: Arc<State
 
 impl Session {
     /// Reads and handles frames until the connection should close; returns why.
-    async fn read(&mut self, stream: &mut WebSocketReceiver<Socket>) -> CloseRequest {
-        let (auth_timeout, idle_timeout) = (
-            self.state.config.auth_timeout,
-            self.state.config.idle_timeout,
-        );
-        let auth_deadline = Instant::now() + auth_timeout;
-        let mut last_received = Instant::now();
+    async fn read(&mut self, ws: &mut WebSocketStream<ReadHalf>) -> CloseRequest {
+        let auth_deadline = Instant::now() + self.state.config.auth_timeout;
         loop {
-            let deadline = match self.member {
-                Some(_) => last_received + idle_timeout,
-                None => auth_deadline.min(last_received + idle_timeout),
-            };
             let outbox = &self.outbox;
             // `or` prefers its first future: a requested close wins over pending frames.
             let event = future::or(
                 async {
                     Event::Closing(future::poll_fn(|cx| outbox.poll_closing_reader(cx)).await)
                 },
-                future::or(
-                    async {
-                        // Backpressure: read the next request only once our replies went out.
-                        outbox.replies_drained().await;
-                        Event::Frame(stream.next().await)
-                    },
-                    async {
-                        Timer::at(deadline).await;
-                        Event::Deadline
-                    },
-                ),
+                async {
+                    // Backpressure: read the next request only once our replies went out.
+                    outbox.replies_drained().await;
+                    Event::Frame(ws.next().await)
+                },
             )
             .await;
             let message = match event {
                 Event::Closing(request) => return request,
-                Event::Deadline if self.member.is_none() && Instant::now() >= auth_deadline => {
-                    return closing(close::POLICY, "auth timeout");
-                }
-                Event::Deadline => return closing(close::IDLE, "idle timeout"),
                 Event::Frame(None) => return peer_closed(),
                 Event::Frame(Some(Err(error))) => return self.read_error(error),
                 Event::Frame(Some(Ok(message))) => message,
             };
-            last_received = Instant::now();
+            outbox.liveness.received();
             match message {
                 Message::Text(text) => {
                     self.state.metrics.frames_in.inc();
@@ -215,10 +201,12 @@ impl Session {
                         Some(_) => self.handle(&text).await,
                         // Hashing can queue behind a login flood: the auth deadline still holds.
                         None => {
-                            future::or(self.handle(&text), async {
+                            // Boxed, like every once-per-connection path: its state would
+                            // otherwise sit in every idle connection's future.
+                            Box::pin(future::or(self.handle(&text), async {
                                 Timer::at(auth_deadline).await;
                                 Some(closing(close::POLICY, "auth timeout"))
-                            })
+                            }))
                             .await
                         }
                     };
@@ -302,7 +290,8 @@ impl Session {
         let reference = Some(frame.reference.as_str());
         let Some(member) = self.member.clone() else {
             return match frame.request {
-                Request::Auth(auth) => self.authenticate(auth, &frame.reference).await,
+                // Boxed: logging in needs far more state than an idle connection should carry.
+                Request::Auth(auth) => Box::pin(self.authenticate(auth, &frame.reference)).await,
                 // Only `auth` passes the check above; refuse anything else all the same.
                 _ => {
                     self.reject(
@@ -441,14 +430,14 @@ impl Session {
                         "registration is closed on this server",
                     );
                 }
-                if !protocol::valid_user_name(&user) {
+                if !rules::valid_user_name(&user) {
                     return stay_open(
                         self,
                         ErrorCode::BadRequest,
                         "user names are 1 to 32 characters of A-Z a-z 0-9 _ . -",
                     );
                 }
-                if !protocol::valid_password(&password) {
+                if !rules::valid_password(&password) {
                     return stay_open(
                         self,
                         ErrorCode::BadRequest,
@@ -469,8 +458,7 @@ impl Session {
                 }
             }
             Auth::Password { user, password, .. } => {
-                let plausible =
-                    protocol::valid_user_name(&user) && protocol::valid_password(&password);
+                let plausible = rules::valid_user_name(&user) && rules::valid_password(&password);
                 let record = if plausible {
                     match state.store.user(&user) {
                         Ok(record) => record,
@@ -524,14 +512,14 @@ impl Session {
                 }
             }
         };
-        let member = Member {
+        let member = Member::from(MemberInfo {
             conn: self.conn,
             user_key: user_key(&user.name).into(),
             name: user.name.as_str().into(),
             peer: self.peer,
             since_ms: now_ms(),
             outbox: self.outbox.clone(),
-        };
+        });
         state.hub.register(&member);
         // A ban between our check and the registration would have missed this connection.
         if matches!(state.store.user(&user.name), Ok(Some(u)) if u.banned) {
@@ -539,6 +527,7 @@ impl Session {
             return fail(self, ErrorCode::Banned, "this account is banned");
         }
         self.member = Some(member);
+        self.outbox.liveness.authenticated();
         let config = &state.config;
         self.outbox.reply(protocol::encode(&ServerFrame::Welcome {
             user: &user.name,
@@ -613,81 +602,4 @@ impl Session {
             self.state.hub.unregister(self.conn);
         }
     }
-}
-
-/// The writer half: drains the outbox, pings, and sends the Close frame when asked.
-async fn write(
-    sink: &mut WebSocketSender<Socket>,
-    outbox: &Outbox,
-    ping_interval: Duration,
-    state: &State,
-) {
-    let mut next_ping = Instant::now() + ping_interval;
-    loop {
-        let next = future::or(async { Some(outbox.drain(WRITE_BATCH).await) }, async {
-            Timer::at(next_ping).await;
-            None
-        })
-        .await;
-        let (frames, close) = match next {
-            None => {
-                next_ping = Instant::now() + ping_interval;
-                (vec![Message::Ping(Default::default())], None)
-            }
-            Some(Drained::Frames(frames)) => {
-                (frames.into_iter().map(Message::Text).collect(), None)
-            }
-            Some(Drained::Close(frames, request)) => (
-                frames.into_iter().map(Message::Text).collect(),
-                Some(request),
-            ),
-        };
-        let count = frames.len() as u64;
-        let Some(request) = close else {
-            // Stop writing as soon as a close is requested: the peer may never read this batch.
-            let written = future::or(async { Some(send_all(sink, frames).await) }, async {
-                future::poll_fn(|cx| outbox.poll_closing_writer(cx)).await;
-                None
-            })
-            .await;
-            match written {
-                Some(Ok(())) => {
-                    state.metrics.frames_out.inc_by(count);
-                }
-                Some(Err(_)) => {
-                    outbox.close(peer_closed());
-                    return;
-                }
-                None => {}
-            }
-            continue;
-        };
-        let finish = async {
-            if request.code == PEER_CLOSED {
-                // Flushes tungstenite's queued reply to the peer's Close, if any.
-                let _ = sink.flush().await;
-                return;
-            }
-            let mut frames = frames;
-            frames.push(Message::Close(Some(CloseFrame {
-                code: CloseCode::from(request.code),
-                reason: Utf8Bytes::from_static(request.reason),
-            })));
-            if send_all(sink, frames).await.is_ok() {
-                state.metrics.frames_out.inc_by(count);
-            }
-        };
-        future::or(finish, async {
-            Timer::after(CLOSE_LINGER).await;
-        })
-        .await;
-        return;
-    }
-}
-
-async fn send_all(sink: &mut WebSocketSender<Socket>, frames: Vec<Message>) -> Result<(), WsError> {
-    for frame in frames {
-        sink.feed(frame).await?;
-    }
-    sink.flush().await
 }

@@ -1,10 +1,10 @@
 //! `chatd admin`: one implementation of every administrative command.
 //!
 //! A command is a serializable [`Request`]; [`execute`] runs it against a [`Store`] and, when a
-//! server is running, its live [`State`] (hub, committer), and returns a [`Reply`] or an
+//! server is running, its live `State` (hub, committer), and returns a [`Reply`] or an
 //! [`AdminError`]. The CLI runs `execute` itself when no server holds the database, and
 //! otherwise ships the request as one JSON line over the server's admin socket
-//! ([`socket`]), where the server runs the very same `execute` on its blocking pool.
+//! (`socket`), where the server runs the very same `execute` on its blocking pool.
 //!
 //! Moderation on a live server goes through the hub, so connected clients see it: deleted
 //! messages produce `deleted` events, bans and kicks close connections with 1008, deleted rooms
@@ -12,7 +12,7 @@
 
 pub mod format;
 pub mod offline;
-pub mod socket;
+pub(crate) mod socket;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -21,8 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::hub::now_ms;
 use crate::outbox::CloseRequest;
-use crate::protocol::{self, close, ErrorCode, Rejection};
-use crate::server::State;
+use crate::protocol::{close, ErrorCode, Rejection};
+use crate::rules;
+use crate::state::State;
 use crate::store::maintenance::{Found, Imported, Line, PruneRule, PrunedRoom, Search};
 use crate::store::{user_key, Store, StoreError, User};
 
@@ -413,7 +414,7 @@ fn user_or_404(store: &Store, name: &str) -> Result<User, AdminError> {
 }
 
 fn room_or_404(store: &Store, name: &str) -> Result<crate::store::Room, AdminError> {
-    if !protocol::valid_room_name(name) {
+    if !rules::valid_room_name(name) {
         return Err(AdminError::usage(format!(
             "`{name}` is not a room name (1 to 64 of a-z 0-9 _ -)"
         )));
@@ -427,7 +428,7 @@ fn room_or_404(store: &Store, name: &str) -> Result<crate::store::Room, AdminErr
 }
 
 fn check_user_name(name: &str) -> Result<(), AdminError> {
-    if protocol::valid_user_name(name) {
+    if rules::valid_user_name(name) {
         Ok(())
     } else {
         Err(AdminError::usage(format!(
@@ -828,8 +829,8 @@ pub fn execute(
         }
         Request::Announce { room, text } => {
             let state = ctx.live("announce")?;
-            if let Err((_, why)) = protocol::check_text(&text) {
-                return Err(AdminError::usage(format!("announcement {why}")));
+            if let Err(e) = rules::check_text(&text) {
+                return Err(AdminError::usage(format!("announcement {}", e.reason())));
             }
             let rooms: Vec<String> = match room {
                 Some(name) => vec![room_or_404(store, &name)?.name],

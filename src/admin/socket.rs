@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use smol::{Async, Executor};
 
 use super::{execute, AdminError, Context, ErrorKind, Reply, Request, MAX_REQUEST_BYTES};
-use crate::server::State;
+use crate::state::State;
 use crate::store::maintenance::Line;
 
 /// File name of the socket inside the data directory.
@@ -83,11 +83,6 @@ impl Listener {
                 Err(e)
             }
         }
-    }
-
-    /// The socket's path.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 

@@ -513,7 +513,9 @@ impl Store {
     /// Consistency while a server runs: the room list and each room's `last_id` are read first;
     /// each room then contributes its messages with ids up to that `last_id`. Stored messages
     /// never change, so the export is the database as of its start, minus messages deleted
-    /// (pruned, moderated) while it ran; messages sent meanwhile are left out. Users are read
+    /// (pruned, moderated) while it ran; messages sent meanwhile are left out. Chat messages and
+    /// their room's `last_id` are applied in one transaction per group commit, so every id up to
+    /// a `last_id` read here is either stored or deleted, never still on its way. Users are read
     /// after rooms (accounts created meanwhile may appear; authors of exported messages do).
     pub fn export<E: From<StoreError>>(
         &self,
@@ -820,7 +822,7 @@ impl Store {
 
 /// Checks one parsed export line; the error says what is wrong with it.
 pub fn validate_line(line: &Line) -> Result<(), String> {
-    use crate::protocol::{valid_room_name, valid_user_name, MAX_ID};
+    use crate::rules::{valid_room_name, valid_user_name, MAX_ID};
     match line {
         Line::Header {
             format, version, ..

@@ -12,14 +12,19 @@
 //! | `meta`     | `schema`, `next_room_no`, `id_floor`, `users` | u32/u64 BE |
 //!
 //! Big-endian ids make sled's byte order the id order, so a room's history is one range scan.
-//! Writes that must agree (a message, its cid and its room's counters) go in one sled
-//! transaction. Nothing here waits for the disk: durability is the [`commit::Committer`]'s job.
+//! Writes that must agree (messages, their cids and their rooms' counters) go in one sled
+//! transaction: chat messages as one transaction per group commit ([`LogBackend::apply`], driven
+//! by the `commit::Committer`), admin imports and removals in transactional chunks. Room
+//! records are always read and written inside those transactions, never from a cached copy.
+//! Nothing here waits for the disk: durability is the committer's job.
 
 mod codec;
 pub mod commit;
+pub mod log;
 pub mod maintenance;
 mod records;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -27,6 +32,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 pub use codec::Record;
+pub use log::{Applied, LogBackend, NewMessage, RoomRef};
 pub use records::{CidEntry, Message, Room, Session, User};
 
 /// The on-disk schema this build reads and writes.
@@ -89,9 +95,25 @@ pub enum StoreError {
     /// A read or write failed.
     #[error("database error: {0}")]
     Sled(#[from] sled::Error),
+    /// A message was queued for a room that an admin deleted before the write was applied.
+    #[error("room `{room}` was deleted before the message was stored")]
+    RoomGone {
+        /// The room's name.
+        room: String,
+    },
+    /// A repeated cid refers to a message whose own write failed, so there is no original to
+    /// acknowledge.
+    #[error("the original message of cid `{cid}` was not stored")]
+    OriginalNotStored {
+        /// The cid.
+        cid: String,
+    },
+    /// The committer has shut down; nothing more is written.
+    #[error("the store is shutting down; the write was refused")]
+    Stopped,
 }
 
-/// Outcome of [`Store::append`].
+/// Outcome of [`commit::Committer::append`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Appended {
     /// Stored under this id.
@@ -168,6 +190,9 @@ fn tx_error(e: TransactionError<StoreError>) -> StoreError {
         TransactionError::Storage(e) => StoreError::Sled(e),
     }
 }
+
+/// A message of a batch, encoded: its key and value, and its cid key and value if it has one.
+type EncodedWrite = ([u8; 12], Vec<u8>, Option<(Vec<u8>, Vec<u8>)>);
 
 /// The `messages` key of a message.
 pub fn message_key(room_no: u32, id: u64) -> [u8; 12] {
@@ -305,11 +330,6 @@ impl Store {
             }
         }
         Ok(())
-    }
-
-    /// The database directory.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Writes everything so far to disk and fsyncs it. Slow (hundreds of µs): the server calls it
@@ -478,28 +498,6 @@ impl Store {
         })
     }
 
-    /// Deletes a room and all its messages. Its ids stay retired (a recreated room continues
-    /// after them), so clients resuming with an old `since` never miss new messages.
-    pub fn delete_room(&self, name: &str) -> Result<Option<Room>, StoreError> {
-        let Some(room) = self.room(name)? else {
-            return Ok(None);
-        };
-        self.raise_id_floor(room.last_id)?;
-        let mut batch = sled::Batch::default();
-        let mut pending = 0;
-        for kv in self.messages.scan_prefix(room.no.to_be_bytes()) {
-            batch.remove(kv?.0);
-            pending += 1;
-            if pending == 10_000 {
-                self.messages.apply_batch(std::mem::take(&mut batch))?;
-                pending = 0;
-            }
-        }
-        self.messages.apply_batch(batch)?;
-        self.rooms.remove(name.as_bytes())?;
-        Ok(Some(room))
-    }
-
     fn raise_id_floor(&self, id: u64) -> Result<(), StoreError> {
         self.meta.update_and_fetch(META_ID_FLOOR, |old| {
             let floor = be_u64(old.unwrap_or_default());
@@ -510,61 +508,71 @@ impl Store {
 
     // ----- messages -----
 
-    /// Stores a message in `room` and returns its new id, or the original if `user_key` already
-    /// used `message.cid`. The caller must serialize appends to one room (the hub's room lock):
-    /// ids are taken from one counter in call order, and must reach the room in that order.
-    pub fn append(
-        &self,
-        room: &str,
-        user_key: &str,
-        message: &Message,
-    ) -> Result<Appended, StoreError> {
-        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
-        let cid = message.cid.as_deref().map(|c| cid_key(user_key, c));
-        let cid_value = codec::encode(&CidEntry {
-            room: room.to_owned(),
-            id,
-            ts: message.ts,
-        });
-        let message_value = codec::encode(message);
+    /// Applies one durable batch (see [`LogBackend::apply`]) as a single sled transaction over
+    /// `messages`, `cids` and `rooms`: one `apply_batch` per tree plus one read-modify-write of
+    /// each touched room record. Atomic, so a crash leaves messages, cids and counters agreeing.
+    fn apply_messages(&self, batch: &[&NewMessage]) -> Result<Applied, StoreError> {
+        // Encode outside the transaction: sled may run its body more than once.
+        let encoded: Vec<EncodedWrite> = batch
+            .iter()
+            .map(|m| {
+                let cid = m.message.cid.as_deref().map(|c| {
+                    let entry = CidEntry {
+                        room: m.room.name.to_string(),
+                        id: m.id,
+                        ts: m.message.ts,
+                    };
+                    (cid_key(&m.user_key, c), codec::encode(&entry))
+                });
+                (message_key(m.room.no, m.id), codec::encode(&m.message), cid)
+            })
+            .collect();
+        // Per room (name and number as the writes know them): newest id, positions. A name can
+        // come with two numbers if an admin deleted and recreated the room while writes were
+        // queued; only the group matching the current record is stored.
+        let mut touched: BTreeMap<(&str, u32), (u64, Vec<usize>)> = BTreeMap::new();
+        for (i, m) in batch.iter().enumerate() {
+            let slot = touched.entry((&m.room.name, m.room.no)).or_default();
+            slot.0 = slot.0.max(m.id);
+            slot.1.push(i);
+        }
         (&self.messages, &self.cids, &self.rooms)
             .transaction(|(messages, cids, rooms)| {
-                if let Some(cid) = &cid {
-                    if let Some(existing) = cids.get(cid)? {
-                        return match codec::decode(&existing, cid) {
-                            Ok(entry) => Ok(Appended::Duplicate(entry)),
-                            Err(e) => abort(e),
-                        };
+                let mut applied = Applied::default();
+                let mut message_batch = sled::Batch::default();
+                let mut cid_batch = sled::Batch::default();
+                for ((name, no), (last_id, positions)) in &touched {
+                    let current = rooms.get(name.as_bytes())?;
+                    let record = match current.map(|v| codec::decode::<Room>(&v, name.as_bytes())) {
+                        Some(Ok(record)) if record.no == *no => Some(record),
+                        Some(Ok(_)) | None => None,
+                        Some(Err(e)) => return abort(e),
+                    };
+                    let Some(mut record) = record else {
+                        // Deleted (and maybe recreated) by an admin while these were queued:
+                        // storing them would leave messages no room record accounts for.
+                        applied.room_gone.extend_from_slice(positions);
+                        continue;
+                    };
+                    for &i in positions {
+                        let (key, value, cid) = &encoded[i];
+                        message_batch.insert(&key[..], value.as_slice());
+                        if let Some((key, value)) = cid {
+                            cid_batch.insert(key.as_slice(), value.as_slice());
+                        }
                     }
-                    cids.insert(cid.as_slice(), cid_value.as_slice())?;
+                    // Never from an in-memory copy: admin maintenance changes `count` in its own
+                    // transactions while the server runs.
+                    record.last_id = record.last_id.max(*last_id);
+                    record.count += positions.len() as u64;
+                    rooms.insert(name.as_bytes(), codec::encode(&record))?;
                 }
-                let Some(current) = rooms.get(room.as_bytes())? else {
-                    return abort(StoreError::Corrupt {
-                        kind: Room::KIND,
-                        key: room.to_owned(),
-                        detail: "room record missing while appending".into(),
-                    });
-                };
-                let mut record: Room = match codec::decode(&current, room.as_bytes()) {
-                    Ok(r) => r,
-                    Err(e) => return abort(e),
-                };
-                messages.insert(&message_key(record.no, id), message_value.as_slice())?;
-                record.last_id = id;
-                record.count += 1;
-                rooms.insert(room.as_bytes(), codec::encode(&record))?;
-                Ok(Appended::New(id))
+                messages.apply_batch(&message_batch)?;
+                cids.apply_batch(&cid_batch)?;
+                applied.room_gone.sort_unstable();
+                Ok(applied)
             })
             .map_err(tx_error)
-    }
-
-    /// What `user_key` first used `cid` for, if anything.
-    pub fn cid(&self, user_key: &str, cid: &str) -> Result<Option<CidEntry>, StoreError> {
-        let key = cid_key(user_key, cid);
-        self.cids
-            .get(&key)?
-            .map(|v| codec::decode(&v, &key))
-            .transpose()
     }
 
     /// Forgets cids first used before `before_ms`; returns how many.
@@ -683,12 +691,76 @@ impl Store {
     }
 }
 
+impl LogBackend for Store {
+    fn take_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::SeqCst)
+    }
+
+    fn cid(&self, user_key: &str, cid: &str) -> Result<Option<CidEntry>, StoreError> {
+        let key = cid_key(user_key, cid);
+        self.cids
+            .get(&key)?
+            .map(|v| codec::decode(&v, &key))
+            .transpose()
+    }
+
+    fn apply(&self, batch: &[&NewMessage]) -> Result<Applied, StoreError> {
+        self.apply_messages(batch)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        Store::flush(self)
+    }
+
+    fn messages_after(
+        &self,
+        room_no: u32,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        Store::messages_after(self, room_no, after, upto, limit)
+    }
+
+    fn messages_before(
+        &self,
+        room_no: u32,
+        before: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        Store::messages_before(self, room_no, before, upto, limit)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn open(dir: &Path) -> Store {
         Store::open(dir, &StoreOptions::default()).unwrap()
+    }
+
+    /// One message through the log's write path without a committer: cid check, id, apply.
+    fn append(store: &Store, room: &str, user_key: &str, message: &Message) -> Appended {
+        if let Some(cid) = &message.cid {
+            if let Some(original) = store.cid(user_key, cid).unwrap() {
+                return Appended::Duplicate(original);
+            }
+        }
+        let record = store.room(room).unwrap().unwrap();
+        let id = store.take_id();
+        let write = NewMessage {
+            room: RoomRef {
+                name: room.into(),
+                no: record.no,
+            },
+            id,
+            user_key: user_key.into(),
+            message: message.clone(),
+        };
+        assert_eq!(store.apply(&[&write]).unwrap(), Applied::default());
+        Appended::New(id)
     }
 
     fn msg(text: &str, cid: Option<&str>) -> Message {
@@ -707,10 +779,7 @@ mod tests {
         let room = store.ensure_room("general", 0).unwrap();
         let mut ids = vec![];
         for i in 0..10 {
-            match store
-                .append("general", "alice", &msg(&i.to_string(), None))
-                .unwrap()
-            {
+            match append(&store, "general", "alice", &msg(&i.to_string(), None)) {
                 Appended::New(id) => ids.push(id),
                 other => panic!("{other:?}"),
             }
@@ -744,12 +813,10 @@ mod tests {
         let store = open(dir.path());
         store.ensure_room("a", 0).unwrap();
         store.ensure_room("b", 0).unwrap();
-        let Appended::New(id) = store.append("a", "alice", &msg("x", Some("c1"))).unwrap() else {
+        let Appended::New(id) = append(&store, "a", "alice", &msg("x", Some("c1"))) else {
             panic!()
         };
-        let again = store
-            .append("b", "alice", &msg("other", Some("c1")))
-            .unwrap();
+        let again = append(&store, "b", "alice", &msg("other", Some("c1")));
         assert_eq!(
             again,
             Appended::Duplicate(CidEntry {
@@ -761,7 +828,7 @@ mod tests {
         assert_eq!(store.room("b").unwrap().unwrap().count, 0);
         // Another user may use the same cid.
         assert!(matches!(
-            store.append("a", "bob", &msg("x", Some("c1"))).unwrap(),
+            append(&store, "a", "bob", &msg("x", Some("c1"))),
             Appended::New(_)
         ));
     }
@@ -774,17 +841,18 @@ mod tests {
             store.ensure_room("a", 0).unwrap();
             let mut last = 0;
             for _ in 0..3 {
-                if let Appended::New(id) = store.append("a", "u", &msg("x", None)).unwrap() {
+                if let Appended::New(id) = append(&store, "a", "u", &msg("x", None)) {
                     last = id;
                 }
             }
-            store.delete_room("a").unwrap();
+            let room = store.remove_room_record("a").unwrap().unwrap();
+            store.purge_room_messages(room.no, &mut || {}).unwrap();
             store.flush().unwrap();
             last
         };
         let store = open(dir.path());
         store.ensure_room("a", 0).unwrap();
-        let Appended::New(id) = store.append("a", "u", &msg("x", None)).unwrap() else {
+        let Appended::New(id) = append(&store, "a", "u", &msg("x", None)) else {
             panic!()
         };
         assert!(id > last, "{id} should exceed {last}");

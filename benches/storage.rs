@@ -1,0 +1,417 @@
+//! Storage micro-benchmark: the durable write path without sockets.
+//!
+//! (a) The sled ceiling: the records chatd writes for a chat message (120-byte text, 64 rooms, a
+//!     cid entry each, room records read and rewritten once per room per batch), pre-encoded and
+//!     written with raw sled the way the committer writes them (one transaction per batch whose
+//!     body does `apply_batch` per tree), one flush per batch, for batches of 8/64/512; and the
+//!     same without the transaction (plain per-tree `apply_batch`) for comparison.
+//! (b) One raw fsync on the same disk: sled (insert 1 record + flush) and `File::sync_data` on
+//!     a temp file (write 8 bytes + sync), p50/p99 µs.
+//! (c) chatd's own path, `Committer::append` over `Store` (cid check, id, queue; commit thread
+//!     apply + flush; delivery thread continuation): 64 rooms with 8 appends in flight each, strict
+//!     and relaxed; and one appender in lock-step (one in flight), whose ack p50 compares with (b).
+//!
+//! Run: `cargo bench --bench storage` (about a minute), or `-- --smoke` (a second or two).
+//! The data goes to a temp dir under $TMPDIR (set it to put the benchmark on another disk).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chatd::store::commit::Committer;
+use chatd::store::{Message, RoomRef, Store, StoreOptions};
+use sled::Transactional;
+
+const ROOMS: usize = 64;
+const TEXT: usize = 120;
+
+struct Scale {
+    /// Messages per ceiling run.
+    ceiling_messages: usize,
+    /// Samples per fsync figure.
+    fsyncs: usize,
+    /// Seconds per committer run.
+    seconds: f64,
+}
+
+fn main() {
+    let smoke = std::env::args().any(|a| a == "--smoke");
+    let scale = if smoke {
+        Scale {
+            ceiling_messages: 2_000,
+            fsyncs: 20,
+            seconds: 0.2,
+        }
+    } else {
+        Scale {
+            ceiling_messages: 40_000,
+            fsyncs: 300,
+            seconds: 6.0,
+        }
+    };
+    println!(
+        "storage: {ROOMS} rooms, {TEXT}-byte texts, a cid per message{}",
+        if smoke { " (smoke run)" } else { "" }
+    );
+
+    println!("\n(a) sled ceiling: raw sled, one flush per batch");
+    println!("| shape | batch | messages/s | µs/message |");
+    println!("| --- | ---: | ---: | ---: |");
+    let mut ceiling = Vec::new();
+    for batch in [8, 64, 512] {
+        for transaction in [true, false] {
+            let n = if batch == 8 {
+                scale.ceiling_messages / 4
+            } else {
+                scale.ceiling_messages
+            };
+            let rate = sled_ceiling(batch, n, transaction);
+            println!(
+                "| {} | {batch} | {rate:.0} | {:.1} |",
+                if transaction {
+                    "transaction (chatd)"
+                } else {
+                    "plain apply_batch"
+                },
+                1e6 / rate
+            );
+            if transaction {
+                ceiling.push((batch, rate));
+            }
+        }
+    }
+
+    println!("\n(b) one fsync on this disk");
+    println!("| what | p50 µs | p99 µs |");
+    println!("| --- | ---: | ---: |");
+    let sled_fsync = sled_fsync(scale.fsyncs);
+    println!(
+        "| sled insert 1 record + flush | {} | {} |",
+        percentile(&sled_fsync, 0.5),
+        percentile(&sled_fsync, 0.99)
+    );
+    let file_fsync = file_fsync(scale.fsyncs);
+    println!(
+        "| file write 8 B + sync_data | {} | {} |",
+        percentile(&file_fsync, 0.5),
+        percentile(&file_fsync, 0.99)
+    );
+
+    println!("\n(c) chatd Store + Committer (append → apply + flush → continuation)");
+    println!("| run | in flight | messages/s | avg batch | ack p50 µs | ack p99 µs | vs |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | --- |");
+    for (name, rooms, window, fsync) in [
+        ("strict, 64 rooms", ROOMS, 8, true),
+        ("relaxed, 64 rooms", ROOMS, 8, false),
+        ("strict, lock-step", 1, 1, true),
+    ] {
+        let run = committer_run(rooms, window, fsync, scale.seconds);
+        let avg_batch = run.messages as f64 / run.flushes.max(1) as f64;
+        let p50 = percentile(&run.latencies, 0.5);
+        let vs = if !fsync {
+            "no flush".into()
+        } else if window == 1 {
+            let fsync_p50 = percentile(&sled_fsync, 0.5).max(1);
+            format!(
+                "ack p50 = {:.2}× the sled fsync p50",
+                p50 as f64 / fsync_p50 as f64
+            )
+        } else {
+            let at = interpolate(&ceiling, avg_batch);
+            format!(
+                "{:.0} % of the ceiling at that batch size ({at:.0}/s)",
+                100.0 * run.rate / at
+            )
+        };
+        println!(
+            "| {name} | {} | {:.0} | {} | {p50} | {} | {vs} |",
+            rooms * window,
+            run.rate,
+            if fsync {
+                format!("{avg_batch:.1}")
+            } else {
+                "-".into()
+            },
+            percentile(&run.latencies, 0.99),
+        );
+    }
+}
+
+fn percentile(samples: &[u64], p: f64) -> u64 {
+    if samples.is_empty() {
+        return 0;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// The ceiling's rate at a batch size between the measured ones (log-linear), clamped.
+fn interpolate(points: &[(usize, f64)], batch: f64) -> f64 {
+    let batch = batch.max(1.0);
+    let mut previous = points[0];
+    if batch <= previous.0 as f64 {
+        return previous.1;
+    }
+    for &point in &points[1..] {
+        if batch <= point.0 as f64 {
+            let t = (batch.ln() - (previous.0 as f64).ln())
+                / ((point.0 as f64).ln() - (previous.0 as f64).ln());
+            return previous.1 + t * (point.1 - previous.1);
+        }
+        previous = point;
+    }
+    previous.1
+}
+
+fn temp_dir(what: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("chatd-bench-{what}-"))
+        .tempdir()
+        .expect("a temp dir")
+}
+
+fn sled_db(dir: &std::path::Path) -> sled::Db {
+    sled::Config::new()
+        .path(dir)
+        .flush_every_ms(None)
+        .open()
+        .expect("opening sled")
+}
+
+/// Raw sled, chatd's records and batch shape: messages/s.
+fn sled_ceiling(batch: usize, n: usize, transaction: bool) -> f64 {
+    let dir = temp_dir("ceiling");
+    let db = sled_db(dir.path());
+    let open = |name: &str| db.open_tree(name).expect("a tree");
+    let (messages, cids, rooms) = (open("messages"), open("cids"), open("rooms"));
+    // A room record is ~40 bytes in chatd (name, no, created, last_id, count).
+    for r in 0..ROOMS {
+        rooms
+            .insert(format!("room{r:02}"), vec![0u8; 40])
+            .expect("insert");
+    }
+    db.flush().expect("flush");
+    let text = vec![b'x'; TEXT + 20]; // the message record: text + user + ts + cid + version
+    let mut id = 1u64;
+    let started = Instant::now();
+    let mut done = 0;
+    while done < n {
+        let mut message_batch = sled::Batch::default();
+        let mut cid_batch = sled::Batch::default();
+        let mut touched = std::collections::BTreeMap::new();
+        for _ in 0..batch {
+            let room = (id % ROOMS as u64) as u32;
+            let mut key = room.to_be_bytes().to_vec();
+            key.extend_from_slice(&id.to_be_bytes());
+            message_batch.insert(key, text.clone());
+            cid_batch.insert(format!("user{room}\0cid-{id}").into_bytes(), vec![1u8; 24]);
+            *touched.entry(room).or_insert(0u8) += 1;
+            id += 1;
+        }
+        let bump = |old: Option<sled::IVec>, n: u8| {
+            let mut v = old.map(|v| v.to_vec()).unwrap_or_default();
+            if let Some(b) = v.first_mut() {
+                *b = b.wrapping_add(n);
+            }
+            v
+        };
+        if transaction {
+            (&messages, &cids, &rooms)
+                .transaction(|(m, c, r)| {
+                    for (room, n) in &touched {
+                        let key = format!("room{room:02}");
+                        let v = bump(r.get(key.as_bytes())?, *n);
+                        r.insert(key.as_bytes(), v)?;
+                    }
+                    m.apply_batch(&message_batch)?;
+                    c.apply_batch(&cid_batch)?;
+                    Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+                })
+                .expect("transaction");
+        } else {
+            let mut room_batch = sled::Batch::default();
+            for (room, n) in &touched {
+                let key = format!("room{room:02}");
+                let v = bump(rooms.get(key.as_bytes()).expect("get"), *n);
+                room_batch.insert(key.into_bytes(), v);
+            }
+            messages.apply_batch(message_batch).expect("apply");
+            cids.apply_batch(cid_batch).expect("apply");
+            rooms.apply_batch(room_batch).expect("apply");
+        }
+        db.flush().expect("flush");
+        done += batch;
+    }
+    done as f64 / started.elapsed().as_secs_f64()
+}
+
+fn sled_fsync(n: usize) -> Vec<u64> {
+    let dir = temp_dir("fsync");
+    let db = sled_db(dir.path());
+    (0..n)
+        .map(|i| {
+            let started = Instant::now();
+            db.insert((i as u64).to_be_bytes(), vec![0u8; TEXT])
+                .expect("insert");
+            db.flush().expect("flush");
+            started.elapsed().as_micros() as u64
+        })
+        .collect()
+}
+
+fn file_fsync(n: usize) -> Vec<u64> {
+    use std::io::Write;
+    let dir = temp_dir("file");
+    let mut file = std::fs::File::create(dir.path().join("f")).expect("a temp file");
+    (0..n)
+        .map(|i| {
+            let started = Instant::now();
+            file.write_all(&(i as u64).to_be_bytes()).expect("write");
+            file.sync_data().expect("sync_data");
+            started.elapsed().as_micros() as u64
+        })
+        .collect()
+}
+
+struct Run {
+    rate: f64,
+    messages: u64,
+    flushes: u64,
+    latencies: Vec<u64>,
+}
+
+struct Driver {
+    committer: Committer,
+    /// One lock per room, as the hub's room lock: appends to a room are serialized.
+    rooms: Vec<Mutex<RoomRef>>,
+    text: String,
+    stop: AtomicBool,
+    measuring: AtomicBool,
+    done: AtomicU64,
+    outstanding: AtomicU64,
+    seq: AtomicU64,
+    latencies: Mutex<Vec<u64>>,
+}
+
+/// Appends one message to room `r`; its continuation appends the next (a closed loop).
+fn append(driver: &Arc<Driver>, r: usize) {
+    if driver.stop.load(Ordering::Relaxed) {
+        return;
+    }
+    let room = driver.rooms[r].lock().unwrap_or_else(|e| e.into_inner());
+    let seq = driver.seq.fetch_add(1, Ordering::Relaxed);
+    let user = format!("user{r}");
+    let message = Message {
+        user: user.clone(),
+        text: driver.text.clone(),
+        ts: seq,
+        cid: Some(format!("c{seq}")),
+    };
+    let started = Instant::now();
+    let next = driver.clone();
+    driver.outstanding.fetch_add(1, Ordering::SeqCst);
+    let queued = driver.committer.append(
+        &room,
+        &user,
+        message,
+        Box::new(move |_, result| {
+            if let Err(e) = result {
+                eprintln!("write failed: {e}");
+                std::process::exit(1);
+            }
+            if next.measuring.load(Ordering::Relaxed) {
+                next.done.fetch_add(1, Ordering::Relaxed);
+                next.latencies
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(started.elapsed().as_micros() as u64);
+            }
+            next.outstanding.fetch_sub(1, Ordering::SeqCst);
+            append(&next, r);
+        }),
+    );
+    drop(room);
+    if let Err(e) = queued {
+        eprintln!("append refused: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn committer_run(rooms: usize, window: usize, fsync: bool, seconds: f64) -> Run {
+    let dir = temp_dir("committer");
+    let store = Arc::new(
+        Store::open(
+            dir.path(),
+            &StoreOptions {
+                background_flush: !fsync,
+                ..StoreOptions::default()
+            },
+        )
+        .expect("opening the store"),
+    );
+    let flushes = Arc::new(AtomicU64::new(0));
+    let measuring_flushes = Arc::new(AtomicBool::new(false));
+    let (counted, counting) = (flushes.clone(), measuring_flushes.clone());
+    let committer = Committer::start(
+        store.clone(),
+        fsync,
+        Box::new(move |_, _| {
+            if counting.load(Ordering::Relaxed) {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+        }),
+    );
+    let refs = (0..rooms)
+        .map(|r| {
+            let record = store
+                .ensure_room(&format!("room{r:02}"), 0)
+                .expect("a room");
+            Mutex::new(RoomRef {
+                name: Arc::from(record.name.as_str()),
+                no: record.no,
+            })
+        })
+        .collect();
+    let driver = Arc::new(Driver {
+        committer,
+        rooms: refs,
+        text: "x".repeat(TEXT),
+        stop: AtomicBool::new(false),
+        measuring: AtomicBool::new(false),
+        done: AtomicU64::new(0),
+        outstanding: AtomicU64::new(0),
+        seq: AtomicU64::new(0),
+        latencies: Mutex::new(Vec::new()),
+    });
+    for r in 0..rooms {
+        for _ in 0..window {
+            append(&driver, r);
+        }
+    }
+    // Warm up, then measure a window of wall time.
+    std::thread::sleep(Duration::from_secs_f64((seconds / 5.0).min(1.0)));
+    driver.measuring.store(true, Ordering::SeqCst);
+    measuring_flushes.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    driver.measuring.store(false, Ordering::SeqCst);
+    measuring_flushes.store(false, Ordering::SeqCst);
+    let elapsed = started.elapsed().as_secs_f64();
+    driver.stop.store(true, Ordering::SeqCst);
+    // Let what is in flight finish (bounded), then stop the threads.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while driver.outstanding.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    driver.committer.shutdown();
+    let messages = driver.done.load(Ordering::SeqCst);
+    let latencies =
+        std::mem::take(&mut *driver.latencies.lock().unwrap_or_else(|e| e.into_inner()));
+    Run {
+        rate: messages as f64 / elapsed,
+        messages,
+        flushes: flushes.load(Ordering::SeqCst),
+        latencies,
+    }
+}
