@@ -77,7 +77,7 @@ fn main() {
                 if s == 0 {
                     w.sweep_ms = floor_sweeps(&mut rig.net, &g);
                 }
-                let ok = w.delivered == w.expected && w.closed == 0;
+                let ok = w.delivered == w.expected && w.closed == 0 && w.short_members == 0;
                 failed |= !ok;
                 eprintln!(
                     "  run {} {rate} msg/s {}: {}/{} delivered, cpu {} ({} µs/delivery), p50 {:.2} ms p99 {:.2} ms, generator {:.0}%, ksoftirqd {}{}{}",

@@ -41,7 +41,11 @@ fn fanout_paced_delivers_everything_to_every_member() {
         let name = &rig.servers[s].name;
         assert_eq!(w.delivered, w.expected, "{name}: {w:?}");
         assert_eq!(w.sent * members as u64, w.expected);
-        assert_eq!((w.disorder, w.closed, w.errors), (0, 0, 0), "{name}: {w:?}");
+        assert_eq!(
+            (w.disorder, w.short_members, w.closed, w.errors),
+            (0, 0, 0, 0),
+            "{name}: {w:?}"
+        );
         if name == "chatd" {
             assert!(w.server_cpu_pct.is_some(), "chatd's CPU is read from /proc");
         }

@@ -30,6 +30,8 @@ pub struct Paced {
     pub delivered: u64,
     /// Deliveries out of order or repeated (per connection, by sequence number).
     pub disorder: u64,
+    /// Members that did not get exactly one copy of every message.
+    pub short_members: u64,
     pub lat_p50_ms: f64,
     pub lat_p99_ms: f64,
     pub secs: f64,
@@ -160,6 +162,7 @@ pub fn paced(net: &mut Net, g: &Group, tag: u32, rate: f64, secs: f64, drain: Du
     };
     lat.sort_unstable();
     Paced {
+        short_members: got.iter().filter(|&&n| u64::from(n) != sent).count() as u64,
         softirqd_pct: sirq,
         sent,
         expected,
