@@ -49,8 +49,11 @@ enum HeadError {
     Gone,
 }
 
-/// A connection that completed the WebSocket handshake, ready for [`crate::session::run`].
-pub type Upgraded = (WebSocketStream<ReadHalf>, Arc<Outbox>);
+/// A connection that completed the WebSocket handshake, ready for [`crate::session::run`]. The
+/// stream is boxed: futures keep a moved-in argument beside the local it moves into
+/// (rust-lang/rust#62958), and tungstenite's state would be paid two or three times over in
+/// every connection's task.
+pub type Upgraded = (Box<WebSocketStream<ReadHalf>>, Arc<Outbox>);
 
 /// Serves one TCP connection: one HTTP request, or the WebSocket handshake. Returns the upgraded
 /// connection; its session runs in a task of its own, so that nothing of the HTTP phase stays
@@ -275,7 +278,7 @@ async fn upgrade(mut stream: Socket, head: Head, rest: Vec<u8>, state: &State) -
     } else {
         WebSocketStream::from_partially_read(read_half, rest, Role::Server, Some(config)).await
     };
-    Some((ws, outbox))
+    Some((Box::new(ws), outbox))
 }
 
 async fn static_file(

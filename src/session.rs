@@ -101,6 +101,20 @@ struct Session {
     strikes: TokenBucket,
 }
 
+/// What handling a frame came to.
+enum Handled {
+    /// Answered; maybe the connection must close.
+    Done(Option<CloseRequest>),
+    /// A login, which waits for password hashing: the reader runs it (with its reference).
+    Authenticate(Auth, String),
+}
+
+impl From<Option<CloseRequest>> for Handled {
+    fn from(close: Option<CloseRequest>) -> Handled {
+        Handled::Done(close)
+    }
+}
+
 enum Event {
     Frame(Option<Result<Message, WsError>>),
     Closing(CloseRequest),
@@ -112,7 +126,7 @@ enum Event {
 /// forms or a close is requested (frames normally go straight to the socket from whoever
 /// produced them), so the reader's socket is polled only when the reader itself is woken.
 pub async fn run(
-    mut ws: WebSocketStream<ReadHalf>,
+    mut ws: Box<WebSocketStream<ReadHalf>>,
     outbox: Arc<Outbox>,
     peer: SocketAddr,
     state: Arc<State>,
@@ -197,13 +211,13 @@ impl Session {
             match message {
                 Message::Text(text) => {
                     self.state.metrics.frames_in.inc();
-                    let handled = match self.member {
-                        Some(_) => self.handle(&text).await,
-                        // Hashing can queue behind a login flood: the auth deadline still holds.
-                        None => {
-                            // Boxed, like every once-per-connection path: its state would
-                            // otherwise sit in every idle connection's future.
-                            Box::pin(future::or(self.handle(&text), async {
+                    let handled = match self.handle(&text) {
+                        Handled::Done(close) => close,
+                        // Boxed, like every once-per-connection path: its state would otherwise
+                        // sit in every idle connection's future. Hashing can queue behind a
+                        // login flood: the auth deadline still holds.
+                        Handled::Authenticate(auth, reference) => {
+                            Box::pin(future::or(self.authenticate(auth, &reference), async {
                                 Timer::at(auth_deadline).await;
                                 Some(closing(close::POLICY, "auth timeout"))
                             }))
@@ -258,13 +272,14 @@ impl Session {
         (!self.strikes.take()).then(|| closing(close::POLICY, "flooding"))
     }
 
-    /// Handles one text frame; returns a close request if the connection must end.
-    async fn handle(&mut self, text: &str) -> Option<CloseRequest> {
+    /// Handles one text frame without waiting: everything but logging in is answered at once.
+    /// Returns a close request if the connection must end.
+    fn handle(&mut self, text: &str) -> Handled {
         let envelope = match protocol::envelope(text) {
             Ok(envelope) => envelope,
             Err(rejection) => {
                 self.reject(rejection);
-                return self.strike();
+                return self.strike().into();
             }
         };
         let reference = Some(envelope.reference());
@@ -272,33 +287,32 @@ impl Session {
             self.reject(
                 Rejection::new(ErrorCode::RateLimited, "too many frames").with_ref(reference),
             );
-            return self.strike();
+            return self.strike().into();
         }
         if self.member.is_none() && envelope.kind() != "auth" {
             self.reject(
                 Rejection::new(ErrorCode::Unauthorized, "authenticate first").with_ref(reference),
             );
-            return self.strike();
+            return self.strike().into();
         }
         let frame = match envelope.request() {
             Ok(frame) => frame,
             Err(rejection) => {
                 self.reject(rejection);
-                return self.strike();
+                return self.strike().into();
             }
         };
         let reference = Some(frame.reference.as_str());
         let Some(member) = self.member.clone() else {
             return match frame.request {
-                // Boxed: logging in needs far more state than an idle connection should carry.
-                Request::Auth(auth) => Box::pin(self.authenticate(auth, &frame.reference)).await,
+                Request::Auth(auth) => Handled::Authenticate(auth, frame.reference),
                 // Only `auth` passes the check above; refuse anything else all the same.
                 _ => {
                     self.reject(
                         Rejection::new(ErrorCode::Unauthorized, "authenticate first")
                             .with_ref(reference),
                     );
-                    self.strike()
+                    self.strike().into()
                 }
             };
         };
@@ -320,7 +334,7 @@ impl Session {
                         Rejection::new(ErrorCode::RateLimited, "sending too fast")
                             .with_ref(reference),
                     );
-                    return self.strike();
+                    return self.strike().into();
                 }
                 self.joined(&room).and_then(|room| {
                     self.state
@@ -345,7 +359,7 @@ impl Session {
         if let Err(rejection) = result {
             self.reject(rejection.with_ref(reference));
         }
-        None
+        Handled::Done(None)
     }
 
     fn internal(&self, error: impl std::fmt::Display) -> Rejection {
