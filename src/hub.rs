@@ -27,7 +27,9 @@ use crate::protocol::{
     encode, Encoded, ErrorCode, HistoryPage, MessageEvent, Rejection, ServerFrame,
 };
 use crate::store::commit::Committer;
-use crate::store::{Appended, Message, Page, RoomRef, Store, StoreError};
+use crate::store::{
+    Appended, Message, Page, PresenceSnapshot, RoomPresence, RoomRef, Store, StoreError,
+};
 use crate::sync::lock;
 
 /// Milliseconds since the Unix epoch.
@@ -195,6 +197,22 @@ impl Hub {
             return Ok(room.clone());
         }
         let record = self.store.ensure_room(name, now_ms())?;
+        Ok(Self::load(&mut rooms, record))
+    }
+
+    /// The existing room named `name`, loaded if need be; `None` if there is no such room.
+    fn existing_room(&self, name: &str) -> Result<Option<Arc<Room>>, StoreError> {
+        let mut rooms = lock(&self.rooms);
+        if let Some(room) = rooms.get(name) {
+            return Ok(Some(room.clone()));
+        }
+        Ok(self
+            .store
+            .room(name)?
+            .map(|record| Self::load(&mut rooms, record)))
+    }
+
+    fn load(rooms: &mut HashMap<String, Arc<Room>>, record: crate::store::Room) -> Arc<Room> {
         let room = Arc::new(Room {
             log_ref: RoomRef {
                 name: Arc::from(record.name.as_str()),
@@ -210,8 +228,8 @@ impl Hub {
             }),
             retired: AtomicBool::new(false),
         });
-        rooms.insert(name.to_owned(), room.clone());
-        Ok(room)
+        rooms.insert(room.name.clone(), room.clone());
+        room
     }
 
     /// The room named `name` if it is loaded.
@@ -412,6 +430,94 @@ impl Hub {
             .is_some_and(|p| p.conns == 0 && p.grace == Some(epoch));
         if expired {
             if let Some(presence) = state.presence.remove(user_key) {
+                self.announce_offline(room, &state, &presence.name);
+            }
+        }
+    }
+
+    /// Who counts as online in each loaded room (connected, or within the grace period), for
+    /// the next start. Taken at shutdown, after the connections are gone.
+    pub fn presence_snapshot(&self) -> PresenceSnapshot {
+        let rooms: Vec<Arc<Room>> = lock(&self.rooms).values().cloned().collect();
+        let mut snapshot = PresenceSnapshot {
+            taken_ms: now_ms(),
+            rooms: Vec::new(),
+        };
+        for room in rooms {
+            let state = lock(&room.state);
+            if state.presence.is_empty() {
+                continue;
+            }
+            snapshot.rooms.push(RoomPresence {
+                room: room.name.clone(),
+                users: state
+                    .presence
+                    .iter()
+                    .map(|(key, p)| (key.to_string(), p.name.to_string()))
+                    .collect(),
+            });
+        }
+        snapshot
+    }
+
+    /// Continues the presence grace period of the users a graceful shutdown dropped: those who
+    /// rejoin within what is left of it cause no event, the others go `offline` when it ends,
+    /// exactly as if their connections had dropped without the restart. Nothing is restored
+    /// once the grace period has passed. Returns how many users were restored.
+    pub fn restore_presence(self: &Arc<Self>, snapshot: PresenceSnapshot) -> usize {
+        let since_drop = Duration::from_millis(now_ms().saturating_sub(snapshot.taken_ms));
+        let Some(left) = self.presence_grace.checked_sub(since_drop) else {
+            return 0;
+        };
+        if left.is_zero() {
+            return 0;
+        }
+        let mut restored = 0;
+        for saved in snapshot.rooms {
+            let room = match self.existing_room(&saved.room) {
+                Ok(Some(room)) => room,
+                // Deleted since, or unreadable: nobody can be told about it anyway.
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(room = %saved.room, error = %e, "presence not restored");
+                    continue;
+                }
+            };
+            let mut state = lock(&room.state);
+            state.grace_epoch += 1;
+            let epoch = state.grace_epoch;
+            for (key, name) in saved.users {
+                state.presence.entry(key.into()).or_insert_with(|| {
+                    restored += 1;
+                    Presence {
+                        name: name.into(),
+                        conns: 0,
+                        grace: Some(epoch),
+                    }
+                });
+            }
+            drop(state);
+            let hub = self.clone();
+            self.executor
+                .spawn(async move {
+                    smol::Timer::after(left).await;
+                    corked(|| hub.end_restored_grace(&room, epoch));
+                })
+                .detach();
+        }
+        restored
+    }
+
+    fn end_restored_grace(&self, room: &Room, epoch: u64) {
+        let mut state = lock(&room.state);
+        let expired: Vec<Arc<str>> = state
+            .presence
+            .iter()
+            .filter(|(_, p)| p.conns == 0 && p.grace == Some(epoch))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in expired {
+            if let Some(presence) = state.presence.remove(&key) {
                 self.announce_offline(room, &state, &presence.name);
             }
         }

@@ -123,6 +123,20 @@ impl Server {
             config.presence_grace,
             config.replay_limit,
         ));
+        // Presence kept by the last graceful shutdown: a reconnect storm then costs no presence
+        // events for the users who come back within their grace period. Never worth refusing
+        // to start over.
+        match store.take_presence() {
+            Ok(Some(snapshot)) => {
+                let restored = hub.restore_presence(snapshot);
+                tracing::info!(
+                    users = restored,
+                    "presence grace continued from the last shutdown"
+                );
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "presence from the last shutdown not restored"),
+        }
         let state = Arc::new(State::new(config, store, hub, metrics, healthy));
         Ok(Server {
             listener,
@@ -190,6 +204,9 @@ impl Server {
                 );
             },
         )));
+        if let Err(e) = state.store.save_presence(&state.hub.presence_snapshot()) {
+            tracing::warn!(error = %e, "presence not kept for the next start");
+        }
         state.hub.committer().shutdown();
         let flushed = state.store.flush();
         drop(stop_threads);

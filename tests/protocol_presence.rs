@@ -278,3 +278,65 @@ fn a_drop_announces_offline_in_every_room_after_the_grace_period() {
     rooms.sort();
     assert_eq!(rooms, vec!["x", "y"]);
 }
+
+#[test]
+fn a_graceful_restart_continues_the_grace_period() {
+    // A restart drops every connection without `leave`: the grace period runs on across it, so
+    // a reconnect storm costs no `online` events, and whoever does not come back goes offline
+    // when it ends, as if the connection had dropped without the restart.
+    let mut s = TestServer::start(&["--presence-grace", "3s"]);
+    let mut a = s.register("alice");
+    let mut b = s.register("bob");
+    let mut c = s.register("carol");
+    for client in [&mut a, &mut b, &mut c] {
+        client.join("r");
+    }
+    let (ta, tb) = (a.token.clone(), b.token.clone());
+    s.sigterm();
+    s.wait_exit(T);
+    s.restart();
+    let t0 = Instant::now();
+    let mut a2 = s.resume(&ta);
+    let j = a2.join("r");
+    assert_eq!(
+        j.members(),
+        names(&["alice", "bob", "carol"]),
+        "within the grace period the dropped users still count as online"
+    );
+    let mut b2 = s.resume(&tb);
+    b2.join("r");
+    assert!(
+        t0.elapsed() < ms(2000),
+        "reconnecting took too long for this test: {:?}",
+        t0.elapsed()
+    );
+    // Through the end of the grace period: carol goes offline, bob's return is not news.
+    let frames = a2.collect_for(ms(3500));
+    assert_eq!(
+        presence_frames(&frames),
+        vec![&presence("r", "carol", "offline")],
+        "only carol, who did not come back, is announced: {frames:?}"
+    );
+    assert_eq!(a2.who("r"), names(&["alice", "bob"]));
+}
+
+#[test]
+fn after_a_crash_presence_starts_afresh() {
+    let mut s = TestServer::start(&["--presence-grace", "1s"]);
+    let mut a = s.register("alice");
+    let mut b = s.register("bob");
+    a.join("r");
+    b.join("r");
+    let ta = a.token.clone();
+    s.kill9();
+    s.restart();
+    let mut a2 = s.resume(&ta);
+    assert_eq!(
+        a2.join("r").members(),
+        names(&["alice"]),
+        "kill -9 keeps no presence"
+    );
+    let mut b2 = s.register("bobby");
+    b2.join("r");
+    assert_eq!(a2.expect("presence"), presence("r", "bobby", "online"));
+}

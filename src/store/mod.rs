@@ -10,6 +10,7 @@
 //! | `messages` | room no (u32 BE) ++ message id (u64 BE) | [`Message`]    |
 //! | `cids`     | user key ++ 0x00 ++ cid               | [`CidEntry`]     |
 //! | `meta`     | `schema`, `next_room_no`, `id_floor`, `users` | u32/u64 BE |
+//! | `meta`     | `presence` (only between a shutdown and the next start) | [`PresenceSnapshot`] |
 //!
 //! Big-endian ids make sled's byte order the id order, so a room's history is one range scan.
 //! Writes that must agree (messages, their cids and their rooms' counters) go in one sled
@@ -33,7 +34,7 @@ use sled::Transactional;
 
 pub use codec::Record;
 pub use log::{Applied, LogBackend, NewMessage, RoomRef};
-pub use records::{CidEntry, Message, Room, Session, User};
+pub use records::{CidEntry, Message, PresenceSnapshot, Room, RoomPresence, Session, User};
 
 /// The on-disk schema this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -42,6 +43,7 @@ const META_SCHEMA: &[u8] = b"schema";
 const META_NEXT_ROOM_NO: &[u8] = b"next_room_no";
 const META_ID_FLOOR: &[u8] = b"id_floor";
 const META_USERS: &[u8] = b"users";
+const META_PRESENCE: &[u8] = b"presence";
 
 /// A file chatd writes beside sled's own once a database is initialised. sled treats unreadable
 /// log data as a torn write and may open a damaged database as an empty one; the marker tells
@@ -452,6 +454,21 @@ impl Store {
         self.rooms
             .get(name.as_bytes())?
             .map(|v| codec::decode(&v, name.as_bytes()))
+            .transpose()
+    }
+
+    /// Keeps who is online where until the next start (see [`PresenceSnapshot`]). Durable with
+    /// the next flush.
+    pub fn save_presence(&self, snapshot: &PresenceSnapshot) -> Result<(), StoreError> {
+        self.meta.insert(META_PRESENCE, codec::encode(snapshot))?;
+        Ok(())
+    }
+
+    /// Reads and removes the presence kept by the last graceful shutdown, if any.
+    pub fn take_presence(&self) -> Result<Option<PresenceSnapshot>, StoreError> {
+        self.meta
+            .remove(META_PRESENCE)?
+            .map(|v| codec::decode(&v, META_PRESENCE))
             .transpose()
     }
 

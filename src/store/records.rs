@@ -93,3 +93,29 @@ impl Record for CidEntry {
     const KIND: &'static str = "cid";
     const VERSION: u8 = 1;
 }
+
+/// Who was online in which room when the server last shut down gracefully, under the `meta` key
+/// `presence`. A restart lets these users' presence grace period run on instead of announcing
+/// everyone as new: a reconnect storm would otherwise send every member an `online` event for
+/// every other member. Taken (read and removed) at startup.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct PresenceSnapshot {
+    /// When the connections were dropped, ms since the Unix epoch.
+    pub taken_ms: u64,
+    /// Each room with presence at that moment.
+    pub rooms: Vec<RoomPresence>,
+}
+
+impl Record for PresenceSnapshot {
+    const KIND: &'static str = "presence snapshot";
+    const VERSION: u8 = 1;
+}
+
+/// The users counted online in one room.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct RoomPresence {
+    /// Room name.
+    pub room: String,
+    /// Each user's lower-cased key and display name.
+    pub users: Vec<(String, String)>,
+}
