@@ -41,6 +41,9 @@ use crate::transport::Transport;
 /// Slices handed to one `writev`.
 const MAX_IOVECS: usize = 64;
 
+/// Queue slots an empty queue keeps (under 100 bytes), so steady traffic does not allocate.
+const KEPT_CAPACITY: usize = 4;
+
 /// Why and how a connection is being closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloseRequest {
@@ -262,14 +265,21 @@ impl Outbox {
             if state.queue.is_empty() {
                 break Ok(true);
             }
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut n = 0;
-            for (i, (bytes, _)) in state.queue.iter().take(MAX_IOVECS).enumerate() {
-                let skip = if i == 0 { state.written } else { 0 };
-                slices[i] = IoSlice::new(&bytes[skip..]);
-                n += 1;
-            }
-            match self.transport.try_write_vectored(&slices[..n]) {
+            let attempt = if state.queue.len() == 1 {
+                // The common case (one frame for this socket): no iovec array to fill.
+                let (bytes, _) = &state.queue[0];
+                self.transport.try_write(&bytes[state.written..])
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let mut n = 0;
+                for (i, (bytes, _)) in state.queue.iter().take(MAX_IOVECS).enumerate() {
+                    let skip = if i == 0 { state.written } else { 0 };
+                    slices[i] = IoSlice::new(&bytes[skip..]);
+                    n += 1;
+                }
+                self.transport.try_write_vectored(&slices[..n])
+            };
+            match attempt {
                 Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
                 Ok(mut written) => {
                     while let Some((bytes, kind)) = state.queue.front() {
@@ -295,9 +305,10 @@ impl Outbox {
             }
         };
         self.frames_out.inc_by(finished);
-        if state.queue.is_empty() && state.queue.capacity() > 0 {
-            // Give the memory back: a burst should not make an idle connection expensive.
-            state.queue = VecDeque::new();
+        if state.queue.is_empty() && state.queue.capacity() > KEPT_CAPACITY {
+            // Give the memory back: a burst should not make an idle connection expensive. A
+            // few slots stay, so that a frame at a time costs no allocation.
+            state.queue = VecDeque::with_capacity(KEPT_CAPACITY);
         }
         if state.replies == 0 && state.reader_waiting {
             state.reader_waiting = false;

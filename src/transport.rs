@@ -41,6 +41,12 @@ impl Transport {
         (&mut self.socket.get_ref()).write_vectored(bufs)
     }
 
+    /// Writes what the kernel takes now of one buffer, without waiting.
+    pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        use std::io::Write;
+        (&mut self.socket.get_ref()).write(buf)
+    }
+
     /// Waits until the socket can take more bytes.
     pub async fn writable(&self) -> io::Result<()> {
         self.socket.writable().await
