@@ -35,7 +35,20 @@ struct Scale {
 }
 
 fn main() {
-    let smoke = std::env::args().any(|a| a == "--smoke");
+    run(std::env::args().any(|a| a == "--smoke"));
+}
+
+/// What one run measured, for the smoke test to check.
+#[derive(Debug)]
+pub struct Summary {
+    /// sled's messages/s at each batch size, chatd's transaction shape.
+    pub ceiling: Vec<(usize, f64)>,
+    /// Messages each committer run acknowledged.
+    pub acknowledged: Vec<u64>,
+}
+
+/// Prints the three tables; `smoke` makes every part tiny.
+pub fn run(smoke: bool) -> Summary {
     let scale = if smoke {
         Scale {
             ceiling_messages: 2_000,
@@ -100,12 +113,14 @@ fn main() {
     println!("\n(c) chatd Store + Committer (append → apply + flush → continuation)");
     println!("| run | in flight | messages/s | avg batch | ack p50 µs | ack p99 µs | vs |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | --- |");
+    let mut acknowledged = Vec::new();
     for (name, rooms, window, fsync) in [
         ("strict, 64 rooms", ROOMS, 8, true),
         ("relaxed, 64 rooms", ROOMS, 8, false),
         ("strict, lock-step", 1, 1, true),
     ] {
         let run = committer_run(rooms, window, fsync, scale.seconds);
+        acknowledged.push(run.messages);
         let avg_batch = run.messages as f64 / run.flushes.max(1) as f64;
         let p50 = percentile(&run.latencies, 0.5);
         let vs = if !fsync {
@@ -134,6 +149,10 @@ fn main() {
             },
             percentile(&run.latencies, 0.99),
         );
+    }
+    Summary {
+        ceiling,
+        acknowledged,
     }
 }
 

@@ -196,3 +196,26 @@ fn collect_users(v: &serde_json::Value, out: &mut std::collections::BTreeSet<Str
         _ => {}
     }
 }
+
+#[path = "../benches/storage.rs"]
+#[allow(dead_code)] // the bench's own `main` is not called here
+mod storage;
+
+#[test]
+fn storage_bench_measures_sled_and_the_committer() {
+    let summary = storage::run(true);
+    assert_eq!(
+        summary.ceiling.len(),
+        3,
+        "batches of 8, 64, 512: {summary:?}"
+    );
+    assert!(
+        summary.ceiling.iter().all(|&(_, rate)| rate > 0.0),
+        "{summary:?}"
+    );
+    assert_eq!(summary.acknowledged.len(), 3, "{summary:?}");
+    assert!(
+        summary.acknowledged.iter().all(|&n| n > 0),
+        "every committer run acknowledged appends: {summary:?}"
+    );
+}
