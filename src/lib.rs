@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub(crate) mod executors;
 pub(crate) mod heartbeat;
 pub(crate) mod http;
 pub(crate) mod hub;

@@ -1,9 +1,11 @@
 //! The server: listener, executor threads, background chores and graceful shutdown.
 //!
-//! smol's global executor runs on one thread, so the server runs its own [`smol::Executor`] on
-//! `--threads` threads (the calling thread included). Shutdown: stop accepting, ask every
-//! connection to close with 1001, wait for them (bounded), run the last group commit, flush, and
-//! stop the threads. The store is dropped only after every task that could write is gone.
+//! smol's global executor runs on one thread, so the server runs its own executors (live
+//! connections first, new connections' HTTP phase after: see `executors`) on `--threads` threads
+//! (the calling thread included). Shutdown: stop accepting, ask every connection to close with
+//! 1001, wait for them (bounded), keep who was online for the next start, run the last group
+//! commit, flush, and stop the threads. The store is dropped only after every task that could
+//! write is gone.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,9 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::{future, FutureExt};
-use smol::{Async, Executor, Timer};
+use smol::{Async, Timer};
 
 use crate::config::{Config, Durability};
+use crate::executors::Executors;
 use crate::hub::{now_ms, Hub};
 use crate::metrics::Metrics;
 use crate::outbox::CloseRequest;
@@ -67,7 +70,7 @@ pub struct Server {
     listener: Async<TcpListener>,
     admin: crate::admin::socket::Listener,
     state: Arc<State>,
-    executor: Arc<Executor<'static>>,
+    executors: Arc<Executors>,
 }
 
 impl Server {
@@ -114,7 +117,8 @@ impl Server {
                 }
             }),
         ));
-        let executor = Arc::new(Executor::new());
+        let executors = Arc::new(Executors::new());
+        let executor = executors.live.clone();
         let hub = Arc::new(Hub::new(
             store.clone(),
             committer,
@@ -142,7 +146,7 @@ impl Server {
             listener,
             admin,
             state,
-            executor,
+            executors,
         })
     }
 
@@ -157,16 +161,17 @@ impl Server {
             listener,
             admin,
             state,
-            executor,
+            executors,
         } = self;
+        let executor = executors.live.clone();
         let (stop_threads, threads_stopped) = async_channel::bounded::<()>(1);
         let workers: Vec<_> = (1..state.config.threads)
             .map(|i| {
-                let executor = executor.clone();
+                let executors = executors.clone();
                 let stopped = threads_stopped.clone();
                 std::thread::Builder::new()
                     .name(format!("chatd-worker-{i}"))
-                    .spawn(move || smol::block_on(executor.run(stopped.recv())))
+                    .spawn(move || smol::block_on(executors.run(stopped.recv())))
             })
             .collect::<Result<_, _>>()
             .map_err(|source| ServerError::Bind {
@@ -183,17 +188,17 @@ impl Server {
             executor.clone(),
         ));
         let (live, all_closed) = async_channel::bounded::<()>(1);
-        smol::block_on(executor.run(accept(&listener, &state, &executor, &live, shutdown)));
+        smol::block_on(executors.run(accept(&listener, &state, &executors, &live, shutdown)));
         drop(listener);
         // Stops admin connections and removes the admin socket file.
-        smol::block_on(executor.run(admin_task.cancel()));
+        smol::block_on(executors.run(admin_task.cancel()));
         tracing::info!("shutting down: closing connections");
         state.close_all(CloseRequest {
             code: close::GOING_AWAY,
             reason: "server shutting down",
         });
         drop(live);
-        smol::block_on(executor.run(future::or(
+        smol::block_on(executors.run(future::or(
             async {
                 let _ = all_closed.recv().await;
             },
@@ -238,7 +243,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 async fn accept(
     listener: &Async<TcpListener>,
     state: &Arc<State>,
-    executor: &Arc<Executor<'static>>,
+    executors: &Executors,
     live: &async_channel::Sender<()>,
     shutdown: async_channel::Receiver<()>,
 ) {
@@ -261,7 +266,8 @@ async fn accept(
         let _ = stream.get_ref().set_nodelay(true);
         let (slot, open) = state.count_socket();
         if open >= state.config.max_connections {
-            executor
+            executors
+                .setup
                 .spawn(async move {
                     let mut stream = stream;
                     let _ = crate::http::respond(
@@ -280,8 +286,10 @@ async fn accept(
         }
         let state = state.clone();
         let live = live.clone();
-        let sessions = executor.clone();
-        executor
+        let sessions = executors.live.clone();
+        // The HTTP phase on the setup executor: a connection storm must not delay live users.
+        executors
+            .setup
             .spawn(async move {
                 let served =
                     std::panic::AssertUnwindSafe(crate::http::serve(stream, peer, state.clone()))
