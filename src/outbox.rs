@@ -77,6 +77,9 @@ struct State {
     corked: bool,
     /// The reader is waiting for `replies` to reach 0.
     reader_waiting: bool,
+    /// Our Close frame is queued or written: it goes out once, even if closing starts over
+    /// (a connection that logs in while closing moves to its next task mid-close).
+    close_queued: bool,
 }
 
 impl State {
@@ -405,7 +408,8 @@ impl Outbox {
     async fn finish(&self, request: &CloseRequest, linger: Duration) {
         {
             let mut state = self.lock();
-            if request.code != PEER_CLOSED {
+            if request.code != PEER_CLOSED && !state.close_queued {
+                state.close_queued = true;
                 let frame = Encoded::close(request.code, request.reason);
                 state.queue.push_back((frame.wire_bytes(), Kind::Control));
             }

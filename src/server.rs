@@ -297,11 +297,25 @@ async fn accept(
                         .await;
                 match served {
                     Ok(Some((ws, outbox))) => {
-                        // A task of its own, sized for the session alone: this one is sized for
-                        // the HTTP phase too, and a connection may live for hours.
+                        // The login too runs here, on the setup executor; once logged in, the
+                        // connection gets a task of its own on the live executor, sized for the
+                        // session alone (this one is sized for the HTTP phase too, and a
+                        // connection may live for hours).
+                        let login = crate::session::login(ws, outbox, peer, state);
+                        let established = match std::panic::AssertUnwindSafe(login)
+                            .catch_unwind()
+                            .await
+                        {
+                            Ok(Some(established)) => established,
+                            Ok(None) => return,
+                            Err(_) => {
+                                tracing::error!(%peer, "connection task panicked; the connection was dropped");
+                                return;
+                            }
+                        };
                         sessions
                             .spawn(async move {
-                                let run = crate::session::run(ws, outbox, peer, state);
+                                let run = crate::session::run(established);
                                 if std::panic::AssertUnwindSafe(run)
                                     .catch_unwind()
                                     .await

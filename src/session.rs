@@ -12,8 +12,10 @@
 //! writer then sends the Close frame and the reader waits for the peer's reply, each bounded by
 //! [`CLOSE_LINGER`]: a peer that vanished cannot keep a connection alive.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
@@ -120,22 +122,27 @@ enum Event {
     Closing(CloseRequest),
 }
 
-/// Runs a connection to its end. Never panics on client input; errors end this connection only.
-///
-/// One task runs the reader and the writer side by side. The writer only wakes when a backlog
-/// forms or a close is requested (frames normally go straight to the socket from whoever
-/// produced them), so the reader's socket is polled only when the reader itself is woken.
-pub async fn run(
-    mut ws: Box<WebSocketStream<ReadHalf>>,
+/// A connection that has logged in, ready for [`run`].
+pub struct Established {
+    session: Box<Session>,
+    ws: Box<WebSocketStream<ReadHalf>>,
+}
+
+/// The first phase of a connection, from the upgrade until the login succeeds (or the connection
+/// ends). It runs on the setup executor (see `executors`): in a reconnect storm, thousands of
+/// logins then queue behind the traffic of users already in, not in front of it. Returns the
+/// logged-in connection, to be served on the live executor by [`run`].
+pub async fn login(
+    ws: Box<WebSocketStream<ReadHalf>>,
     outbox: Arc<Outbox>,
     peer: SocketAddr,
     state: Arc<State>,
-) {
+) -> Option<Established> {
     let conn = state.next_conn_id();
     let config = &state.config;
     let rate = config.rate_per_sec as f32;
     let burst = config.rate_burst as f32;
-    let mut session = Session {
+    let session = Box::new(Session {
         state: state.clone(),
         outbox: outbox.clone(),
         conn,
@@ -146,12 +153,37 @@ pub async fn run(
         // Other frames are bounded generously: they are cheap, but not free.
         frames: TokenBucket::new((rate * 5.0).max(50.0), (burst * 5.0).max(200.0)),
         strikes: TokenBucket::new(rate, (burst * 5.0).max(100.0)),
-    };
-    state.track(conn, outbox.clone());
+    });
+    state.track(conn, outbox);
     state.metrics.connections.inc();
     tracing::info!(%peer, conn, "connection opened");
+    let mut established = Established { session, ws };
+    match serve(&mut established, true).await {
+        None => Some(established),
+        Some(reason) => {
+            established.session.end(reason);
+            None
+        }
+    }
+}
+
+/// Serves a logged-in connection to its end. Never panics on client input; errors end this
+/// connection only.
+pub async fn run(mut established: Established) {
+    if let Some(reason) = serve(&mut established, false).await {
+        established.session.end(reason);
+    }
+}
+
+/// Runs the reader and the writer side by side until the connection ends (returns why) or,
+/// with `until_login`, until it logs in (returns `None`). The writer only wakes when a backlog
+/// forms or a close is requested (frames normally go straight to the socket from whoever
+/// produced them), so the reader's socket is polled only when the reader itself is woken.
+async fn serve(established: &mut Established, until_login: bool) -> Option<CloseRequest> {
+    let Established { session, ws } = established;
+    let outbox = session.outbox.clone();
     let reader = async {
-        let request = session.read(&mut ws).await;
+        let request = session.read(ws, until_login).await?;
         if request.code == PEER_CLOSED {
             // Hands tungstenite's reply to the peer's Close, if any, to the outbox.
             let _ = ws.flush().await;
@@ -165,27 +197,43 @@ pub async fn run(
             }))
             .await;
         }
-        request
+        Some(request)
     };
-    let (request, written) = future::zip(reader, outbox.run_writer(CLOSE_LINGER)).await;
-    let reason = outbox.closing().unwrap_or(request);
-    debug_assert_eq!(reason, written);
-    session.finish();
-    state.untrack(conn);
-    state.metrics.connections.dec();
-    tracing::info!(
-        %peer,
-        conn,
-        user = session.member.as_ref().map(|m| &*m.name),
-        code = reason.code,
-        reason = reason.reason,
-        "connection closed"
-    );
+    let mut reader = std::pin::pin!(reader);
+    let mut writer = std::pin::pin!(outbox.run_writer(CLOSE_LINGER));
+    let (mut read, mut written) = (None, None);
+    let ended = future::poll_fn(|cx| {
+        if read.is_none() {
+            if let Poll::Ready(end) = reader.as_mut().poll(cx) {
+                read = Some(end);
+            }
+        }
+        if let Some(None) = read {
+            // Logged in: the writer was only waiting; the next phase starts its own.
+            return Poll::Ready(None);
+        }
+        if written.is_none() {
+            if let Poll::Ready(request) = writer.as_mut().poll(cx) {
+                written = Some(request);
+            }
+        }
+        match (&read, &written) {
+            (Some(Some(request)), Some(_)) => Poll::Ready(Some(request.clone())),
+            _ => Poll::Pending,
+        }
+    })
+    .await;
+    ended.map(|request| outbox.closing().unwrap_or(request))
 }
 
 impl Session {
     /// Reads and handles frames until the connection should close; returns why.
-    async fn read(&mut self, ws: &mut WebSocketStream<ReadHalf>) -> CloseRequest {
+    /// With `until_login`, returns `None` as soon as the connection has logged in.
+    async fn read(
+        &mut self,
+        ws: &mut WebSocketStream<ReadHalf>,
+        until_login: bool,
+    ) -> Option<CloseRequest> {
         let auth_deadline = Instant::now() + self.state.config.auth_timeout;
         loop {
             let outbox = &self.outbox;
@@ -202,9 +250,9 @@ impl Session {
             )
             .await;
             let message = match event {
-                Event::Closing(request) => return request,
-                Event::Frame(None) => return peer_closed(),
-                Event::Frame(Some(Err(error))) => return self.read_error(error),
+                Event::Closing(request) => return Some(request),
+                Event::Frame(None) => return Some(peer_closed()),
+                Event::Frame(Some(Err(error))) => return Some(self.read_error(error)),
                 Event::Frame(Some(Ok(message))) => message,
             };
             outbox.liveness.received();
@@ -224,8 +272,11 @@ impl Session {
                             .await
                         }
                     };
-                    if let Some(request) = handled {
-                        return request;
+                    if handled.is_some() {
+                        return handled;
+                    }
+                    if until_login && self.member.is_some() {
+                        return None;
                     }
                 }
                 Message::Binary(_) => {
@@ -233,9 +284,9 @@ impl Session {
                         ErrorCode::BadRequest,
                         "binary frames are not supported",
                     ));
-                    return closing(close::UNSUPPORTED_DATA, "binary frame");
+                    return Some(closing(close::UNSUPPORTED_DATA, "binary frame"));
                 }
-                Message::Close(_) => return peer_closed(),
+                Message::Close(_) => return Some(peer_closed()),
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
             }
         }
@@ -607,13 +658,23 @@ impl Session {
         Ok(token)
     }
 
-    /// Leaves every room (presence grace applies) and forgets the connection.
-    fn finish(&mut self) {
+    /// The connection ended: leaves every room (presence grace applies), forgets it, logs why.
+    fn end(&mut self, reason: CloseRequest) {
         for room in std::mem::take(&mut self.rooms) {
             self.state.hub.part(&room, self.conn, false);
         }
         if self.member.is_some() {
             self.state.hub.unregister(self.conn);
         }
+        self.state.untrack(self.conn);
+        self.state.metrics.connections.dec();
+        tracing::info!(
+            peer = %self.peer,
+            conn = self.conn,
+            user = self.member.as_ref().map(|m| &*m.name),
+            code = reason.code,
+            reason = reason.reason,
+            "connection closed"
+        );
     }
 }
