@@ -2,11 +2,11 @@
 //!
 //! When thousands of clients connect at once (a restart's reconnect storm), their handshakes
 //! queue in the same run queue as the frames of users who are already chatting, and with one
-//! FIFO queue a live user's ping waits behind every handshake queued before it. Here the HTTP
-//! phase of a connection (request head, upgrade) runs on the `setup` executor, everything else
-//! on `live`; each thread takes up to [`LIVE_PER_SETUP`] live tasks for every setup task. Live
-//! users thus wait behind at most a few handshakes, and a storm still gets a fixed share of the
-//! CPU, so a busy server cannot starve new connections either.
+//! FIFO queue a live user's ping waits behind every handshake queued before it. Here a
+//! connection's first phase (request head, upgrade, login) runs on the `setup` executor and
+//! everything after the login on `live`; each thread takes up to [`LIVE_PER_SETUP`] live tasks
+//! for every setup task. Live users thus wait behind at most a few logins, and a storm still gets
+//! a fixed share of the CPU, so a busy server cannot starve new connections either.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,7 +25,7 @@ const ROUNDS_PER_YIELD: usize = 16;
 pub struct Executors {
     /// Established connections, rooms, timers and chores.
     pub live: Arc<Executor<'static>>,
-    /// The HTTP phase of new connections.
+    /// New connections, until they have logged in.
     pub setup: Arc<Executor<'static>>,
 }
 

@@ -1,7 +1,7 @@
 //! The server: listener, executor threads, background chores and graceful shutdown.
 //!
 //! smol's global executor runs on one thread, so the server runs its own executors (live
-//! connections first, new connections' HTTP phase after: see `executors`) on `--threads` threads
+//! connections first, new connections until they log in after: see `executors`) on `--threads` threads
 //! (the calling thread included). Shutdown: stop accepting, ask every connection to close with
 //! 1001, wait for them (bounded), keep who was online for the next start, run the last group
 //! commit, flush, and stop the threads. The store is dropped only after every task that could
@@ -287,7 +287,7 @@ async fn accept(
         let state = state.clone();
         let live = live.clone();
         let sessions = executors.live.clone();
-        // The HTTP phase on the setup executor: a connection storm must not delay live users.
+        // Until the login, on the setup executor: a connection storm must not delay live users.
         executors
             .setup
             .spawn(async move {

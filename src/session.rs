@@ -1,5 +1,9 @@
 //! One WebSocket connection's life: authentication, requests, and closing.
 //!
+//! It has two phases, each a task of its own: [`login`] until the connection has logged in, on
+//! the setup executor, then [`run`] on the live executor (see `executors`), so that a storm of
+//! logins queues behind the traffic of users already in.
+//!
 //! A connection is one task running two halves side by side:
 //! - the reader takes frames off the socket (through tungstenite) and handles them in order, so
 //!   one connection's sends are accepted in the order sent, and enforces rate limits and the
