@@ -15,24 +15,12 @@ use std::time::Duration;
 
 use hot::durable::{window, Durable};
 use hot::net::Net;
-use hot::procs::{import_accounts, pin_self, start_chatd, start_peer, Pinning};
-use hot::setup::{open_members, ratio, settle, Flags, Member, Spread};
+use hot::procs::{import_accounts, start_chatd, start_peer};
+use hot::setup::{open_members, ratio, settle, Member, Spread};
 
 fn main() {
-    let flags = Flags::parse();
-    hot::net::raise_nofile();
-    let pin = if flags.pin {
-        Pinning::standard()
-    } else {
-        Pinning::NONE
-    };
-    pin_self(pin.gen_core);
-    let num = |name: &str, smoke: usize, full: usize| -> usize {
-        flags
-            .get(name)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(if flags.smoke { smoke } else { full })
-    };
+    let (flags, pin, _) = hot::setup::prologue();
+    let num = |name: &str, smoke: usize, full: usize| flags.num(name, smoke, full);
     let pubs = num("--publishers", 4, 64);
     let inflight = num("--inflight", 2, 8);
     let secs = flags.seconds.unwrap_or(if flags.smoke { 1.0 } else { 8.0 });

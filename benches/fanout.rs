@@ -11,26 +11,15 @@
 mod hot;
 
 use hot::fanout::{bring_up, floor_sweeps, paced, Paced, Setup};
-use hot::procs::{pin_self, Pinning};
-use hot::setup::{ratio, Flags, Spread};
+use hot::setup::{ratio, Spread};
 use std::time::Duration;
 
 fn main() {
     if std::env::args().any(|a| a == "--serve-floor") {
         hot::procs::serve_floor_main();
     }
-    let flags = Flags::parse();
-    hot::net::raise_nofile();
-    let pin = if flags.pin {
-        Pinning::standard()
-    } else {
-        Pinning::NONE
-    };
-    pin_self(pin.gen_core);
-    let members: usize = flags
-        .get("--members")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if flags.smoke { 50 } else { 1000 });
+    let (flags, pin, _) = hot::setup::prologue();
+    let members = flags.num("--members", 50, 1000);
     let rates: Vec<f64> = flags
         .get("--rates")
         .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())

@@ -12,24 +12,12 @@ mod hot;
 
 use hot::idle::{measure, Idle};
 use hot::net::Net;
-use hot::procs::{import_accounts, pin_self, start_chatd, start_peer, Pinning};
-use hot::setup::{ratio, Flags, Spread};
+use hot::procs::{import_accounts, start_chatd, start_peer};
+use hot::setup::{ratio, Spread};
 
 fn main() {
-    let flags = Flags::parse();
-    let nofile = hot::net::raise_nofile();
-    let pin = if flags.pin {
-        Pinning::standard()
-    } else {
-        Pinning::NONE
-    };
-    pin_self(pin.gen_core);
-    let num = |name: &str, smoke: usize, full: usize| -> usize {
-        flags
-            .get(name)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(if flags.smoke { smoke } else { full })
-    };
+    let (flags, pin, nofile) = hot::setup::prologue();
+    let num = |name: &str, smoke: usize, full: usize| flags.num(name, smoke, full);
     let conns = num("--conns", 200, 10_000);
     let warm = num("--warm", 20, 500);
     let rooms = num("--rooms", 4, 100);

@@ -11,28 +11,15 @@
 mod hot;
 
 use hot::fanout::{bring_up, saturate, Flow, Saturated, Setup};
-use hot::procs::{pin_self, Pinning};
-use hot::setup::{ratio, Flags, Spread};
+use hot::setup::{ratio, Spread};
 use std::time::Duration;
 
 fn main() {
     if std::env::args().any(|a| a == "--serve-floor") {
         hot::procs::serve_floor_main();
     }
-    let flags = Flags::parse();
-    hot::net::raise_nofile();
-    let pin = if flags.pin {
-        Pinning::standard()
-    } else {
-        Pinning::NONE
-    };
-    pin_self(pin.gen_core);
-    let num = |name: &str, smoke: usize, full: usize| -> usize {
-        flags
-            .get(name)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(if flags.smoke { smoke } else { full })
-    };
+    let (flags, pin, _) = hot::setup::prologue();
+    let num = |name: &str, smoke: usize, full: usize| flags.num(name, smoke, full);
     let members = num("--members", 50, 1000);
     let publishers = num("--publishers", 2, 4);
     let inflight = num("--inflight", 2, 4);

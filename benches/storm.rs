@@ -9,25 +9,12 @@ mod hot;
 
 use std::time::Duration;
 
-use hot::procs::{pin_self, Pinning};
-use hot::setup::{Flags, Spread};
+use hot::setup::Spread;
 use hot::storm::{run, Cfg};
 
 fn main() {
-    let flags = Flags::parse();
-    let nofile = hot::net::raise_nofile();
-    let pin = if flags.pin {
-        Pinning::standard()
-    } else {
-        Pinning::NONE
-    };
-    pin_self(pin.gen_core);
-    let num = |name: &str, smoke: usize, full: usize| -> usize {
-        flags
-            .get(name)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(if flags.smoke { smoke } else { full })
-    };
+    let (flags, pin, nofile) = hot::setup::prologue();
+    let num = |name: &str, smoke: usize, full: usize| flags.num(name, smoke, full);
     let cfg = Cfg {
         clients: num("--clients", 60, 10_000),
         rooms: num("--rooms", 4, 50),

@@ -265,4 +265,25 @@ impl Flags {
         let i = self.rest.iter().position(|a| a == name)?;
         self.rest.get(i + 1).map(String::as_str)
     }
+
+    /// The number after `--name`, else `smoke` in a smoke run and `full` otherwise.
+    pub fn num(&self, name: &str, smoke: usize, full: usize) -> usize {
+        self.get(name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(if self.smoke { smoke } else { full })
+    }
+}
+
+/// What every bench program does first: read the flags, raise the open-files limit (returned),
+/// and pin itself, the load generator, to its core (servers go to theirs when started).
+pub fn prologue() -> (Flags, super::procs::Pinning, u64) {
+    let flags = Flags::parse();
+    let nofile = super::net::raise_nofile();
+    let pin = if flags.pin {
+        super::procs::Pinning::standard()
+    } else {
+        super::procs::Pinning::NONE
+    };
+    super::procs::pin_self(pin.gen_core);
+    (flags, pin, nofile)
 }
