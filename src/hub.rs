@@ -39,6 +39,18 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The `message` event for a stored message (the protocol knows nothing of the store's types).
+fn message_event<'a>(room: &'a str, id: u64, message: &'a Message) -> MessageEvent<'a> {
+    MessageEvent::new(
+        room,
+        id,
+        &message.user,
+        &message.text,
+        message.ts,
+        message.cid.as_deref(),
+    )
+}
+
 /// One authenticated connection, as the hub knows it: a shared handle, because the connection,
 /// the hub's registry and every room it joined each hold it (one allocation per connection).
 #[derive(Clone)]
@@ -360,16 +372,11 @@ impl Hub {
             room: &room.name,
             members: Room::member_names(&state),
         }));
-        frames.extend(page.messages.iter().map(|m| {
-            encode(&MessageEvent::new(
-                &room.name,
-                m.id,
-                &m.message.user,
-                &m.message.text,
-                m.message.ts,
-                m.message.cid.as_deref(),
-            ))
-        }));
+        frames.extend(
+            page.messages
+                .iter()
+                .map(|m| encode(&message_event(&room.name, m.id, &m.message))),
+        );
         frames.push(encode(&ServerFrame::Synced {
             room: &room.name,
             last_id: state.published,
@@ -618,16 +625,7 @@ impl Hub {
             messages: page
                 .messages
                 .iter()
-                .map(|m| {
-                    MessageEvent::new(
-                        &room.name,
-                        m.id,
-                        &m.message.user,
-                        &m.message.text,
-                        m.message.ts,
-                        m.message.cid.as_deref(),
-                    )
-                })
+                .map(|m| message_event(&room.name, m.id, &m.message))
                 .collect(),
             more: page.more,
         }))
@@ -686,14 +684,7 @@ fn announce(
     match appended {
         Appended::New(id) => {
             metrics.messages_stored.inc();
-            let frame = encode(&MessageEvent::new(
-                &room.name,
-                id,
-                &message.user,
-                &message.text,
-                message.ts,
-                message.cid.as_deref(),
-            ));
+            let frame = encode(&message_event(&room.name, id, &message));
             let mut state = lock(&room.state);
             state.published = state.published.max(id);
             if let Some(sender) = &sender {
