@@ -266,13 +266,12 @@ async fn upgrade(mut stream: Socket, head: Head, rest: Vec<u8>, state: &State) -
         .read_buffer_size(WS_READ_BUFFER)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
-    let transport = Arc::new(Transport::new(stream));
     let outbox = Arc::new(Outbox::new(
-        transport.clone(),
+        Transport::new(stream),
         state.config.send_queue,
         state.metrics.frames_out.clone(),
     ));
-    let read_half = ReadHalf::new(transport, outbox.clone());
+    let read_half = ReadHalf::new(outbox.clone());
     let ws = if rest.is_empty() {
         WebSocketStream::from_raw_socket(read_half, Role::Server, Some(config)).await
     } else {

@@ -98,7 +98,9 @@ struct Presence {
 struct RoomState {
     /// Highest id announced; replays read up to it.
     published: u64,
-    members: HashMap<u64, Member>,
+    /// Each joined connection's outbox beside its member record: fan-out reaches the socket
+    /// without a detour through the record.
+    members: HashMap<u64, (Arc<Outbox>, Member)>,
     presence: BTreeMap<Arc<str>, Presence>,
     grace_epoch: u64,
 }
@@ -151,11 +153,11 @@ impl Room {
         except_user: Option<&str>,
         metrics: &Metrics,
     ) {
-        for member in state.members.values() {
-            if except_user == Some(&*member.user_key) {
+        for (outbox, member) in state.members.values() {
+            if except_user.is_some_and(|user| user == &*member.user_key) {
                 continue;
             }
-            if member.outbox.broadcast(frame).is_err() {
+            if outbox.broadcast(frame).is_err() {
                 metrics.slow_consumer_closes.inc();
                 tracing::info!(peer = %member.peer, user = %member.name, "closing slow consumer (4008)");
             }
@@ -261,8 +263,8 @@ impl Hub {
         let mut state = lock(&room.state);
         room.retired.store(true, Ordering::Release);
         let left = encode(&ServerFrame::Left { room: &room.name });
-        for member in state.members.values() {
-            member.outbox.reply(left.clone());
+        for (outbox, _) in state.members.values() {
+            outbox.reply(left.clone());
         }
         state.members.clear();
         state.presence.clear();
@@ -344,8 +346,10 @@ impl Hub {
                     .messages_before(room.no, u64::MAX, state.published, 50)?
             },
         };
-        let first_in_room = !state.members.values().any(|m| m.conn == member.conn);
-        state.members.insert(member.conn, member.clone());
+        let first_in_room = state
+            .members
+            .insert(member.conn, (member.outbox.clone(), member.clone()))
+            .is_none();
         if first_in_room {
             let presence = state
                 .presence
@@ -395,7 +399,7 @@ impl Hub {
 
     fn part_locked(self: &Arc<Self>, room: &Arc<Room>, conn: u64, graceful: bool) {
         let mut state = lock(&room.state);
-        let Some(member) = state.members.remove(&conn) else {
+        let Some((_, member)) = state.members.remove(&conn) else {
             return;
         };
         state.grace_epoch += 1;

@@ -101,7 +101,8 @@ impl State {
 /// The outbound side of one connection.
 pub struct Outbox {
     state: Mutex<State>,
-    transport: Arc<Transport>,
+    /// The socket, inline: every write reaches it without another pointer to follow.
+    transport: Transport,
     /// Wakes the writer task when a backlog forms or a close is requested.
     writer: AtomicWaker,
     /// Wakes the reader when its replies are written or a close is requested.
@@ -152,7 +153,7 @@ pub fn corked<R>(f: impl FnOnce() -> R) -> R {
 
 impl Outbox {
     /// The outbound side of `transport`, holding at most `capacity` broadcast frames.
-    pub fn new(transport: Arc<Transport>, capacity: usize, frames_out: Counter) -> Outbox {
+    pub fn new(transport: Transport, capacity: usize, frames_out: Counter) -> Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             transport,
@@ -349,6 +350,11 @@ impl Outbox {
             Poll::Pending
         })
         .await
+    }
+
+    /// The socket under this outbox (the reader reads from it).
+    pub fn transport(&self) -> &Transport {
+        &self.transport
     }
 
     /// Ready with the close request once one is made.

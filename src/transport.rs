@@ -64,14 +64,13 @@ impl Transport {
 
 /// What tungstenite reads from and writes to: the socket's read side, and the outbox.
 pub struct ReadHalf {
-    transport: Arc<Transport>,
     outbox: Arc<Outbox>,
 }
 
 impl ReadHalf {
-    /// The read side of `transport`; tungstenite's own writes go to `outbox`.
-    pub fn new(transport: Arc<Transport>, outbox: Arc<Outbox>) -> ReadHalf {
-        ReadHalf { transport, outbox }
+    /// The read side of the outbox's socket; tungstenite's own writes go to the outbox.
+    pub fn new(outbox: Arc<Outbox>) -> ReadHalf {
+        ReadHalf { outbox }
     }
 }
 
@@ -81,7 +80,7 @@ impl AsyncRead for ReadHalf {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        self.transport.poll_read(cx, buf)
+        self.outbox.transport().poll_read(cx, buf)
     }
 }
 
