@@ -41,9 +41,6 @@ use crate::transport::Transport;
 /// Slices handed to one `writev`.
 const MAX_IOVECS: usize = 64;
 
-/// Queue slots an empty queue keeps (under 100 bytes), so steady traffic does not allocate.
-const KEPT_CAPACITY: usize = 4;
-
 /// Why and how a connection is being closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloseRequest {
@@ -63,9 +60,53 @@ enum Kind {
     Control,
 }
 
+/// Frames waiting for the socket, in order. The first lives inline: a socket that gets a frame
+/// at a time (the common case) never touches a second allocation, and an idle one holds none.
+#[derive(Default)]
+struct Frames {
+    first: Option<(Bytes, Kind)>,
+    rest: VecDeque<(Bytes, Kind)>,
+}
+
+impl Frames {
+    fn push_back(&mut self, frame: (Bytes, Kind)) {
+        if self.first.is_none() {
+            self.first = Some(frame);
+        } else {
+            self.rest.push_back(frame);
+        }
+    }
+
+    fn front(&self) -> Option<&(Bytes, Kind)> {
+        self.first.as_ref()
+    }
+
+    fn pop_front(&mut self) -> Option<(Bytes, Kind)> {
+        let first = self.first.take();
+        self.first = self.rest.pop_front();
+        if self.rest.is_empty() && self.rest.capacity() > 0 {
+            // Give the memory back: a burst should not make an idle connection expensive.
+            self.rest = VecDeque::new();
+        }
+        first
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(Bytes, Kind)> {
+        self.first.iter().chain(self.rest.iter())
+    }
+}
+
 #[derive(Default)]
 struct State {
-    queue: VecDeque<(Bytes, Kind)>,
+    queue: Frames,
     /// Bytes of the front frame already written.
     written: usize,
     /// Broadcast frames in `queue` (bounded by the capacity).
@@ -87,7 +128,7 @@ impl State {
     /// or the peer's framing breaks.
     fn discard(&mut self) {
         let partial = (self.written > 0).then(|| self.queue.pop_front()).flatten();
-        self.queue = VecDeque::new();
+        self.queue = Frames::default();
         self.broadcasts = 0;
         self.replies = 0;
         if let Some((bytes, _)) = partial {
@@ -269,9 +310,8 @@ impl Outbox {
             if state.queue.is_empty() {
                 break Ok(true);
             }
-            let attempt = if state.queue.len() == 1 {
+            let attempt = if let (1, Some((bytes, _))) = (state.queue.len(), state.queue.front()) {
                 // The common case (one frame for this socket): no iovec array to fill.
-                let (bytes, _) = &state.queue[0];
                 self.transport.try_write(&bytes[state.written..])
             } else {
                 let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
@@ -309,11 +349,6 @@ impl Outbox {
             }
         };
         self.frames_out.inc_by(finished);
-        if state.queue.is_empty() && state.queue.capacity() > KEPT_CAPACITY {
-            // Give the memory back: a burst should not make an idle connection expensive. A
-            // few slots stay, so that a frame at a time costs no allocation.
-            state.queue = VecDeque::with_capacity(KEPT_CAPACITY);
-        }
         if state.replies == 0 && state.reader_waiting {
             state.reader_waiting = false;
             self.reader.wake();
@@ -436,5 +471,72 @@ impl Outbox {
         })
         .await;
         self.transport.shutdown_write();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+
+    /// An outbox over one end of a loopback connection, and the other end.
+    fn pair(capacity: usize) -> (Arc<Outbox>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let transport = Transport::new(smol::Async::new(server).unwrap());
+        let outbox = Outbox::new(transport, capacity, Counter::default());
+        (Arc::new(outbox), client)
+    }
+
+    fn read_exactly(peer: &mut TcpStream, n: usize) -> Vec<u8> {
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = vec![0; n];
+        peer.read_exact(&mut buf).unwrap();
+        buf
+    }
+
+    #[test]
+    fn frames_keep_their_order_across_the_inline_slot() {
+        let mut frames = Frames::default();
+        for i in 0..5u8 {
+            frames.push_back((Bytes::from(vec![i]), Kind::Broadcast));
+        }
+        assert_eq!(frames.len(), 5);
+        let order: Vec<u8> = frames.iter().map(|(b, _)| b[0]).collect();
+        assert_eq!(order, [0, 1, 2, 3, 4]);
+        for i in 0..5u8 {
+            assert_eq!(frames.pop_front().unwrap().0[0], i);
+        }
+        assert!(frames.is_empty() && frames.pop_front().is_none());
+    }
+
+    #[test]
+    fn direct_and_corked_writes_reach_the_peer_in_order() {
+        let (outbox, mut peer) = pair(16);
+        let (a, b, c) = (Encoded::text("a"), Encoded::text("b"), Encoded::text("c"));
+        outbox.reply(a.clone());
+        corked(|| {
+            outbox.broadcast(&b).unwrap();
+            outbox.broadcast(&c).unwrap();
+        });
+        let expected: Vec<u8> = [a.wire(), b.wire(), c.wire()].concat();
+        assert_eq!(read_exactly(&mut peer, expected.len()), expected);
+    }
+
+    #[test]
+    fn a_peer_that_does_not_read_overflows_into_4008() {
+        let (outbox, _peer) = pair(256);
+        let big = Encoded::text(&"x".repeat(64 * 1024));
+        let overflowed = (0..10_000).any(|_| outbox.broadcast(&big).is_err());
+        assert!(
+            overflowed,
+            "the socket buffer and 256 queued frames must fill"
+        );
+        assert_eq!(outbox.closing().map(|c| c.code), Some(4008));
+        // Once closing, nothing more is queued, and a reply does not panic.
+        outbox.reply(Encoded::text("late"));
+        assert!(outbox.broadcast(&big).is_ok());
     }
 }
