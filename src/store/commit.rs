@@ -93,6 +93,9 @@ struct Queue {
     /// backend can show it.
     in_flight: HashMap<Vec<u8>, CidEntry>,
     stopping: bool,
+    /// The commit thread is asleep on the condvar. Waking costs a syscall, so writers wake it
+    /// only then: while it is busy, what they queue goes into its next batch by itself.
+    idle: bool,
 }
 
 struct Shared {
@@ -103,6 +106,16 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `item` and wakes the commit thread if it sleeps.
+    fn push(&self, mut queue: MutexGuard<'_, Queue>, item: Item) {
+        queue.items.push(item);
+        let idle = queue.idle;
+        drop(queue);
+        if idle {
+            self.wake.notify_one();
+        }
     }
 }
 
@@ -205,12 +218,13 @@ impl Committer {
                     Work::Wait
                 };
                 let outcome = appended.clone();
-                queue.items.push(Item {
-                    work,
-                    then: Box::new(move |result| then(outcome, result)),
-                });
-                drop(queue);
-                self.shared.wake.notify_one();
+                self.shared.push(
+                    queue,
+                    Item {
+                        work,
+                        then: Box::new(move |result| then(outcome, result)),
+                    },
+                );
                 return Ok(appended);
             }
         }
@@ -226,39 +240,41 @@ impl Committer {
                 },
             );
         }
-        queue.items.push(Item {
-            work: Work::Write {
-                message: NewMessage {
-                    room: room.clone(),
-                    id,
-                    user_key,
-                    message,
+        self.shared.push(
+            queue,
+            Item {
+                work: Work::Write {
+                    message: NewMessage {
+                        room: room.clone(),
+                        id,
+                        user_key,
+                        message,
+                    },
+                    cid_key,
                 },
-                cid_key,
+                then: Box::new(move |result| then(Appended::New(id), result)),
             },
-            then: Box::new(move |result| then(Appended::New(id), result)),
-        });
-        drop(queue);
-        self.shared.wake.notify_one();
+        );
         Ok(Appended::New(id))
     }
 
     /// Runs `continuation` after the next flush that covers every write made before this call
     /// (also writes made to the store directly, such as users and sessions), in queue order.
     pub fn after_flush(&self, continuation: Continuation) {
-        let mut queue = self.shared.lock();
+        let queue = self.shared.lock();
         if queue.stopping {
             drop(queue);
             // Shutdown already flushed for the last time: say so rather than wait forever.
             continuation(Err(Arc::new(StoreError::Stopped)));
             return;
         }
-        queue.items.push(Item {
-            work: Work::Wait,
-            then: continuation,
-        });
-        drop(queue);
-        self.shared.wake.notify_one();
+        self.shared.push(
+            queue,
+            Item {
+                work: Work::Wait,
+                then: continuation,
+            },
+        );
     }
 
     /// Waits until every write made before this call is durable and every continuation queued
@@ -326,10 +342,12 @@ fn commit_loop(
         let (items, stopping) = {
             let mut queue = shared.lock();
             while queue.items.is_empty() && !queue.stopping {
+                queue.idle = true;
                 queue = shared
                     .wake
                     .wait(queue)
                     .unwrap_or_else(PoisonError::into_inner);
+                queue.idle = false;
             }
             (std::mem::take(&mut queue.items), queue.stopping)
         };
