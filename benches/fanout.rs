@@ -10,7 +10,7 @@
 #[path = "hot/mod.rs"]
 mod hot;
 
-use hot::fanout::{bring_up, floor_sweeps, paced, Paced, Setup};
+use hot::fanout::{bring_up_or_exit, floor_sweeps, paced, Paced};
 use hot::setup::{ratio, Spread};
 use std::time::Duration;
 
@@ -37,20 +37,7 @@ fn main() {
     println!(
         "fanout: {members} members in one room, one publisher at {rates:?} msg/s, {secs} s windows, {runs} runs; pinning {pin:?}"
     );
-    let setup = Setup {
-        members,
-        pin,
-        floor_process: true,
-        peer: true,
-        npm_install: true,
-    };
-    let mut rig = match bring_up(&setup) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("setup failed: {e}");
-            std::process::exit(1);
-        }
-    };
+    let mut rig = bring_up_or_exit(members, pin);
     let names: Vec<String> = rig.servers.iter().map(|s| s.name.clone()).collect();
     // results[rate][server] = windows
     let mut results: Vec<Vec<Vec<Paced>>> = vec![vec![Vec::new(); names.len()]; rates.len()];

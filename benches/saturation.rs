@@ -10,7 +10,7 @@
 #[path = "hot/mod.rs"]
 mod hot;
 
-use hot::fanout::{bring_up, saturate, Flow, Saturated, Setup};
+use hot::fanout::{bring_up_or_exit, saturate, Flow, Saturated};
 use hot::setup::{ratio, Spread};
 use std::time::Duration;
 
@@ -33,20 +33,7 @@ fn main() {
     println!(
         "saturation: {members} members, {publishers} publishers x {inflight} in flight (flow: {flow:?}), {secs} s windows, {runs} runs; pinning {pin:?}"
     );
-    let setup = Setup {
-        members,
-        pin,
-        floor_process: true,
-        peer: true,
-        npm_install: true,
-    };
-    let mut rig = match bring_up(&setup) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("setup failed: {e}");
-            std::process::exit(1);
-        }
-    };
+    let mut rig = bring_up_or_exit(members, pin);
     let names: Vec<String> = rig.servers.iter().map(|s| s.name.clone()).collect();
     let mut results: Vec<Vec<Saturated>> = vec![Vec::new(); names.len()];
     let mut tag = 0;

@@ -388,6 +388,22 @@ impl Rig {
 /// Starts floor, peer (if asked and available) and chatd; opens `members` members in room
 /// `fanout` on each (chatd: distinct imported accounts, token resume); waits for the presence
 /// flood to settle. Returns the rig; prints progress.
+/// The bench programs' rig: floor as a process, the Node peer (installed if missing) and chatd,
+/// `members` each, pinned as `pin` says. Exits the program if they cannot be brought up.
+pub fn bring_up_or_exit(members: usize, pin: super::procs::Pinning) -> Rig {
+    let setup = Setup {
+        members,
+        pin,
+        floor_process: true,
+        peer: true,
+        npm_install: true,
+    };
+    bring_up(&setup).unwrap_or_else(|e| {
+        eprintln!("setup failed: {e}");
+        std::process::exit(1);
+    })
+}
+
 pub fn bring_up(s: &Setup) -> Result<Rig, String> {
     use super::procs::{
         import_accounts, start_chatd, start_floor_process, start_floor_thread, start_peer,
