@@ -477,12 +477,10 @@ impl Hub {
     /// once the grace period has passed. Returns how many users were restored.
     pub fn restore_presence(self: &Arc<Self>, snapshot: PresenceSnapshot) -> usize {
         let since_drop = Duration::from_millis(now_ms().saturating_sub(snapshot.taken_ms));
-        let Some(left) = self.presence_grace.checked_sub(since_drop) else {
-            return 0;
+        let left = match self.presence_grace.checked_sub(since_drop) {
+            Some(left) if !left.is_zero() => left,
+            _ => return 0,
         };
-        if left.is_zero() {
-            return 0;
-        }
         let mut restored = 0;
         for saved in snapshot.rooms {
             let room = match self.existing_room(&saved.room) {
