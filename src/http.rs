@@ -16,9 +16,8 @@ use async_tungstenite::WebSocketStream;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 
 use crate::outbox::Outbox;
-use crate::session::Socket;
 use crate::state::State;
-use crate::transport::{ReadHalf, Transport};
+use crate::transport::{ReadHalf, Socket, Transport};
 
 /// Largest request head accepted.
 const MAX_HEAD: usize = 8 * 1024;

@@ -38,9 +38,6 @@ use crate::state::State;
 use crate::store::{user_key, Session as StoredSession, User};
 use crate::transport::ReadHalf;
 
-/// The socket type sessions run on.
-pub type Socket = smol::Async<std::net::TcpStream>;
-
 /// How long closing may take before the socket is dropped regardless.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 

@@ -24,14 +24,17 @@ use smol::Async;
 
 use crate::outbox::Outbox;
 
+/// A connection's socket before the WebSocket upgrade (plain TCP).
+pub type Socket = Async<TcpStream>;
+
 /// The socket of one connection, shared by its reader and every writer.
 pub struct Transport {
-    socket: Async<TcpStream>,
+    socket: Socket,
 }
 
 impl Transport {
     /// Wraps a connected, non-blocking socket.
-    pub fn new(socket: Async<TcpStream>) -> Transport {
+    pub fn new(socket: Socket) -> Transport {
         Transport { socket }
     }
 
