@@ -6,11 +6,16 @@
 //! (which close their connection). Watchers stay connected. At the end it checks:
 //! - every watcher saw strictly increasing ids in its room, and every acked id of that room;
 //! - the server is healthy, its connection count returned to the watchers alone;
-//! - resident memory after the churn, against the level before it (leak check).
+//! - resident memory after the churn, against the level before it (leak check);
+//! - the server's resident memory, open files and threads, sampled through the run, stay flat:
+//!   after the first third (warm-up: the page cache filling, allocator arenas, the database's
+//!   in-memory index growing from empty) memory grows by at most 10 % + 8 MiB, and once the churn ends open files and threads are back to where they were
+//!   before it, so no connection leaks a socket or a task.
 //!
 //! Exits non-zero if a check fails.
 //! Run: `cargo bench --bench soak` (CHATD_SOAK_SECONDS, CHATD_SOAK_CLIENTS, and
 //! CHATD_SOAK_MAX_BURST — sends per session, 0 for connection churn alone — to change).
+//! CI runs it for 60 s; docs/BENCHMARKS.md has a 30-minute run.
 
 mod support;
 
@@ -70,6 +75,10 @@ fn main() {
             "200ms",
             "--send-queue",
             "65536",
+            // A small page cache fills within the warm-up, so growth after it is a leak, not
+            // the cache filling up to its bound.
+            "--cache-mb",
+            "8",
         ],
     );
     let ok = smol::block_on(soak(&server, seconds, clients));
@@ -111,9 +120,19 @@ async fn soak(server: &ServerProcess, seconds: u64, clients: u64) -> bool {
         }));
     }
     let rss_before = rss_kib(pid);
+    let before = Sample::take(pid, addr, Duration::ZERO).await;
     let started = Instant::now();
     let end = started + Duration::from_secs(seconds);
     let tally: Arc<Mutex<Tally>> = Arc::default();
+    let every = Duration::from_secs((seconds / 12).clamp(5, 150));
+    let sampler = smol::spawn(async move {
+        let mut samples = Vec::new();
+        while Instant::now() + every < end {
+            smol::Timer::after(every).await;
+            samples.push(Sample::take(pid, addr, started.elapsed()).await);
+        }
+        samples
+    });
     let tasks: Vec<_> = (0..clients)
         .map(|c| {
             let tokens = tokens.clone();
@@ -130,6 +149,7 @@ async fn soak(server: &ServerProcess, seconds: u64, clients: u64) -> bool {
     for t in tasks {
         t.await;
     }
+    let samples = sampler.await;
     let churn = started.elapsed();
     // Let the last broadcasts reach the watchers: wait until their counts stop changing.
     let mut last = usize::MAX;
@@ -151,6 +171,7 @@ async fn soak(server: &ServerProcess, seconds: u64, clients: u64) -> bool {
         smol::Timer::after(Duration::from_millis(100)).await;
     };
     let rss_after = rss_kib(pid);
+    let after = Sample::take(pid, addr, started.elapsed()).await;
     let tally = tally.lock().unwrap();
     let seen = seen.lock().unwrap();
     let mut ok = true;
@@ -184,6 +205,19 @@ async fn soak(server: &ServerProcess, seconds: u64, clients: u64) -> bool {
     println!(
         "server RSS: {rss_before} KiB before the churn, {rss_after} KiB after it; health {health}"
     );
+    println!("| at | server RSS KiB | open files | threads | connections |");
+    println!("| --- | --- | --- | --- | --- |");
+    for s in std::iter::once(&before).chain(&samples).chain([&after]) {
+        println!(
+            "| {:.0} s | {} | {} | {} | {} |",
+            s.at.as_secs_f64(),
+            s.rss_kib,
+            s.open_files,
+            s.threads,
+            s.connections
+        );
+    }
+    ok &= flat(&before, &samples, &after);
     println!(
         "{}",
         if ok {
@@ -193,6 +227,73 @@ async fn soak(server: &ServerProcess, seconds: u64, clients: u64) -> bool {
         }
     );
     drop(watchers);
+    ok
+}
+
+/// What the server holds at one moment of the run.
+struct Sample {
+    at: Duration,
+    rss_kib: u64,
+    open_files: usize,
+    threads: u64,
+    connections: u64,
+}
+
+impl Sample {
+    async fn take(pid: u32, addr: std::net::SocketAddr, at: Duration) -> Sample {
+        let health = smol::unblock(move || healthz(addr)).await;
+        let threads = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Threads:"))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0);
+        Sample {
+            at,
+            rss_kib: rss_kib(pid),
+            open_files: std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count()),
+            threads,
+            connections: health["connections"].as_u64().unwrap_or(0),
+        }
+    }
+}
+
+/// Memory flat after the warm-up third; files and threads back to their level before the churn.
+fn flat(before: &Sample, during: &[Sample], after: &Sample) -> bool {
+    let mut ok = true;
+    let warm = during
+        .get(during.len() / 3)
+        .map_or(before.rss_kib, |s| s.rss_kib);
+    let peak_late = during
+        .iter()
+        .skip(during.len() / 3)
+        .chain([after])
+        .map(|s| s.rss_kib)
+        .max()
+        .unwrap_or(after.rss_kib);
+    let allowed = warm + warm / 10 + 8 * 1024;
+    if peak_late > allowed {
+        println!(
+            "FAIL memory grew after the warm-up: {warm} KiB → {peak_late} KiB (allowed {allowed})"
+        );
+        ok = false;
+    }
+    if after.open_files > before.open_files + 2 {
+        println!(
+            "FAIL open files: {} before the churn, {} after it",
+            before.open_files, after.open_files
+        );
+        ok = false;
+    }
+    if after.threads > before.threads {
+        println!(
+            "FAIL threads: {} before the churn, {} after it",
+            before.threads, after.threads
+        );
+        ok = false;
+    }
     ok
 }
 

@@ -32,7 +32,7 @@ const APP_JS: &str = include_str!("../web/app.js");
 const STYLE_CSS: &str = include_str!("../web/style.css");
 
 /// What was asked for, as far as routing cares.
-struct Head {
+pub(crate) struct Head {
     method: String,
     path: String,
     upgrade_websocket: bool,
@@ -41,7 +41,7 @@ struct Head {
     ws_key: Option<String>,
 }
 
-enum HeadError {
+pub(crate) enum HeadError {
     /// Not HTTP, or too large: 400/431.
     Malformed(&'static str, &'static str),
     /// The peer went away or was too slow.
@@ -167,27 +167,30 @@ async fn read_head(stream: &mut Socket) -> Result<(Head, Vec<u8>), HeadError> {
         if n == 0 {
             return Err(HeadError::Gone);
         }
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut request = httparse::Request::new(&mut headers);
-        match request.parse(&buf) {
-            Ok(httparse::Status::Complete(len)) => {
-                let head = Head::from_request(&request);
-                return Ok((head, buf[len..].to_vec()));
-            }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
-            Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
-                return Err(HeadError::Malformed(
-                    "431 Request Header Fields Too Large",
-                    "request head too large\n",
-                ))
-            }
-            Err(_) => {
-                return Err(HeadError::Malformed(
-                    "400 Bad Request",
-                    "malformed HTTP request\n",
-                ))
-            }
+        if let Some((head, len)) = parse_head(&buf)? {
+            return Ok((head, buf[len..].to_vec()));
         }
+    }
+}
+
+/// Parses a request head from the bytes read so far: the head and its length once complete,
+/// `None` while more may come, an error once it is malformed or longer than `MAX_HEAD`.
+pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => Ok(Some((Head::from_request(&request), len))),
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => Ok(None),
+        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+            Err(HeadError::Malformed(
+                "431 Request Header Fields Too Large",
+                "request head too large\n",
+            ))
+        }
+        Err(_) => Err(HeadError::Malformed(
+            "400 Bad Request",
+            "malformed HTTP request\n",
+        )),
     }
 }
 

@@ -13,6 +13,8 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub(crate) mod executors;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub(crate) mod heartbeat;
 pub(crate) mod http;
 pub(crate) mod hub;

@@ -8,6 +8,12 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::StoreError;
 
+/// Most bytes a decode may claim (string and sequence lengths added up). A damaged value can
+/// claim any length; bincode allocates what is claimed before reading it, so without a bound one
+/// bad byte would ask for exabytes and abort the process (found by `fuzz/`'s `stored_value`).
+/// The largest record written (the presence snapshot of a busy server) stays far below it.
+const MAX_DECODED_BYTES: usize = 16 * 1024 * 1024;
+
 /// A value kept in one of the store's trees, with the layout version it is written at.
 pub trait Record: Serialize + DeserializeOwned {
     /// What the value is, for error messages ("user", "message", …).
@@ -42,9 +48,11 @@ pub fn decode<R: Record>(bytes: &[u8], key: &[u8]) -> Result<R, StoreError> {
             R::VERSION
         )));
     }
-    let (value, used) =
-        bincode::serde::decode_from_slice::<R, _>(payload, bincode::config::standard())
-            .map_err(|e| corrupt(e.to_string()))?;
+    let (value, used) = bincode::serde::decode_from_slice::<R, _>(
+        payload,
+        bincode::config::standard().with_limit::<MAX_DECODED_BYTES>(),
+    )
+    .map_err(|e| corrupt(e.to_string()))?;
     if used != payload.len() {
         return Err(corrupt(format!("{} trailing bytes", payload.len() - used)));
     }
@@ -96,5 +104,16 @@ mod tests {
         assert!(decode::<Sample>(&bytes, b"k").is_err());
         assert!(decode::<Sample>(&[], b"k").is_err());
         assert!(decode::<Sample>(&[3, 0xff, 0xff, 0xff], b"k").is_err());
+    }
+
+    #[test]
+    fn a_claimed_length_beyond_the_bound_is_corrupt_not_an_allocation() {
+        // Version byte, then a string length of 2^56 (bincode varint: 0xfd + u64 LE).
+        let mut bytes = vec![3, 0xfd];
+        bytes.extend_from_slice(&(1u64 << 56).to_le_bytes());
+        assert!(matches!(
+            decode::<Sample>(&bytes, b"k"),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 }

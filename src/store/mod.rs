@@ -239,6 +239,22 @@ fn decode_message(key: &[u8], value: &[u8]) -> Result<StoredMessage, StoreError>
     })
 }
 
+/// Decodes `bytes` as every kind of stored value, and as a message under a key taken from its
+/// first 16 bytes; for the fuzz targets, which check that no stored value can make a read panic.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn decode_any(bytes: &[u8]) {
+    let key = b"fuzz";
+    let _ = codec::decode::<User>(bytes, key);
+    let _ = codec::decode::<Session>(bytes, key);
+    let _ = codec::decode::<Room>(bytes, key);
+    let _ = codec::decode::<Message>(bytes, key);
+    let _ = codec::decode::<CidEntry>(bytes, key);
+    let _ = codec::decode::<PresenceSnapshot>(bytes, key);
+    if let Some((key, value)) = bytes.split_at_checked(16) {
+        let _ = decode_message(key, value);
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) the database in `dir`. Never resets an existing database: a
     /// lock held by another process, corruption or a foreign schema is an error naming the path.
