@@ -76,6 +76,12 @@ pub struct Serve {
     /// keep at most this many newest messages per room, checked at start and hourly
     #[argh(option)]
     retention_per_room: Option<String>,
+    /// PEM certificate chain: serve https:// and wss:// (with --tls-key; reread on SIGHUP)
+    #[argh(option)]
+    tls_cert: Option<String>,
+    /// PEM private key for --tls-cert
+    #[argh(option)]
+    tls_key: Option<String>,
     /// log filter, e.g. info, debug, chatd=debug (default info)
     #[argh(option)]
     log: Option<String>,
@@ -158,6 +164,8 @@ impl Serve {
                 "--retention and --retention-per-room must be above zero (leave them out to keep everything)"
             ));
         }
+        c.tls_cert = setting(&self.tls_cert, "tls-cert", |s| Ok(PathBuf::from(s)))?;
+        c.tls_key = setting(&self.tls_key, "tls-key", |s| Ok(PathBuf::from(s)))?;
         if let Some(mb) = setting(&self.cache_mb, "cache-mb", number::<u64>)? {
             c.cache_bytes = mb * 1024 * 1024;
         }
@@ -166,7 +174,8 @@ impl Serve {
         Ok((c, log))
     }
 
-    /// Runs the server until SIGINT/SIGTERM; a second signal exits at once.
+    /// Runs the server until SIGINT/SIGTERM; a second signal exits at once. SIGHUP rereads the
+    /// TLS certificate and key.
     pub fn run(self) -> anyhow::Result<()> {
         let (config, log) = self.config()?;
         let filter = tracing_subscriber::EnvFilter::try_new(&log).with_context(|| {
@@ -181,18 +190,9 @@ impl Serve {
             tracing::warn!("durability is relaxed: acknowledged messages from the last 0.5 s can be lost in a crash");
         }
         let (stop, stopped) = async_channel::bounded::<()>(1);
-        static SIGNALS: AtomicUsize = AtomicUsize::new(0);
-        ctrlc::set_handler(move || {
-            if SIGNALS.fetch_add(1, Ordering::SeqCst) == 0 {
-                tracing::info!("signal received: shutting down (send another to exit at once)");
-                let _ = stop.try_send(());
-            } else {
-                std::process::exit(130);
-            }
-        })
-        .context("installing the signal handler")?;
         let data_dir = config.data_dir.clone();
         let server = chatd::Server::bind(config)?;
+        handle_signals(stop, server.tls())?;
         let addr = server.local_addr().context("reading the bound address")?;
         tracing::info!(%addr, data_dir = %data_dir.display(), "chatd {} serving", env!("CARGO_PKG_VERSION"));
         let mut stdout = std::io::stdout();
@@ -202,4 +202,49 @@ impl Serve {
         server.run(stopped)?;
         Ok(())
     }
+}
+
+/// SIGINT (Ctrl-C, through ctrlc) and SIGTERM ask for a graceful shutdown, and a second one
+/// exits at once; SIGHUP rereads the TLS certificate, keeping the old one if the new files are
+/// unusable. Installed after the server is bound, so a start that fails still ends on the
+/// first signal.
+fn handle_signals(
+    stop: async_channel::Sender<()>,
+    tls: Option<std::sync::Arc<chatd::tls::Tls>>,
+) -> anyhow::Result<()> {
+    static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+    let shut_down = move || {
+        if SIGNALS.fetch_add(1, Ordering::SeqCst) == 0 {
+            tracing::info!("signal received: shutting down (send another to exit at once)");
+            let _ = stop.try_send(());
+        } else {
+            std::process::exit(130);
+        }
+    };
+    let on_term = shut_down.clone();
+    ctrlc::set_handler(shut_down).context("installing the SIGINT handler")?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])
+    .context("installing the SIGTERM and SIGHUP handlers")?;
+    std::thread::Builder::new()
+        .name("chatd-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if signal != signal_hook::consts::SIGHUP {
+                    on_term();
+                    continue;
+                }
+                match &tls {
+                    None => tracing::info!("SIGHUP: nothing to reload (no --tls-cert)"),
+                    Some(tls) => match tls.reload() {
+                        Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                        Err(e) => tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; the previous one stays in use"),
+                    },
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
 }

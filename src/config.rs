@@ -90,6 +90,10 @@ pub struct Config {
     pub retention: Option<Duration>,
     /// Keep at most this many messages per room, checked periodically.
     pub retention_per_room: Option<u64>,
+    /// PEM certificate chain for built-in TLS (with `tls_key`); plain TCP without.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for built-in TLS.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Protocol limit on text length, in Unicode scalar values.
@@ -121,6 +125,8 @@ impl Config {
             hash_concurrency: cores.max(1),
             retention: None,
             retention_per_room: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 
@@ -144,6 +150,9 @@ impl Config {
         }
         if self.max_frame < 1024 {
             return Err("--max-frame must be at least 1024 bytes".into());
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("--tls-cert and --tls-key go together: give both, or neither".into());
         }
         if self.replay_limit == 0 {
             return Err("--replay-limit must be at least 1".into());

@@ -260,7 +260,8 @@ async fn upgrade(mut stream: Socket, head: Head, rest: Vec<u8>, state: &State) -
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
         derive_accept_key(key.as_bytes())
     );
-    if stream.write_all(response.as_bytes()).await.is_err() {
+    // Flushed: under TLS the last records of the response may still sit in the session.
+    if stream.write_all(response.as_bytes()).await.is_err() || stream.flush().await.is_err() {
         return None;
     }
     let max = state.config.max_frame;
@@ -331,7 +332,6 @@ pub async fn respond(
         bytes.extend_from_slice(body);
     }
     stream.write_all(&bytes).await?;
-    stream.flush().await?;
-    let _ = stream.get_ref().shutdown(std::net::Shutdown::Write);
-    Ok(())
+    // Flushes and ends the stream (under TLS with close_notify first).
+    stream.close().await
 }

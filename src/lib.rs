@@ -27,6 +27,7 @@ pub(crate) mod session;
 pub(crate) mod state;
 pub mod store;
 mod sync;
+pub mod tls;
 pub(crate) mod transport;
 pub(crate) mod wire;
 

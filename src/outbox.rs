@@ -121,6 +121,9 @@ struct State {
     /// Our Close frame is queued or written: it goes out once, even if closing starts over
     /// (a connection that logs in while closing moves to its next task mid-close).
     close_queued: bool,
+    /// The transport holds bytes it accepted but could not send yet (TLS records): the writer
+    /// sends them when the socket drains, even with nothing queued.
+    unsent: bool,
 }
 
 impl State {
@@ -308,7 +311,10 @@ impl Outbox {
         let mut finished = 0u64;
         let result = loop {
             if state.queue.is_empty() {
-                break Ok(true);
+                break self
+                    .transport
+                    .flush_unsent()
+                    .inspect(|&all| state.unsent = !all);
             }
             let attempt = if let (1, Some((bytes, _))) = (state.queue.len(), state.queue.front()) {
                 // The common case (one frame for this socket): no iovec array to fill.
@@ -407,7 +413,9 @@ impl Outbox {
                 let state = self.lock();
                 match &state.close {
                     Some(request) => Poll::Ready(Err(request.clone())),
-                    None if !state.queue.is_empty() && !state.corked => Poll::Ready(Ok(())),
+                    None if (!state.queue.is_empty() || state.unsent) && !state.corked => {
+                        Poll::Ready(Ok(()))
+                    }
                     None => Poll::Pending,
                 }
             })
@@ -477,6 +485,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::Socket;
     use std::io::Read;
     use std::net::{TcpListener, TcpStream};
 
@@ -485,7 +494,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
-        let transport = Transport::new(smol::Async::new(server).unwrap());
+        let transport = Transport::new(Socket::Plain(smol::Async::new(server).unwrap()));
         let outbox = Outbox::new(transport, capacity, Counter::default());
         (Arc::new(outbox), client)
     }

@@ -24,6 +24,8 @@ use crate::protocol::close;
 use crate::state::State;
 use crate::store::commit::Committer;
 use crate::store::{Store, StoreError, StoreOptions};
+use crate::tls::Tls;
+use crate::transport::Socket;
 
 /// How long shutdown waits for connections to close before dropping them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -47,6 +49,9 @@ pub enum ServerError {
     /// The database cannot be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The admin socket cannot be created.
     #[error("cannot create the admin socket {path}: {source}")]
     Admin {
@@ -68,6 +73,7 @@ pub enum ServerError {
 /// A bound, ready server.
 pub struct Server {
     listener: Async<TcpListener>,
+    tls: Option<Arc<Tls>>,
     admin: crate::admin::socket::Listener,
     state: Arc<State>,
     executors: Arc<Executors>,
@@ -78,6 +84,10 @@ impl Server {
     /// is locked, corrupt or foreign, or the address is taken.
     pub fn bind(config: Config) -> Result<Server, ServerError> {
         config.validate().map_err(ServerError::Config)?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(Tls::load(cert, key)?)),
+            _ => None,
+        };
         std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
             path: config.data_dir.clone(),
             source,
@@ -144,10 +154,16 @@ impl Server {
         let state = Arc::new(State::new(config, store, hub, metrics, healthy));
         Ok(Server {
             listener,
+            tls,
             admin,
             state,
             executors,
         })
+    }
+
+    /// The certificate in use, for reloading it (SIGHUP); `None` without TLS.
+    pub fn tls(&self) -> Option<Arc<Tls>> {
+        self.tls.clone()
     }
 
     /// The address actually bound (useful with port 0).
@@ -159,6 +175,7 @@ impl Server {
     pub fn run(self, shutdown: async_channel::Receiver<()>) -> Result<(), ServerError> {
         let Server {
             listener,
+            tls,
             admin,
             state,
             executors,
@@ -188,7 +205,14 @@ impl Server {
             executor.clone(),
         ));
         let (live, all_closed) = async_channel::bounded::<()>(1);
-        smol::block_on(executors.run(accept(&listener, &state, &executors, &live, shutdown)));
+        smol::block_on(executors.run(accept(
+            &listener,
+            tls.as_deref(),
+            &state,
+            &executors,
+            &live,
+            shutdown,
+        )));
         drop(listener);
         // Stops admin connections and removes the admin socket file.
         smol::block_on(executors.run(admin_task.cancel()));
@@ -242,6 +266,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 async fn accept(
     listener: &Async<TcpListener>,
+    tls: Option<&Tls>,
     state: &Arc<State>,
     executors: &Executors,
     live: &async_channel::Sender<()>,
@@ -264,6 +289,14 @@ async fn accept(
             }
         };
         let _ = stream.get_ref().set_nodelay(true);
+        let stream = match tls.map(Tls::accept) {
+            None => Socket::Plain(stream),
+            Some(Ok(session)) => Socket::tls(stream, session),
+            Some(Err(e)) => {
+                tracing::warn!(%peer, error = %e, "TLS session could not be created");
+                continue;
+            }
+        };
         let (slot, open) = state.count_socket();
         if open >= state.config.max_connections {
             executors
