@@ -90,6 +90,12 @@ pub struct Config {
     pub retention: Option<Duration>,
     /// Keep at most this many messages per room, checked periodically.
     pub retention_per_room: Option<u64>,
+    /// New messages are refused while the data directory's file system has fewer bytes
+    /// available (0: no free-space check).
+    pub min_free_space: u64,
+    /// A group commit (write + fsync) running longer than this marks the server unhealthy and
+    /// refuses writes until it returns.
+    pub flush_timeout: Duration,
 }
 
 /// Protocol limit on text length, in Unicode scalar values.
@@ -121,6 +127,8 @@ impl Config {
             hash_concurrency: cores.max(1),
             retention: None,
             retention_per_room: None,
+            min_free_space: 64 * 1024 * 1024,
+            flush_timeout: Duration::from_secs(5),
         }
     }
 
@@ -156,8 +164,37 @@ impl Config {
                 "--ping-interval, --idle-timeout and --auth-timeout must be above zero".into(),
             );
         }
+        if self.flush_timeout < Duration::from_millis(100) {
+            return Err("--flush-timeout must be at least 100ms (a healthy fsync can take tens of milliseconds under load)".into());
+        }
         Ok(())
     }
+}
+
+/// Parses byte sizes like `64MiB`, `1GiB`, `512KiB`, `500MB` or a plain number of bytes.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let unit_bytes: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => return Err(format!("`{text}` is not a size like 64MiB, 1GiB or 500MB")),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_bytes))
+        .ok_or_else(|| format!("`{text}` is not a size like 64MiB, 1GiB or 500MB"))
 }
 
 /// Parses durations like `500ms`, `10s`, `5m`, `7d`.

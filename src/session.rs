@@ -35,7 +35,7 @@ use crate::outbox::{CloseRequest, Outbox, PEER_CLOSED};
 use crate::protocol::{self, close, Auth, ErrorCode, Limits, Rejection, Request, ServerFrame};
 use crate::rules;
 use crate::state::State;
-use crate::store::{user_key, Session as StoredSession, User};
+use crate::store::{user_key, Session as StoredSession, StoreError, User};
 use crate::transport::ReadHalf;
 
 /// How long closing may take before the socket is dropped regardless.
@@ -428,6 +428,10 @@ impl Session {
                 ErrorCode::NotJoined,
                 format!("`{room}` was deleted; join it again"),
             ),
+            // Counted and logged once per change of state by the write gate.
+            HubError::Store(e @ StoreError::Unavailable { .. }) => {
+                Rejection::new(ErrorCode::Internal, e.to_string())
+            }
             HubError::Store(e) => self.internal(e),
         }
     }
