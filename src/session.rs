@@ -415,7 +415,12 @@ impl Session {
     }
 
     fn internal(&self, error: impl std::fmt::Display) -> Rejection {
-        tracing::error!(peer = %self.peer, %error, "request failed");
+        if self.state.healthy() {
+            tracing::error!(peer = %self.peer, %error, "request failed");
+        } else {
+            // The write gate logged the cause once; failures it explains are expected.
+            tracing::debug!(peer = %self.peer, %error, "request failed");
+        }
         Rejection::new(
             ErrorCode::Internal,
             "the server could not complete the request",

@@ -243,6 +243,8 @@ impl Committer {
     ) -> Result<Appended, StoreError> {
         let cid_key = message.cid.as_deref().map(|c| cid_key(user_key, c));
         let user_key: Arc<str> = Arc::from(user_key);
+        // Before the cid lookup: a backend that failed a write may fail reads too.
+        self.shared.gate.admit_flush_waiter()?;
         let mut queue = self.shared.lock();
         if queue.stopping {
             return Err(StoreError::Stopped);
@@ -255,7 +257,6 @@ impl Committer {
                 None => self.backend.cid(&user_key, cid)?.map(|e| (e, false)),
             };
             if let Some((original, in_flight)) = repeat {
-                self.shared.gate.admit_flush_waiter()?;
                 let appended = Appended::Duplicate(original.clone());
                 let work = if in_flight {
                     Work::Repeat {
