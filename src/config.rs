@@ -202,3 +202,28 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim())
         .map_err(|e| format!("`{text}` is not a duration like 500ms, 10s, 5m or 7d ({e})"))
 }
+
+#[cfg(test)]
+mod disk_settings_tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_and_decimal_units_and_refuse_the_rest() {
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes(" 1GiB "), Ok(1 << 30));
+        assert_eq!(parse_bytes("500MB"), Ok(500_000_000));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("0"), Ok(0));
+        for bad in ["", "MiB", "-1MiB", "1.5GiB", "12XB", "99999999999TiB"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn a_flush_timeout_below_100ms_is_refused() {
+        let mut config = Config::new("127.0.0.1:0".parse().unwrap(), PathBuf::from("d"));
+        assert!(config.validate().is_ok());
+        config.flush_timeout = Duration::from_millis(50);
+        assert!(config.validate().unwrap_err().contains("--flush-timeout"));
+    }
+}

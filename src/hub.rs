@@ -210,6 +210,8 @@ impl Hub {
         if let Some(room) = rooms.get(name) {
             return Ok(room.clone());
         }
+        // Creating the room may write; never under this lock to a disk that does not answer.
+        self.committer.gate().admit_flush_waiter()?;
         let record = self.store.ensure_room(name, now_ms())?;
         Ok(Self::load(&mut rooms, record))
     }

@@ -618,8 +618,24 @@ impl Session {
         None
     }
 
+    /// Refuses a request that must write to the database while the write gate says a write
+    /// would fail or hang (stuck or failed disk), instead of blocking this executor thread.
+    fn writes_possible(&self) -> Result<(), Rejection> {
+        let gate = self.state.hub.committer().gate();
+        gate.admit_flush_waiter().map_err(|_| {
+            Rejection::new(
+                ErrorCode::Internal,
+                format!(
+                    "the server cannot write to its disk right now ({}); retry later",
+                    gate.condition().as_str()
+                ),
+            )
+        })
+    }
+
     /// Creates an account; `Ok(None)` if the name is taken.
     async fn register(&self, name: String, password: String) -> Result<Option<User>, Rejection> {
+        self.writes_possible()?;
         let store = &self.state.store;
         if store.user(&name).map_err(|e| self.internal(e))?.is_some() {
             return Ok(None);
@@ -644,6 +660,7 @@ impl Session {
 
     /// Stores a new session for `user` durably and returns its token.
     async fn issue_token(&self, user: &User) -> Result<String, Rejection> {
+        self.writes_possible()?;
         let (token, hash) = auth::new_token().map_err(|e| self.internal(e))?;
         let now = now_ms();
         let ttl = self.state.config.token_ttl.as_millis() as u64;
