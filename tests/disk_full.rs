@@ -311,8 +311,15 @@ fn low_space_refuses_sends_keeps_serving_and_recovers_without_a_restart() {
     assert!(!s.stderr().contains("request failed"), "{}", s.stderr());
 
     std::fs::remove_file(&filler).expect("removing the filler");
+    let freed = Instant::now();
     let (status, body) = wait_for_storage(&s, &["ok"]);
     assert_eq!((status, &body["ok"]), (200, &json!(true)), "{body}");
+    eprintln!(
+        "figures: {} acked before low space, {} refused; writable again {:?} after freeing space",
+        out.acked.len(),
+        out.refused.len(),
+        freed.elapsed()
+    );
     let refused: Vec<String> = out.refused.keys().cloned().collect();
     let resent = resend(&mut alice, "r", &text, &refused);
 
@@ -321,6 +328,7 @@ fn low_space_refuses_sends_keeps_serving_and_recovers_without_a_restart() {
     let st = s.wait_exit(Duration::from_secs(10));
     assert!(st.success(), "{st:?}");
     assert!(t0.elapsed() < Duration::from_secs(10));
+    eprintln!("figures: SIGTERM to exit {:?}", t0.elapsed());
     s.restart();
     let mut dave = s.register("dave");
     let stored = stored_by_cid(&mut dave, "r");
@@ -367,6 +375,13 @@ fn a_failed_disk_write_is_reported_refused_fast_and_a_resend_finds_what_was_stor
         "40 refusals took {:?}",
         t0.elapsed()
     );
+    eprintln!(
+        "figures: {} acked before the disk filled, {} refused; 40 later sends refused in {:?}; {}",
+        out.acked.len(),
+        out.refused.len(),
+        t0.elapsed(),
+        body["reason"]
+    );
     for message in later.refused.values() {
         assert!(message.contains("not stored"), "{message}");
     }
@@ -382,8 +397,9 @@ fn a_failed_disk_write_is_reported_refused_fast_and_a_resend_finds_what_was_stor
     // Shutdown completes although the database cannot write.
     let t0 = Instant::now();
     s.sigterm();
-    s.wait_exit(Duration::from_secs(10));
+    let st = s.wait_exit(Duration::from_secs(10));
     assert!(t0.elapsed() < Duration::from_secs(10));
+    eprintln!("figures: SIGTERM to exit {:?} ({st:?})", t0.elapsed());
 
     std::fs::remove_file(&filler).expect("removing the filler");
     s.restart();
@@ -406,6 +422,11 @@ fn a_failed_disk_write_is_reported_refused_fast_and_a_resend_finds_what_was_stor
     }
     // The documented recovery: resend every refused cid; stored ones get their stored id.
     let refused: Vec<String> = out.refused.keys().cloned().collect();
+    eprintln!(
+        "figures: after the restart {} of the {} refused sends were stored",
+        stored.len() - out.acked.len(),
+        refused.len()
+    );
     let resent = resend(&mut alice_after_restart(&s), "r", &text, &refused);
     for (cid, id) in &resent {
         if let Some(stored_id) = stored.get(cid) {
