@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chatd::store::commit::Committer;
+use chatd::store::gate::WriteGate;
 use chatd::store::{Message, RoomRef, Store, StoreOptions};
 use sled::Transactional;
 
@@ -380,6 +381,7 @@ fn committer_run(rooms: usize, window: usize, fsync: bool, seconds: f64) -> Run 
                 counted.fetch_add(1, Ordering::Relaxed);
             }
         }),
+        WriteGate::without_headroom(Duration::from_secs(3600)),
     );
     let refs = (0..rooms)
         .map(|r| {
@@ -423,7 +425,10 @@ fn committer_run(rooms: usize, window: usize, fsync: bool, seconds: f64) -> Run 
     while driver.outstanding.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    driver.committer.shutdown();
+    driver
+        .committer
+        .shutdown(Duration::from_secs(60))
+        .expect("the last group commit finishes");
     let messages = driver.done.load(Ordering::SeqCst);
     let latencies =
         std::mem::take(&mut *driver.latencies.lock().unwrap_or_else(|e| e.into_inner()));

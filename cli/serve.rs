@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use argh::FromArgs;
-use chatd::config::{parse_duration, Config, Durability, Registration};
+use chatd::config::{parse_bytes, parse_duration, Config, Durability, Registration};
 
 /// Run the chat server.
 #[derive(FromArgs)]
@@ -85,6 +85,12 @@ pub struct Serve {
     /// log filter, e.g. info, debug, chatd=debug (default info)
     #[argh(option)]
     log: Option<String>,
+    /// refuse new messages while the data directory has less free space, e.g. 64MiB, 1GiB; 0 turns the check off (default 64MiB)
+    #[argh(option)]
+    min_free_space: Option<String>,
+    /// a database write (group commit + fsync) running longer marks the server unhealthy and refuses writes until it returns (default 5s)
+    #[argh(option)]
+    flush_timeout: Option<String>,
 }
 
 /// The flag's value, else the `CHATD_*` variable's, parsed with `parse`.
@@ -154,6 +160,13 @@ impl Serve {
         set!(c.send_queue, send_queue, "send-queue", number);
         set!(c.replay_limit, replay_limit, "replay-limit", number);
         set!(c.token_ttl, token_ttl, "token-ttl", duration);
+        set!(
+            c.min_free_space,
+            min_free_space,
+            "min-free-space",
+            parse_bytes
+        );
+        set!(c.flush_timeout, flush_timeout, "flush-timeout", duration);
         set!(c.durability, durability, "durability", |s: &str| s
             .parse::<Durability>(
         ));

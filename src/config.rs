@@ -94,6 +94,12 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for built-in TLS.
     pub tls_key: Option<PathBuf>,
+    /// New messages are refused while the data directory's file system has fewer bytes
+    /// available (0: no free-space check).
+    pub min_free_space: u64,
+    /// A group commit (write + fsync) running longer than this marks the server unhealthy and
+    /// refuses writes until it returns.
+    pub flush_timeout: Duration,
 }
 
 /// Protocol limit on text length, in Unicode scalar values.
@@ -127,6 +133,8 @@ impl Config {
             retention_per_room: None,
             tls_cert: None,
             tls_key: None,
+            min_free_space: 64 * 1024 * 1024,
+            flush_timeout: Duration::from_secs(5),
         }
     }
 
@@ -165,12 +173,66 @@ impl Config {
                 "--ping-interval, --idle-timeout and --auth-timeout must be above zero".into(),
             );
         }
+        if self.flush_timeout < Duration::from_millis(100) {
+            return Err("--flush-timeout must be at least 100ms (a healthy fsync can take tens of milliseconds under load)".into());
+        }
         Ok(())
     }
+}
+
+/// Parses byte sizes like `64MiB`, `1GiB`, `512KiB`, `500MB` or a plain number of bytes.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let unit_bytes: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => return Err(format!("`{text}` is not a size like 64MiB, 1GiB or 500MB")),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_bytes))
+        .ok_or_else(|| format!("`{text}` is not a size like 64MiB, 1GiB or 500MB"))
 }
 
 /// Parses durations like `500ms`, `10s`, `5m`, `7d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim())
         .map_err(|e| format!("`{text}` is not a duration like 500ms, 10s, 5m or 7d ({e})"))
+}
+
+#[cfg(test)]
+mod disk_settings_tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_and_decimal_units_and_refuse_the_rest() {
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes(" 1GiB "), Ok(1 << 30));
+        assert_eq!(parse_bytes("500MB"), Ok(500_000_000));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("0"), Ok(0));
+        for bad in ["", "MiB", "-1MiB", "1.5GiB", "12XB", "99999999999TiB"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn a_flush_timeout_below_100ms_is_refused() {
+        let mut config = Config::new("127.0.0.1:0".parse().unwrap(), PathBuf::from("d"));
+        assert!(config.validate().is_ok());
+        config.flush_timeout = Duration::from_millis(50);
+        assert!(config.validate().unwrap_err().contains("--flush-timeout"));
+    }
 }

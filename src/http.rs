@@ -111,9 +111,14 @@ pub async fn serve(mut stream: Socket, peer: SocketAddr, state: Arc<State>) -> O
         }
         "/healthz" => {
             let body = state.health_json();
+            let status = if state.healthy() {
+                "200 OK"
+            } else {
+                "503 Service Unavailable"
+            };
             respond(
                 &mut stream,
-                "200 OK",
+                status,
                 "application/json",
                 &[("Cache-Control", "no-store")],
                 body.as_bytes(),

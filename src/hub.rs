@@ -210,6 +210,8 @@ impl Hub {
         if let Some(room) = rooms.get(name) {
             return Ok(room.clone());
         }
+        // Creating the room may write; never under this lock to a disk that does not answer.
+        self.committer.gate().admit_flush_waiter()?;
         let record = self.store.ensure_room(name, now_ms())?;
         Ok(Self::load(&mut rooms, record))
     }
@@ -668,11 +670,17 @@ fn announce(
                 ErrorCode::NotJoined,
                 format!("`{}` was deleted; join it again", room.name),
             ),
+            StoreError::Unavailable { condition } => {
+                metrics.error(ErrorCode::Internal);
+                Rejection::new(ErrorCode::Internal, condition.refusal())
+            }
+            // The batch may have reached the disk before its flush failed (docs/PROTOCOL.md,
+            // section 9): only a resend with the same cid can tell.
             _ => {
                 metrics.error(ErrorCode::Internal);
                 Rejection::new(
                     ErrorCode::Internal,
-                    "the message could not be written to disk",
+                    "the write to disk failed; the message may still be stored: resend it with the same cid",
                 )
             }
         };

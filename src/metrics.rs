@@ -27,6 +27,11 @@ pub struct Metrics {
     pub slow_consumer_closes: Counter,
     /// Seconds per database flush.
     pub flush_seconds: Histogram,
+    writes_refused: Family<Labels, Counter>,
+    /// Changes of the write gate's state (docs/SECURITY.md-parts/disk.md).
+    pub storage_state_changes: Counter,
+    /// Bytes available on the data directory's file system at the last reading.
+    pub disk_free_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -77,6 +82,27 @@ impl Metrics {
             "Duration of database flushes (group commit)",
             flush_seconds.clone(),
         );
+        let writes_refused = Family::<Labels, Counter>::default();
+        let storage_state_changes = Counter::default();
+        let disk_free_bytes = Gauge::default();
+        registry.register(
+            "writes_refused",
+            "Writes refused by the write gate, by reason",
+            writes_refused.clone(),
+        );
+        registry.register(
+            "storage_state_changes",
+            "Changes of the write gate's state (writable, low space, flush stalled, write failed)",
+            storage_state_changes.clone(),
+        );
+        registry.register(
+            "disk_free_bytes",
+            "Bytes available on the data directory's file system at the last reading",
+            disk_free_bytes.clone(),
+        );
+        for condition in crate::store::gate::Condition::REFUSING {
+            let _ = writes_refused.get_or_create(&[("reason", condition.as_str())]);
+        }
         for code in ErrorCode::ALL {
             let _ = errors.get_or_create(&[("code", code.as_str())]);
         }
@@ -89,7 +115,17 @@ impl Metrics {
             errors,
             slow_consumer_closes,
             flush_seconds,
+            writes_refused,
+            storage_state_changes,
+            disk_free_bytes,
         }
+    }
+
+    /// Counts a write the write gate refused.
+    pub fn write_refused(&self, reason: &'static str) {
+        self.writes_refused
+            .get_or_create(&[("reason", reason)])
+            .inc();
     }
 
     /// Counts an error frame sent.

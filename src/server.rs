@@ -8,7 +8,6 @@
 //! write is gone.
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +22,7 @@ use crate::outbox::CloseRequest;
 use crate::protocol::close;
 use crate::state::State;
 use crate::store::commit::Committer;
+use crate::store::gate::{statvfs_probe, Headroom, WriteGate};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::tls::Tls;
 use crate::transport::Socket;
@@ -59,6 +59,14 @@ pub enum ServerError {
         path: std::path::PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// The last database write did not return in time at shutdown.
+    #[error("the database's last write did not return within {waited:?} (--flush-timeout): exiting without it; {messages} messages sent before the shutdown may not be on disk (none was acknowledged, so their senders resend them with the same cid)")]
+    Unfinished {
+        /// Messages queued or being written.
+        messages: usize,
+        /// How long shutdown waited.
+        waited: Duration,
     },
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
@@ -114,18 +122,16 @@ impl Server {
             })?;
         let metrics = Arc::new(Metrics::new());
         let observed = metrics.clone();
-        let healthy = Arc::new(AtomicBool::new(true));
-        let health = healthy.clone();
+        let headroom = (config.min_free_space > 0).then(|| Headroom {
+            min_free: config.min_free_space,
+            probe: statvfs_probe(config.data_dir.clone()),
+        });
+        let gate = WriteGate::new(metrics.clone(), config.flush_timeout, headroom);
         let committer = Arc::new(Committer::start(
             store.clone(),
             config.durability == Durability::Strict,
-            Box::new(move |took, ok| {
-                observed.flush_seconds.observe(took.as_secs_f64());
-                if !ok {
-                    // sled does not recover from a failed flush; operators must look.
-                    health.store(false, Ordering::Relaxed);
-                }
-            }),
+            Box::new(move |took, _| observed.flush_seconds.observe(took.as_secs_f64())),
+            gate,
         ));
         let executors = Arc::new(Executors::new());
         let executor = executors.live.clone();
@@ -151,7 +157,7 @@ impl Server {
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "presence from the last shutdown not restored"),
         }
-        let state = Arc::new(State::new(config, store, hub, metrics, healthy));
+        let state = Arc::new(State::new(config, store, hub, metrics));
         Ok(Server {
             listener,
             tls,
@@ -233,10 +239,24 @@ impl Server {
                 );
             },
         )));
-        if let Err(e) = state.store.save_presence(&state.hub.presence_snapshot()) {
-            tracing::warn!(error = %e, "presence not kept for the next start");
+        let committer = state.hub.committer();
+        // A write to a disk that does not answer could block this thread for good.
+        match committer.gate().admit_flush_waiter() {
+            Ok(()) => {
+                if let Err(e) = state.store.save_presence(&state.hub.presence_snapshot()) {
+                    tracing::warn!(error = %e, "presence not kept for the next start");
+                }
+            }
+            Err(e) => tracing::warn!(reason = %e, "presence not kept for the next start"),
         }
-        state.hub.committer().shutdown();
+        if let Err(unfinished) = committer.shutdown(state.config.flush_timeout) {
+            // Exiting leaves the stuck thread behind; waiting longer would only keep the
+            // process (and the database lock) from a restart that can recover.
+            return Err(ServerError::Unfinished {
+                messages: unfinished.messages,
+                waited: state.config.flush_timeout,
+            });
+        }
         let flushed = state.store.flush();
         drop(stop_threads);
         for worker in workers {

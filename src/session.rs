@@ -35,7 +35,7 @@ use crate::outbox::{CloseRequest, Outbox, PEER_CLOSED};
 use crate::protocol::{self, close, Auth, ErrorCode, Limits, Rejection, Request, ServerFrame};
 use crate::rules;
 use crate::state::State;
-use crate::store::{user_key, Session as StoredSession, User};
+use crate::store::{user_key, Session as StoredSession, StoreError, User};
 use crate::transport::ReadHalf;
 
 /// How long closing may take before the socket is dropped regardless.
@@ -415,7 +415,12 @@ impl Session {
     }
 
     fn internal(&self, error: impl std::fmt::Display) -> Rejection {
-        tracing::error!(peer = %self.peer, %error, "request failed");
+        if self.state.healthy() {
+            tracing::error!(peer = %self.peer, %error, "request failed");
+        } else {
+            // The write gate logged the cause once; failures it explains are expected.
+            tracing::debug!(peer = %self.peer, %error, "request failed");
+        }
         Rejection::new(
             ErrorCode::Internal,
             "the server could not complete the request",
@@ -428,6 +433,10 @@ impl Session {
                 ErrorCode::NotJoined,
                 format!("`{room}` was deleted; join it again"),
             ),
+            // Counted and logged once per change of state by the write gate.
+            HubError::Store(e @ StoreError::Unavailable { .. }) => {
+                Rejection::new(ErrorCode::Internal, e.to_string())
+            }
             HubError::Store(e) => self.internal(e),
         }
     }
@@ -609,8 +618,24 @@ impl Session {
         None
     }
 
+    /// Refuses a request that must write to the database while the write gate says a write
+    /// would fail or hang (stuck or failed disk), instead of blocking this executor thread.
+    fn writes_possible(&self) -> Result<(), Rejection> {
+        let gate = self.state.hub.committer().gate();
+        gate.admit_flush_waiter().map_err(|_| {
+            Rejection::new(
+                ErrorCode::Internal,
+                format!(
+                    "the server cannot write to its disk right now ({}); retry later",
+                    gate.condition().as_str()
+                ),
+            )
+        })
+    }
+
     /// Creates an account; `Ok(None)` if the name is taken.
     async fn register(&self, name: String, password: String) -> Result<Option<User>, Rejection> {
+        self.writes_possible()?;
         let store = &self.state.store;
         if store.user(&name).map_err(|e| self.internal(e))?.is_some() {
             return Ok(None);
@@ -635,6 +660,7 @@ impl Session {
 
     /// Stores a new session for `user` durably and returns its token.
     async fn issue_token(&self, user: &User) -> Result<String, Rejection> {
+        self.writes_possible()?;
         let (token, hash) = auth::new_token().map_err(|e| self.internal(e))?;
         let now = now_ms();
         let ttl = self.state.config.token_ttl.as_millis() as u64;

@@ -8,7 +8,7 @@
 //! ask each of them to close.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::outbox::{CloseRequest, Outbox};
+use crate::store::gate::Condition;
 use crate::store::Store;
 use crate::sync::lock;
 
@@ -35,22 +36,13 @@ pub struct State {
     started: Instant,
     conn_ids: AtomicU64,
     sockets: AtomicUsize,
-    /// False once a database flush failed.
-    healthy: Arc<AtomicBool>,
     /// Every WebSocket connection's outbox, authenticated or not, so shutdown reaches them all.
     outboxes: Mutex<HashMap<u64, Arc<Outbox>>>,
 }
 
 impl State {
-    /// The state of a server that has just started. `healthy` is shared with the committer's
-    /// flush observer, which clears it when a flush fails.
-    pub fn new(
-        config: Config,
-        store: Arc<Store>,
-        hub: Arc<Hub>,
-        metrics: Arc<Metrics>,
-        healthy: Arc<AtomicBool>,
-    ) -> State {
+    /// The state of a server that has just started.
+    pub fn new(config: Config, store: Arc<Store>, hub: Arc<Hub>, metrics: Arc<Metrics>) -> State {
         State {
             passwords: Passwords::new(config.hash_concurrency),
             config,
@@ -60,7 +52,6 @@ impl State {
             started: Instant::now(),
             conn_ids: AtomicU64::new(1),
             sockets: AtomicUsize::new(0),
-            healthy,
             outboxes: Mutex::new(HashMap::new()),
         }
     }
@@ -98,15 +89,26 @@ impl State {
         self.started.elapsed()
     }
 
-    /// The `/healthz` body.
+    /// Whether the database takes writes (what `/healthz` answers 200 or 503 for).
+    pub fn healthy(&self) -> bool {
+        self.hub.committer().gate().condition() == Condition::Writable
+    }
+
+    /// The `/healthz` body. `storage` names the write gate's state; `reason` explains a state
+    /// other than `ok`.
     pub fn health_json(&self) -> String {
-        serde_json::json!({
-            "ok": self.healthy.load(Ordering::Relaxed),
+        let gate = self.hub.committer().gate();
+        let mut health = serde_json::json!({
+            "ok": gate.condition() == Condition::Writable,
             "version": env!("CARGO_PKG_VERSION"),
             "uptime": self.uptime().as_secs(),
             "connections": self.metrics.connections.get(),
-        })
-        .to_string()
+            "storage": gate.condition().as_str(),
+        });
+        if let Some(reason) = gate.reason() {
+            health["reason"] = reason.into();
+        }
+        health.to_string()
     }
 
     /// Counts a newly accepted socket, returning its slot and how many were open before it.

@@ -36,6 +36,12 @@
 //! - A failed apply or flush reaches every waiter of that batch as an error: no ack.
 //! - `published` is the hub's business, raised by continuations, so it only rises after the
 //!   flush that covered the message.
+//! - **Nothing here waits for a disk that does not answer.** The [`WriteGate`] refuses writes
+//!   before they are queued (low space, a stuck or failed write); a third thread, the watch
+//!   thread, reads free space, notices a group commit that overran `--flush-timeout` and then
+//!   fails everything queued behind it at once (those writes were never applied, so nothing of
+//!   them is stored), and queues probes after a failure. Shutdown waits for the commit thread
+//!   at most the flush timeout, then reports how many writes may not be on disk.
 
 use std::collections::HashMap;
 use std::sync::mpsc;
@@ -43,6 +49,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::gate::{Condition, WriteGate, CHECK_INTERVAL};
 use super::log::{Applied, LogBackend, NewMessage, RoomRef};
 use super::{cid_key, Appended, CidEntry, Message, Page, StoreError};
 
@@ -79,6 +86,9 @@ enum Work {
     /// Nothing to write: run after the next flush (barriers, a repeat of a stored cid,
     /// publishing an import).
     Wait,
+    /// After a failed write: a small write of the backend's own, then the flush, to learn
+    /// whether writes work again (the write gate's `Failed` state).
+    Probe,
 }
 
 struct Item {
@@ -101,6 +111,7 @@ struct Queue {
 struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
+    gate: Arc<WriteGate>,
 }
 
 impl Shared {
@@ -145,24 +156,54 @@ pub struct Committer {
     backend: Arc<dyn LogBackend>,
     shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Disconnected when the commit thread has returned.
+    commit_done: Mutex<mpsc::Receiver<()>>,
+    /// Dropped to stop the watch thread.
+    stop_watch: Mutex<Option<mpsc::Sender<()>>>,
+}
+
+/// What [`Committer::shutdown`] could not finish: the commit thread was still inside a write
+/// when the flush timeout ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unfinished {
+    /// Messages queued or being written, none of them acknowledged, that may not be on disk.
+    pub messages: usize,
 }
 
 impl Committer {
     /// Starts the commit and delivery threads over `backend`. With `fsync` false (relaxed
     /// durability) batches are applied but not flushed, except the last one at shutdown; sled's
     /// background flush then bounds the loss window.
-    pub fn start(backend: Arc<dyn LogBackend>, fsync: bool, observe: FlushObserver) -> Committer {
+    /// `gate` decides whether writes are taken (see [`WriteGate`]); the watch thread keeps it
+    /// up to date.
+    pub fn start(
+        backend: Arc<dyn LogBackend>,
+        fsync: bool,
+        observe: FlushObserver,
+        gate: Arc<WriteGate>,
+    ) -> Committer {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
+            gate,
         });
         let (handoff, batches) = mpsc::sync_channel::<Delivery>(DELIVERY_BACKLOG);
+        let (done, commit_done) = mpsc::channel::<()>();
         let worker = shared.clone();
         let writer = backend.clone();
         let commit = std::thread::Builder::new()
             .name("chatd-commit".into())
-            .spawn(move || commit_loop(&*writer, &worker, fsync, &observe, handoff))
+            .spawn(move || {
+                let _done = done;
+                commit_loop(&*writer, &worker, fsync, &observe, handoff)
+            })
             .expect("spawning the commit thread");
+        let (stop_watch, stopped) = mpsc::channel::<()>();
+        let watched = shared.clone();
+        let watch = std::thread::Builder::new()
+            .name("chatd-watch".into())
+            .spawn(move || watch_loop(&watched, &stopped))
+            .expect("spawning the watch thread");
         let delivery = std::thread::Builder::new()
             .name("chatd-deliver".into())
             .spawn(move || {
@@ -175,8 +216,15 @@ impl Committer {
         Committer {
             backend,
             shared,
-            threads: Mutex::new(vec![commit, delivery]),
+            threads: Mutex::new(vec![commit, delivery, watch]),
+            commit_done: Mutex::new(commit_done),
+            stop_watch: Mutex::new(Some(stop_watch)),
         }
+    }
+
+    /// The gate this committer writes through.
+    pub fn gate(&self) -> &WriteGate {
+        &self.shared.gate
     }
 
     /// Queues `message` for `room` and returns at once what happens to it: a new id, or, if
@@ -195,6 +243,8 @@ impl Committer {
     ) -> Result<Appended, StoreError> {
         let cid_key = message.cid.as_deref().map(|c| cid_key(user_key, c));
         let user_key: Arc<str> = Arc::from(user_key);
+        // Before the cid lookup: a backend that failed a write may fail reads too.
+        self.shared.gate.admit_flush_waiter()?;
         let mut queue = self.shared.lock();
         if queue.stopping {
             return Err(StoreError::Stopped);
@@ -228,6 +278,7 @@ impl Committer {
                 return Ok(appended);
             }
         }
+        self.shared.gate.admit_message(message.text.len())?;
         let id = self.backend.take_id();
         let ts = message.ts;
         if let Some(key) = &cid_key {
@@ -266,6 +317,11 @@ impl Committer {
             drop(queue);
             // Shutdown already flushed for the last time: say so rather than wait forever.
             continuation(Err(Arc::new(StoreError::Stopped)));
+            return;
+        }
+        if let Err(refused) = self.shared.gate.admit_flush_waiter() {
+            drop(queue);
+            continuation(Err(Arc::new(refused)));
             return;
         }
         self.shared.push(
@@ -311,18 +367,43 @@ impl Committer {
         self.backend.messages_before(room_no, before, upto, limit)
     }
 
-    /// Applies and flushes what is queued, runs the remaining continuations, and stops both
-    /// threads. Later appends get [`StoreError::Stopped`].
-    pub fn shutdown(&self) {
+    /// Applies and flushes what is queued, runs the remaining continuations, and stops the
+    /// threads. Later appends get [`StoreError::Stopped`]. Waits for the commit thread at most
+    /// `limit`: a write that does not return by then is stuck in the disk, and the threads are
+    /// left behind (the process is about to exit) with what they hold reported.
+    pub fn shutdown(&self, limit: Duration) -> Result<(), Unfinished> {
         self.shared.lock().stopping = true;
         self.shared.wake.notify_all();
+        drop(
+            self.stop_watch
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        let done = self
+            .commit_done
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .recv_timeout(limit);
+        if done == Err(mpsc::RecvTimeoutError::Timeout) {
+            let queue = self.shared.lock();
+            let queued = queue
+                .items
+                .iter()
+                .filter(|item| matches!(item.work, Work::Write { .. }))
+                .count();
+            return Err(Unfinished {
+                messages: queued + self.shared.gate.writes_running(),
+            });
+        }
         let threads =
             std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
-        // The commit thread first: when it returns, its end of the hand-off closes and the
-        // delivery thread ends after the last batch.
+        // The commit thread has returned: its end of the hand-off is closed and the delivery
+        // thread ends after the last batch.
         for thread in threads {
             let _ = thread.join();
         }
+        Ok(())
     }
 
     #[cfg(test)]
@@ -361,33 +442,105 @@ fn commit_loop(
                 _ => None,
             })
             .collect();
+        let probing = items.iter().any(|item| matches!(item.work, Work::Probe));
+        shared.gate.write_began(writes.len());
         let applied: Result<Applied, Arc<StoreError>> = if writes.is_empty() {
             Ok(Applied::default())
         } else {
             backend.apply(&writes).map_err(Arc::new)
         };
         drop(writes);
-        if let Err(e) = &applied {
-            tracing::error!(error = %e, "writing a batch of messages failed; none is acknowledged");
-        }
+        let probed = if probing {
+            backend.probe().map_err(Arc::new)
+        } else {
+            Ok(())
+        };
         release_cids(shared, &items);
-        let flushed = if fsync || stopping {
+        let flushed = if fsync || stopping || probing {
             let started = Instant::now();
             let result = backend.flush().map_err(Arc::new);
             observe(started.elapsed(), result.is_ok());
-            if let Err(e) = &result {
-                tracing::error!(error = %e, "flushing the database failed; writes are not acknowledged");
-            }
             result
         } else {
             Ok(())
         };
+        // Logged and counted by the gate once per change of state, not once per batch: a full
+        // disk fails every batch.
+        let failed = (applied.as_ref().err())
+            .or(probed.as_ref().err())
+            .or(flushed.as_ref().err());
+        shared
+            .gate
+            .write_ended(failed.map_or(Ok(()), |e| Err(&**e)));
+        if probing {
+            shared.gate.probe_ended();
+        }
         let batch = outcomes(backend, items, &applied, &flushed);
         if let Err(mpsc::SendError(batch)) = handoff.send(batch) {
             // The delivery thread is gone (it cannot panic, but never drop an ack silently).
             deliver(batch);
         }
     }
+}
+
+/// Every [`CHECK_INTERVAL`] until `stop` closes: updates the gate; while a write is stuck,
+/// fails what is queued behind it; after a failure, queues a probe now and then.
+fn watch_loop(shared: &Shared, stop: &mpsc::Receiver<()>) {
+    while stop.recv_timeout(CHECK_INTERVAL) == Err(mpsc::RecvTimeoutError::Timeout) {
+        shared.gate.check();
+        match shared.gate.condition() {
+            Condition::FlushStalled => fail_queued(shared, Condition::FlushStalled),
+            Condition::Failed if shared.gate.probe_due() => {
+                let queue = shared.lock();
+                if queue.stopping {
+                    return;
+                }
+                shared.push(
+                    queue,
+                    Item {
+                        work: Work::Probe,
+                        then: Box::new(drop),
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Answers everything queued (not the batch being written) with a refusal, now: none of it was
+/// applied, so none of it is stored, and its cids are free for a retry.
+fn fail_queued(shared: &Shared, condition: Condition) {
+    let items = {
+        let mut queue = shared.lock();
+        if queue.items.is_empty() {
+            return;
+        }
+        let items = std::mem::take(&mut queue.items);
+        for item in &items {
+            if let Work::Write {
+                cid_key: Some(key), ..
+            } = &item.work
+            {
+                queue.in_flight.remove(key);
+            }
+        }
+        items
+    };
+    let refused = Arc::new(StoreError::Unavailable { condition });
+    deliver(Delivery {
+        items: items
+            .into_iter()
+            .map(|item| {
+                match item.work {
+                    Work::Write { .. } => shared.gate.count_refusal(condition),
+                    Work::Probe => shared.gate.probe_ended(),
+                    Work::Repeat { .. } | Work::Wait => {}
+                }
+                (item.then, Err(refused.clone()))
+            })
+            .collect(),
+    });
 }
 
 /// Forgets the in-flight cids of a batch whose apply has returned: they are now visible in the
@@ -448,7 +601,7 @@ fn outcomes(
                         Err(e) => Err(Arc::new(e)),
                     }
                 }),
-                Work::Wait => flushed.clone(),
+                Work::Wait | Work::Probe => flushed.clone(),
             };
             (item.then, result)
         })
@@ -459,6 +612,7 @@ fn outcomes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
     use crate::store::{Store, StoreOptions};
     use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
@@ -471,6 +625,7 @@ mod tests {
         fail_flush: AtomicBool,
         fail_apply: AtomicBool,
         hold: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+        hold_flush: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
     }
 
     impl Faulty {
@@ -480,7 +635,16 @@ mod tests {
                 fail_flush: AtomicBool::new(false),
                 fail_apply: AtomicBool::new(false),
                 hold: Mutex::new(None),
+                hold_flush: Mutex::new(None),
             })
+        }
+
+        /// Makes the next flush wait, as a flush to a full disk may; returns (started, release).
+        fn hold_next_flush(&self) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
+            let (started_tx, started) = mpsc::channel();
+            let (release, release_rx) = mpsc::channel();
+            *self.hold_flush.lock().unwrap() = Some((started_tx, release_rx));
+            (started, release)
         }
 
         /// Makes the next apply wait; returns (started, release).
@@ -515,10 +679,21 @@ mod tests {
             self.store.apply(batch)
         }
         fn flush(&self) -> Result<(), StoreError> {
+            let hold = self.hold_flush.lock().unwrap().take();
+            if let Some((started, release)) = hold {
+                started.send(()).unwrap();
+                let _ = release.recv_timeout(WAIT);
+            }
             if self.fail_flush.load(Ordering::SeqCst) {
                 return Err(failure("disk on fire"));
             }
             LogBackend::flush(&*self.store)
+        }
+        fn probe(&self) -> Result<(), StoreError> {
+            if self.fail_flush.load(Ordering::SeqCst) {
+                return Err(failure("disk still on fire"));
+            }
+            LogBackend::probe(&*self.store)
         }
         fn messages_after(&self, n: u32, a: u64, u: u64, l: usize) -> Result<Page, StoreError> {
             LogBackend::messages_after(&*self.store, n, a, u, l)
@@ -536,7 +711,16 @@ mod tests {
         flush_failures: Arc<AtomicU32>,
     }
 
+    /// A gate with no free-space check and a flush timeout long enough never to matter.
+    fn lenient_gate() -> Arc<WriteGate> {
+        WriteGate::new(Arc::new(Metrics::new()), WAIT, None)
+    }
+
     fn fixture() -> Fixture {
+        fixture_with(lenient_gate())
+    }
+
+    fn fixture_with(gate: Arc<WriteGate>) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path(), &StoreOptions::default()).unwrap());
         let faulty = Faulty::new(store.clone());
@@ -550,6 +734,7 @@ mod tests {
                     counter.fetch_add(1, Ordering::SeqCst);
                 }
             }),
+            gate,
         );
         Fixture {
             _dir: dir,
@@ -612,6 +797,39 @@ mod tests {
         rx.recv_timeout(WAIT).expect("a continuation within 20 s")
     }
 
+    /// Polls (the watch thread changes the gate on its own clock) until `condition` holds.
+    fn wait_for_condition(committer: &Committer, condition: Condition) {
+        let deadline = Instant::now() + WAIT;
+        while committer.gate().condition() != condition {
+            assert!(
+                Instant::now() < deadline,
+                "the gate never became {condition:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn refused_for(result: &FlushResult) -> Option<Condition> {
+        match result.as_ref().map_err(|e| &**e) {
+            Err(StoreError::Unavailable { condition }) => Some(*condition),
+            _ => None,
+        }
+    }
+
+    fn append_now(f: &Fixture, text: &str, cid: Option<&str>) -> Result<Appended, StoreError> {
+        f.committer.append(
+            &f.room("a"),
+            "alice",
+            Message {
+                user: "alice".into(),
+                text: text.into(),
+                ts: 7,
+                cid: cid.map(Into::into),
+            },
+            Box::new(|_, _| {}),
+        )
+    }
+
     #[test]
     fn continuations_run_in_queue_order_after_flush() {
         let f = fixture();
@@ -627,7 +845,7 @@ mod tests {
             .after_flush(Box::new(|_| panic!("a faulty continuation")));
         smol::block_on(f.committer.barrier()).unwrap();
         assert_eq!(*order.lock().unwrap(), (0..100).collect::<Vec<_>>());
-        f.committer.shutdown();
+        f.committer.shutdown(WAIT).unwrap();
     }
 
     #[test]
@@ -666,7 +884,7 @@ mod tests {
         assert_eq!(page.messages.len(), 20);
         assert_eq!(page.messages[0].message.text, "m1");
         assert_eq!(f.committer.in_flight(), 0);
-        f.committer.shutdown();
+        f.committer.shutdown(WAIT).unwrap();
     }
 
     #[test]
@@ -711,7 +929,7 @@ mod tests {
         assert!(outcome(&after_rx).1.is_ok());
         assert_eq!(f.store.room("b").unwrap().unwrap().count, 1, "bob's only");
         assert_eq!(f.store.room("c").unwrap().unwrap().count, 0);
-        f.committer.shutdown();
+        f.committer.shutdown(WAIT).unwrap();
     }
 
     #[test]
@@ -721,20 +939,25 @@ mod tests {
             let store = Arc::new(Store::open(dir.path(), &StoreOptions::default()).unwrap());
             let f = Fixture {
                 faulty: Faulty::new(store.clone()),
-                committer: Committer::start(store.clone(), true, Box::new(|_, _| {})),
+                committer: Committer::start(
+                    store.clone(),
+                    true,
+                    Box::new(|_, _| {}),
+                    lenient_gate(),
+                ),
                 store,
                 _dir: tempfile::tempdir().unwrap(),
                 flush_failures: Arc::default(),
             };
             let (appended, rx) = f.send("a", "alice", "once", Some("k"));
             assert!(outcome(&rx).1.is_ok());
-            f.committer.shutdown();
+            f.committer.shutdown(WAIT).unwrap();
             new_id(&appended)
         };
         let store = Arc::new(Store::open(dir.path(), &StoreOptions::default()).unwrap());
         let f = Fixture {
             faulty: Faulty::new(store.clone()),
-            committer: Committer::start(store.clone(), true, Box::new(|_, _| {})),
+            committer: Committer::start(store.clone(), true, Box::new(|_, _| {}), lenient_gate()),
             store,
             _dir: tempfile::tempdir().unwrap(),
             flush_failures: Arc::default(),
@@ -751,7 +974,7 @@ mod tests {
         assert!(outcome(&rx).1.is_ok());
         let (next, _) = f.send("b", "alice", "new", None);
         assert!(new_id(&next) > first, "ids continue above the last stored");
-        f.committer.shutdown();
+        f.committer.shutdown(WAIT).unwrap();
     }
 
     #[test]
@@ -771,7 +994,109 @@ mod tests {
         assert!(smol::block_on(f.committer.barrier()).is_err());
         assert!(f.flush_failures.load(Ordering::SeqCst) >= 1);
         assert_eq!(f.committer.in_flight(), 0);
-        f.committer.shutdown();
+        f.committer.shutdown(WAIT).unwrap();
+    }
+
+    #[test]
+    fn a_stuck_flush_refuses_writes_answers_the_queue_at_once_and_recovers_when_it_returns() {
+        let gate = WriteGate::new(Arc::new(Metrics::new()), Duration::from_secs(1), None);
+        let f = fixture_with(gate);
+        let (started, release) = f.faulty.hold_next_flush();
+        let (_, stuck) = f.send("a", "alice", "stuck", Some("s"));
+        started.recv_timeout(WAIT).unwrap();
+        let (_, queued) = f.send("a", "alice", "queued", Some("q"));
+        // Once the flush overran its timeout, the write queued behind it is answered without
+        // waiting for that flush.
+        let (_, result) = outcome(&queued);
+        assert_eq!(
+            refused_for(&result),
+            Some(Condition::FlushStalled),
+            "{result:?}"
+        );
+        assert_eq!(f.committer.gate().condition(), Condition::FlushStalled);
+        let refused = append_now(&f, "new", Some("n"));
+        assert!(
+            matches!(
+                refused,
+                Err(StoreError::Unavailable {
+                    condition: Condition::FlushStalled
+                })
+            ),
+            "{refused:?}"
+        );
+        let barrier = smol::block_on(f.committer.barrier());
+        assert_eq!(refused_for(&barrier), Some(Condition::FlushStalled));
+        assert!(
+            stuck.try_recv().is_err(),
+            "the stuck write waits for its own flush"
+        );
+        release.send(()).unwrap();
+        assert!(
+            outcome(&stuck).1.is_ok(),
+            "acknowledged once its flush returned"
+        );
+        wait_for_condition(&f.committer, Condition::Writable);
+        // The refused cid was never stored: sending it again stores it now, once.
+        let (again, again_rx) = f.send("a", "alice", "queued", Some("q"));
+        new_id(&again);
+        assert!(outcome(&again_rx).1.is_ok());
+        assert_eq!(f.store.room("a").unwrap().unwrap().count, 2);
+        assert_eq!(f.committer.in_flight(), 0);
+        f.committer.shutdown(WAIT).unwrap();
+    }
+
+    #[test]
+    fn shutdown_gives_up_on_a_stuck_flush_and_counts_what_may_not_be_on_disk() {
+        let f = fixture();
+        let (started, release) = f.faulty.hold_next_flush();
+        let (_, _stuck) = f.send("a", "alice", "stuck", None);
+        started.recv_timeout(WAIT).unwrap();
+        let (_, _queued) = f.send("a", "alice", "queued", None);
+        let began = Instant::now();
+        let result = f.committer.shutdown(Duration::from_millis(300));
+        assert_eq!(result, Err(Unfinished { messages: 2 }));
+        assert!(
+            began.elapsed() < WAIT,
+            "bounded by the limit, not the flush"
+        );
+        release.send(()).unwrap();
+    }
+
+    #[test]
+    fn after_a_failed_flush_writes_are_refused_until_a_probe_succeeds_and_a_resend_gets_the_stored_id(
+    ) {
+        let f = fixture();
+        f.faulty.fail_flush.store(true, Ordering::SeqCst);
+        let (first, first_rx) = f.send("a", "alice", "x", Some("p"));
+        assert!(outcome(&first_rx).1.is_err(), "no ack without a flush");
+        wait_for_condition(&f.committer, Condition::Failed);
+        let refused = append_now(&f, "y", Some("other"));
+        assert!(
+            matches!(
+                refused,
+                Err(StoreError::Unavailable {
+                    condition: Condition::Failed
+                })
+            ),
+            "{refused:?}"
+        );
+        f.faulty.fail_flush.store(false, Ordering::SeqCst);
+        // No write is needed to leave the state: the watch thread's probe finds the disk works.
+        wait_for_condition(&f.committer, Condition::Writable);
+        // The batch was applied before its flush failed, so it is stored: the resend with the
+        // same cid gets the stored message's id, and nothing is stored twice.
+        let (again, again_rx) = f.send("a", "alice", "x", Some("p"));
+        assert_eq!(
+            again,
+            Appended::Duplicate(CidEntry {
+                room: "a".into(),
+                id: new_id(&first),
+                ts: 7
+            })
+        );
+        assert!(outcome(&again_rx).1.is_ok());
+        assert_eq!(f.store.room("a").unwrap().unwrap().count, 1);
+        f.committer.shutdown(WAIT).unwrap();
     }
 
     #[test]
@@ -796,11 +1121,13 @@ mod tests {
             "{result:?}"
         );
         assert_eq!(f.committer.in_flight(), 0);
+        // The failure closed the gate (or will at the watch thread's next look); a probe opens it.
+        wait_for_condition(&f.committer, Condition::Writable);
         let (retry, retry_rx) = f.send("a", "alice", "x", Some("r"));
         assert!(new_id(&retry) > new_id(&first));
         assert!(outcome(&retry_rx).1.is_ok());
         assert_eq!(f.store.room("a").unwrap().unwrap().count, 1);
-        f.committer.shutdown();
+        f.committer.shutdown(WAIT).unwrap();
     }
 
     #[test]
@@ -835,7 +1162,7 @@ mod tests {
             room.count,
             "the counter matches the messages"
         );
-        f.committer.shutdown();
+        f.committer.shutdown(WAIT).unwrap();
     }
 
     #[test]
@@ -861,7 +1188,7 @@ mod tests {
         assert!(outcome(&kept).1.is_ok());
         assert_eq!(f.store.room_messages(record.no).count(), 0, "no orphans");
         assert_eq!(f.store.cid("alice", "d").unwrap(), None);
-        f.committer.shutdown();
+        f.committer.shutdown(WAIT).unwrap();
     }
 
     #[test]
@@ -874,7 +1201,7 @@ mod tests {
             .map(|i| f.send("a", "alice", &i.to_string(), None))
             .collect();
         let stopper = std::thread::scope(|s| {
-            let stopping = s.spawn(|| f.committer.shutdown());
+            let stopping = s.spawn(|| f.committer.shutdown(WAIT));
             // Shutdown must not be done while the apply is still held.
             let deadline = Instant::now() + WAIT;
             while !f.committer.shared.lock().stopping {
@@ -884,7 +1211,7 @@ mod tests {
             release.send(()).unwrap();
             stopping.join()
         });
-        assert!(stopper.is_ok());
+        assert_eq!(stopper.unwrap(), Ok(()));
         assert!(outcome(&first).1.is_ok());
         for (_, rx) in &queued {
             assert!(outcome(rx).1.is_ok(), "queued before shutdown: written");

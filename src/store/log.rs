@@ -3,7 +3,7 @@
 //! The hub never sees sled trees. It appends through the [`Committer`](super::commit::Committer)
 //! (which takes ids, keeps cids unique and batches writes per group commit) and reads pages; the
 //! committer in turn needs only this trait from a backend. [`Store`](super::Store) implements it
-//! over sled; an in-memory fake or a second backend implements the same six methods.
+//! over sled; an in-memory fake or a second backend implements the same seven methods.
 //!
 //! Invariants a backend must keep:
 //! - [`LogBackend::take_id`] never returns an id twice, also across restarts.
@@ -60,6 +60,10 @@ pub trait LogBackend: Send + Sync {
     fn apply(&self, batch: &[&NewMessage]) -> Result<Applied, StoreError>;
     /// Makes everything applied so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+    /// A small write of the backend's own, made after a failed write to learn (with the flush
+    /// that follows) whether writing works again. It must really write: a flush with nothing
+    /// new to write may succeed on a backend that can no longer write.
+    fn probe(&self) -> Result<(), StoreError>;
     /// Messages of room `room_no` with `after < id <= upto`, oldest first, at most `limit`.
     fn messages_after(
         &self,

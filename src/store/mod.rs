@@ -11,6 +11,7 @@
 //! | `cids`     | user key ++ 0x00 ++ cid               | [`CidEntry`]     |
 //! | `meta`     | `schema`, `next_room_no`, `id_floor`, `users` | u32/u64 BE |
 //! | `meta`     | `presence` (only between a shutdown and the next start) | [`PresenceSnapshot`] |
+//! | `meta`     | `write_probe` (written only after a failed write, to test the disk) | u64 BE |
 //!
 //! Big-endian ids make sled's byte order the id order, so a room's history is one range scan.
 //! Writes that must agree (messages, their cids and their rooms' counters) go in one sled
@@ -21,6 +22,7 @@
 
 mod codec;
 pub mod commit;
+pub mod gate;
 pub mod log;
 pub mod maintenance;
 mod records;
@@ -44,6 +46,7 @@ const META_NEXT_ROOM_NO: &[u8] = b"next_room_no";
 const META_ID_FLOOR: &[u8] = b"id_floor";
 const META_USERS: &[u8] = b"users";
 const META_PRESENCE: &[u8] = b"presence";
+const META_WRITE_PROBE: &[u8] = b"write_probe";
 
 /// A file chatd writes beside sled's own once a database is initialised. sled treats unreadable
 /// log data as a torn write and may open a damaged database as an empty one; the marker tells
@@ -113,6 +116,13 @@ pub enum StoreError {
     /// The committer has shut down; nothing more is written.
     #[error("the store is shutting down; the write was refused")]
     Stopped,
+    /// The write gate refuses writes (low disk space, a stuck or failed write): nothing was
+    /// queued, nothing is stored.
+    #[error("{}", condition.refusal())]
+    Unavailable {
+        /// Why.
+        condition: gate::Condition,
+    },
 }
 
 /// Outcome of [`commit::Committer::append`].
@@ -743,6 +753,14 @@ impl LogBackend for Store {
 
     fn flush(&self) -> Result<(), StoreError> {
         Store::flush(self)
+    }
+
+    fn probe(&self) -> Result<(), StoreError> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        self.meta.insert(META_WRITE_PROBE, &nanos.to_be_bytes())?;
+        Ok(())
     }
 
     fn messages_after(
