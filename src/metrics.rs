@@ -27,6 +27,10 @@ pub struct Metrics {
     pub slow_consumer_closes: Counter,
     /// Seconds per database flush.
     pub flush_seconds: Histogram,
+    /// Password hashes computed for clients (logins and registrations).
+    pub password_hashes: Counter,
+    /// Logins and registrations refused by the login backoff or the registration limit.
+    pub auth_throttled: Counter,
 }
 
 impl Default for Metrics {
@@ -46,6 +50,8 @@ impl Metrics {
         let errors = Family::<Labels, Counter>::default();
         let slow_consumer_closes = Counter::default();
         let flush_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        let password_hashes = Counter::default();
+        let auth_throttled = Counter::default();
         registry.register(
             "connections",
             "Open WebSocket connections",
@@ -77,6 +83,16 @@ impl Metrics {
             "Duration of database flushes (group commit)",
             flush_seconds.clone(),
         );
+        registry.register(
+            "password_hashes",
+            "Password hashes computed for logins and registrations",
+            password_hashes.clone(),
+        );
+        registry.register(
+            "auth_throttled",
+            "Logins and registrations refused by the login backoff or the registration limit",
+            auth_throttled.clone(),
+        );
         for code in ErrorCode::ALL {
             let _ = errors.get_or_create(&[("code", code.as_str())]);
         }
@@ -89,6 +105,8 @@ impl Metrics {
             errors,
             slow_consumer_closes,
             flush_seconds,
+            password_hashes,
+            auth_throttled,
         }
     }
 
