@@ -542,8 +542,9 @@ impl Session {
                 }
             }
             Auth::Password { user, password, .. } => {
-                let account = user_key(&user);
-                if let Err(throttled) = state.throttle.check_login(self.peer.ip(), &account) {
+                let account = rules::valid_user_name(&user).then(|| user_key(&user));
+                let account = account.as_deref();
+                if let Err(throttled) = state.throttle.check_login(self.peer.ip(), account) {
                     state.metrics.auth_throttled.inc();
                     self.reject(
                         Rejection::new(ErrorCode::RateLimited, throttled.message())
@@ -577,10 +578,10 @@ impl Session {
                     }
                 };
                 let Some(user) = record.filter(|_| matches) else {
-                    state.throttle.login_failed(self.peer.ip(), &account);
+                    state.throttle.login_failed(self.peer.ip(), account);
                     return fail(self, ErrorCode::AuthFailed, AUTH_FAILED);
                 };
-                state.throttle.login_succeeded(&account);
+                state.throttle.login_succeeded(&user_key(&user.name));
                 if user.banned {
                     return fail(self, ErrorCode::Banned, "this account is banned");
                 }

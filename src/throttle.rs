@@ -259,24 +259,28 @@ impl AuthThrottle {
         }
     }
 
-    /// Whether a login for `account` (its user key) from `ip` may be tried now: the address is
-    /// checked first, so a client locked out by its own failures learns nothing about the account.
-    pub(crate) fn check_login(&self, ip: IpAddr, account: &str) -> Result<(), Throttled> {
+    /// Whether a login for `account` (its user key; `None` for a name that cannot exist) from
+    /// `ip` may be tried now: the address is checked first, so a client locked out by its own
+    /// failures learns nothing about the account.
+    pub(crate) fn check_login(&self, ip: IpAddr, account: Option<&str>) -> Result<(), Throttled> {
         let now = Instant::now();
         if let Some(wait) = lock(&self.addresses).locked_for(&address_key(ip), now) {
             return Err(Throttled::Address(wait));
         }
-        match lock(&self.accounts).locked_for(account, now) {
+        match account.and_then(|account| lock(&self.accounts).locked_for(account, now)) {
             Some(wait) => Err(Throttled::Account(wait)),
             None => Ok(()),
         }
     }
 
-    /// Records a failed login for `account` from `ip`.
-    pub(crate) fn login_failed(&self, ip: IpAddr, account: &str) {
+    /// Records a failed login for `account` from `ip`. Only valid user names are remembered, so
+    /// a key is at most 32 bytes however long the name a client sent.
+    pub(crate) fn login_failed(&self, ip: IpAddr, account: Option<&str>) {
         let now = Instant::now();
         lock(&self.addresses).fail(address_key(ip), now);
-        lock(&self.accounts).fail(account.to_owned(), now);
+        if let Some(account) = account {
+            lock(&self.accounts).fail(account.to_owned(), now);
+        }
     }
 
     /// Records a successful login: the account's failures are forgotten (the address's are not,
