@@ -82,6 +82,27 @@ pub struct Serve {
     /// PEM private key for --tls-cert
     #[argh(option)]
     tls_key: Option<String>,
+    /// failed logins from one address before its logins back off exponentially (default 5; an account allows 10 times as many)
+    #[argh(option)]
+    login_free_failures: Option<String>,
+    /// longest lock after failed logins from one address (default 15m)
+    #[argh(option)]
+    login_max_lock: Option<String>,
+    /// registrations one address may attempt per hour, 0 for no limit (default 10)
+    #[argh(option)]
+    registrations_per_ip: Option<String>,
+    /// password hashes one address may have waiting or running at once, 0 for no limit (default 4)
+    #[argh(option)]
+    hash_jobs_per_ip: Option<String>,
+    /// sends per second per account across its connections (default twice --rate)
+    #[argh(option)]
+    account_rate: Option<String>,
+    /// send burst per account across its connections (default twice --burst)
+    #[argh(option)]
+    account_burst: Option<String>,
+    /// message text one account may store per UTC day in MiB, 0 for no quota (default 100)
+    #[argh(option)]
+    account_quota_mb: Option<String>,
     /// log filter, e.g. info, debug, chatd=debug (default info)
     #[argh(option)]
     log: Option<String>,
@@ -170,6 +191,37 @@ impl Serve {
         set!(c.durability, durability, "durability", |s: &str| s
             .parse::<Durability>(
         ));
+        set!(
+            c.login_free_failures,
+            login_free_failures,
+            "login-free-failures",
+            number
+        );
+        set!(c.login_max_lock, login_max_lock, "login-max-lock", duration);
+        set!(
+            c.registrations_per_ip_hour,
+            registrations_per_ip,
+            "registrations-per-ip",
+            number
+        );
+        set!(
+            c.hash_jobs_per_ip,
+            hash_jobs_per_ip,
+            "hash-jobs-per-ip",
+            number
+        );
+        // Unless set, an account may send twice what one connection may: a single connection
+        // never meets the account's limit, twenty of them do.
+        c.account_rate = setting(&self.account_rate, "account-rate", number)?
+            .unwrap_or_else(|| c.rate_per_sec.saturating_mul(2));
+        c.account_burst = setting(&self.account_burst, "account-burst", number)?
+            .unwrap_or_else(|| c.rate_burst.saturating_mul(2));
+        set!(
+            c.account_quota_mb,
+            account_quota_mb,
+            "account-quota-mb",
+            number
+        );
         c.retention = setting(&self.retention, "retention", duration)?;
         c.retention_per_room = setting(&self.retention_per_room, "retention-per-room", number)?;
         if c.retention.is_some_and(|d| d.is_zero()) || c.retention_per_room == Some(0) {

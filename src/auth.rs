@@ -8,12 +8,23 @@
 //! thread that ever hashed (measured: 6 MB → 376 MB after 20 registrations). Logins for unknown
 //! users cost the same hash, so their timing does not reveal which names exist. Tokens are 256
 //! random bits from the OS; only their SHA-256 is stored.
+//!
+//! The queue is shared fairly: one client address (IPv6: its /64) may have only a few jobs queued
+//! or running at once, so a login flood from one address is refused at its own door instead of
+//! filling the queue and turning everyone else's logins into `rate_limited`. The count per address
+//! lives only while its jobs do, so that map is bounded by the queue's capacity.
 
 use argon2::password_hash::{Output, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use crate::sync::lock;
+use crate::throttle::address_key;
 
 /// Errors from hashing.
 #[derive(Debug, thiserror::Error)]
@@ -129,25 +140,75 @@ enum Job {
     Hash {
         password: String,
         reply: async_channel::Sender<Result<String, AuthError>>,
+        _slot: Option<AddressSlot>,
     },
     Verify {
         password: String,
         phc: Option<String>,
         reply: async_channel::Sender<bool>,
+        _slot: Option<AddressSlot>,
     },
+}
+
+/// Jobs queued or running per client address.
+struct InFlight {
+    counts: Mutex<HashMap<IpAddr, u32>>,
+    per_address: u32,
+}
+
+/// One job's place in its address's count, given back when the job is dropped (done, or
+/// discarded with the queue).
+struct AddressSlot {
+    in_flight: Arc<InFlight>,
+    address: IpAddr,
+}
+
+impl InFlight {
+    fn enter(self: &Arc<InFlight>, from: IpAddr) -> Result<AddressSlot, AuthError> {
+        let address = address_key(from);
+        let mut counts = lock(&self.counts);
+        let count = counts.entry(address).or_insert(0);
+        if *count >= self.per_address {
+            return Err(AuthError::Busy);
+        }
+        *count += 1;
+        Ok(AddressSlot {
+            in_flight: self.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = lock(&self.in_flight.counts);
+        if let Some(count) = counts.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.address);
+            }
+        }
+    }
 }
 
 /// The server's password hashing: dedicated threads behind a bounded queue.
 pub struct Passwords {
     jobs: async_channel::Sender<Job>,
+    in_flight: Option<Arc<InFlight>>,
 }
 
 impl Passwords {
-    /// `threads` hashing threads (each holding 19 MiB once it has hashed), and at most 64 jobs
-    /// per thread waiting.
-    pub fn new(threads: usize) -> Passwords {
+    /// `threads` hashing threads (each holding 19 MiB once it has hashed), at most 64 jobs per
+    /// thread waiting, and at most `per_address` of them from one client address (0: no limit).
+    pub fn new(threads: usize, per_address: u32) -> Passwords {
         let threads = threads.max(1);
-        let (passwords, queue) = Passwords::queue(threads * 64);
+        let (mut passwords, queue) = Passwords::queue(threads * 64);
+        passwords.in_flight = (per_address > 0).then(|| {
+            Arc::new(InFlight {
+                counts: Mutex::new(HashMap::new()),
+                per_address,
+            })
+        });
         for i in 0..threads {
             let queue = queue.clone();
             std::thread::Builder::new()
@@ -161,31 +222,52 @@ impl Passwords {
     /// The job queue without workers; the workers (or a test) take jobs from the receiver.
     fn queue(capacity: usize) -> (Passwords, async_channel::Receiver<Job>) {
         let (jobs, queue) = async_channel::bounded(capacity);
-        (Passwords { jobs }, queue)
+        (
+            Passwords {
+                jobs,
+                in_flight: None,
+            },
+            queue,
+        )
     }
 
     fn submit(&self, job: Job) -> Result<(), AuthError> {
         self.jobs.try_send(job).map_err(|_| AuthError::Busy)
     }
 
-    /// Hashes `password`.
-    pub async fn hash(&self, password: String) -> Result<String, AuthError> {
+    /// A place in the queue for a job from `from`, if that address has not used up its share.
+    fn slot(&self, from: IpAddr) -> Result<Option<AddressSlot>, AuthError> {
+        self.in_flight.as_ref().map(|f| f.enter(from)).transpose()
+    }
+
+    /// Hashes `password` for a client at `from`.
+    pub async fn hash(&self, from: IpAddr, password: String) -> Result<String, AuthError> {
         let (reply, answer) = async_channel::bounded(1);
-        self.submit(Job::Hash { password, reply })?;
+        self.submit(Job::Hash {
+            password,
+            reply,
+            _slot: self.slot(from)?,
+        })?;
         answer
             .recv()
             .await
             .unwrap_or_else(|_| Err(AuthError::Hash("the hashing thread stopped".into())))
     }
 
-    /// Checks `password` against `phc`, or spends the same time hashing when there is no such
-    /// user (then it always fails).
-    pub async fn verify(&self, password: String, phc: Option<String>) -> Result<bool, AuthError> {
+    /// Checks `password` from a client at `from` against `phc`, or spends the same time hashing
+    /// when there is no such user (then it always fails).
+    pub async fn verify(
+        &self,
+        from: IpAddr,
+        password: String,
+        phc: Option<String>,
+    ) -> Result<bool, AuthError> {
         let (reply, answer) = async_channel::bounded(1);
         self.submit(Job::Verify {
             password,
             phc,
             reply,
+            _slot: self.slot(from)?,
         })?;
         Ok(answer.recv().await.unwrap_or(false))
     }
@@ -199,7 +281,9 @@ fn work(jobs: &async_channel::Receiver<Job>) {
         // A login abandoned while queued (its deadline passed, the client left) costs nothing:
         // each arm checks whether anyone still waits for the answer.
         match job {
-            Job::Hash { password, reply } => {
+            Job::Hash {
+                password, reply, ..
+            } => {
                 if !reply.is_closed() {
                     let _ = reply.try_send(scratch.hash(&password));
                 }
@@ -208,6 +292,7 @@ fn work(jobs: &async_channel::Receiver<Job>) {
                 password,
                 phc,
                 reply,
+                ..
             } => {
                 if !reply.is_closed() {
                     let matches = match phc {
@@ -270,6 +355,7 @@ mod tests {
             password: "p".into(),
             phc: None,
             reply: async_channel::bounded(1).0,
+            _slot: None,
         };
         assert!(passwords.submit(job()).is_ok());
         assert!(passwords.submit(job()).is_ok());
@@ -277,14 +363,39 @@ mod tests {
     }
 
     #[test]
-    fn the_pool_answers_hash_and_verify() {
-        let passwords = Passwords::new(1);
-        let phc = smol::block_on(passwords.hash("hunter2hunter2".into())).unwrap();
+    fn one_address_cannot_take_more_than_its_share_of_the_queue() {
+        let (mut passwords, _queue) = Passwords::queue(100);
+        passwords.in_flight = Some(Arc::new(InFlight {
+            counts: Mutex::new(HashMap::new()),
+            per_address: 2,
+        }));
+        let flooder: IpAddr = "10.0.0.1".parse().unwrap();
+        let slots = [
+            passwords.slot(flooder).unwrap(),
+            passwords.slot(flooder).unwrap(),
+        ];
+        assert!(matches!(passwords.slot(flooder), Err(AuthError::Busy)));
+        assert!(passwords.slot("10.0.0.2".parse().unwrap()).is_ok());
+        drop(slots);
+        assert!(passwords.slot(flooder).is_ok());
+        let in_flight = passwords.in_flight.as_ref().unwrap();
         assert!(
-            smol::block_on(passwords.verify("hunter2hunter2".into(), Some(phc.clone()))).unwrap()
+            lock(&in_flight.counts).is_empty(),
+            "finished jobs leave no entry"
         );
-        assert!(!smol::block_on(passwords.verify("nope".into(), Some(phc))).unwrap());
-        assert!(!smol::block_on(passwords.verify("nope".into(), None)).unwrap());
+    }
+
+    #[test]
+    fn the_pool_answers_hash_and_verify() {
+        let passwords = Passwords::new(1, 4);
+        let me: IpAddr = "127.0.0.1".parse().unwrap();
+        let phc = smol::block_on(passwords.hash(me, "hunter2hunter2".into())).unwrap();
+        assert!(
+            smol::block_on(passwords.verify(me, "hunter2hunter2".into(), Some(phc.clone())))
+                .unwrap()
+        );
+        assert!(!smol::block_on(passwords.verify(me, "nope".into(), Some(phc))).unwrap());
+        assert!(!smol::block_on(passwords.verify(me, "nope".into(), None)).unwrap());
     }
 
     #[test]

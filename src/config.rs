@@ -100,6 +100,22 @@ pub struct Config {
     /// A group commit (write + fsync) running longer than this marks the server unhealthy and
     /// refuses writes until it returns.
     pub flush_timeout: Duration,
+    /// Failed logins one address may make before its logins back off (an account allows ten
+    /// times as many, from all addresses together).
+    pub login_free_failures: u32,
+    /// Longest lock after failed logins from one address.
+    pub login_max_lock: Duration,
+    /// Registrations one address may attempt per hour (0: no limit).
+    pub registrations_per_ip_hour: u32,
+    /// Password hashes one address may have queued or running at once (0: no limit).
+    pub hash_jobs_per_ip: u32,
+    /// `send` frames per second per account, across its connections (the CLI's default is
+    /// twice `rate_per_sec`, so one connection alone never meets it).
+    pub account_rate: u32,
+    /// The account bucket's size (the CLI's default: twice `rate_burst`).
+    pub account_burst: u32,
+    /// MiB of message text one account may store per UTC day (0: no quota).
+    pub account_quota_mb: u64,
 }
 
 /// Protocol limit on text length, in Unicode scalar values.
@@ -135,6 +151,13 @@ impl Config {
             tls_key: None,
             min_free_space: 64 * 1024 * 1024,
             flush_timeout: Duration::from_secs(5),
+            login_free_failures: 5,
+            login_max_lock: Duration::from_secs(15 * 60),
+            registrations_per_ip_hour: 10,
+            hash_jobs_per_ip: 4,
+            account_rate: 20,
+            account_burst: 40,
+            account_quota_mb: 100,
         }
     }
 
@@ -155,6 +178,12 @@ impl Config {
         }
         if self.rate_per_sec == 0 || self.rate_burst == 0 {
             return Err("--rate and --burst must be at least 1".into());
+        }
+        if self.account_rate == 0 || self.account_burst == 0 {
+            return Err("--account-rate and --account-burst must be at least 1".into());
+        }
+        if self.login_max_lock < Duration::from_secs(1) {
+            return Err("--login-max-lock must be at least 1s".into());
         }
         if self.max_frame < 1024 {
             return Err("--max-frame must be at least 1024 bytes".into());

@@ -9,6 +9,7 @@
 //! lock helper. Only what the `chatd` binary (cli/) uses is public; the rest is `pub(crate)`, so
 //! the compiler reports code nothing uses.
 
+pub(crate) mod account_limits;
 pub mod admin;
 pub mod auth;
 pub mod config;
@@ -28,6 +29,7 @@ pub(crate) mod state;
 pub mod store;
 mod sync;
 pub mod tls;
+pub(crate) mod throttle;
 pub(crate) mod transport;
 pub(crate) mod wire;
 

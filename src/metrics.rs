@@ -32,6 +32,10 @@ pub struct Metrics {
     pub storage_state_changes: Counter,
     /// Bytes available on the data directory's file system at the last reading.
     pub disk_free_bytes: Gauge,
+    /// Password hashes computed for clients (logins and registrations).
+    pub password_hashes: Counter,
+    /// Logins and registrations refused by the login backoff or the registration limit.
+    pub auth_throttled: Counter,
 }
 
 impl Default for Metrics {
@@ -51,6 +55,8 @@ impl Metrics {
         let errors = Family::<Labels, Counter>::default();
         let slow_consumer_closes = Counter::default();
         let flush_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        let password_hashes = Counter::default();
+        let auth_throttled = Counter::default();
         registry.register(
             "connections",
             "Open WebSocket connections",
@@ -103,6 +109,16 @@ impl Metrics {
         for condition in crate::store::gate::Condition::REFUSING {
             let _ = writes_refused.get_or_create(&[("reason", condition.as_str())]);
         }
+        registry.register(
+            "password_hashes",
+            "Password hashes computed for logins and registrations",
+            password_hashes.clone(),
+        );
+        registry.register(
+            "auth_throttled",
+            "Logins and registrations refused by the login backoff or the registration limit",
+            auth_throttled.clone(),
+        );
         for code in ErrorCode::ALL {
             let _ = errors.get_or_create(&[("code", code.as_str())]);
         }
@@ -118,6 +134,8 @@ impl Metrics {
             writes_refused,
             storage_state_changes,
             disk_free_bytes,
+            password_hashes,
+            auth_throttled,
         }
     }
 

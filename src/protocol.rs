@@ -392,8 +392,10 @@ impl Fields<'_> {
             "who" => Request::Who {
                 room: fields.room()?,
             },
+            // `t` is echoed whatever it is, `null` included: the "null is absent" rule is for
+            // fields the server interprets, and `t` is opaque.
             "ping" => Request::Ping {
-                t: fields.get("t").cloned(),
+                t: fields.object.get("t").cloned(),
             },
             other => {
                 return Err(fields.bad(format!("unknown frame type `{other}`")));

@@ -4,6 +4,10 @@
 //! files, and the admin commands on what operators type. They live here, below all of those, so
 //! the store does not depend on the wire protocol to know what a valid room name is, and so the
 //! rules cannot drift apart: a name the protocol accepts is exactly a name the store accepts.
+//!
+//! Two rules guard against impersonation and guessing rather than malformed input: a name's
+//! [`name_skeleton`] (two names with the same skeleton look alike, and only one may exist), and
+//! [`password_problem`] for new passwords (never applied to logins, so old accounts keep working).
 
 use crate::config::MAX_TEXT;
 
@@ -29,6 +33,58 @@ pub fn valid_room_name(name: &str) -> bool {
 /// Whether `password` has an acceptable length (8 to 128 characters).
 pub fn valid_password(password: &str) -> bool {
     (8..=128).contains(&password.chars().count())
+}
+
+/// Passwords that lists of leaked passwords show people pick most: 8,359 entries of 8 characters
+/// or more, lower-cased, from Royce Williams' list of the 20,000 most common passwords as shipped
+/// by Django (`django/contrib/auth/common-passwords.txt.gz`, BSD licence). Shorter ones are
+/// refused by length already.
+const COMMON_PASSWORDS: &str = include_str!("common-passwords.txt");
+
+fn is_common_password(password: &str) -> bool {
+    static COMMON: std::sync::OnceLock<std::collections::HashSet<&'static str>> =
+        std::sync::OnceLock::new();
+    COMMON
+        .get_or_init(|| COMMON_PASSWORDS.lines().collect())
+        .contains(password.to_lowercase().as_str())
+}
+
+/// Why a new password is refused, or `None` if it is acceptable: the length rule, then blank or
+/// one repeated character, then the list of common passwords.
+pub fn password_problem(password: &str) -> Option<&'static str> {
+    if !valid_password(password) {
+        return Some("passwords are 8 to 128 characters");
+    }
+    if password.chars().all(char::is_whitespace) {
+        return Some("a password must not be only white space");
+    }
+    let mut chars = password.chars();
+    let first = chars.next();
+    if chars.all(|c| Some(c) == first) {
+        return Some("a password must not be one character repeated");
+    }
+    if is_common_password(password) {
+        return Some("that password is on a list of common passwords; choose another");
+    }
+    None
+}
+
+/// The skeleton of a user name: what it looks like, so that names that look alike get the same
+/// one (Unicode TR39's idea, applied to the ASCII user names allow). `I`, `l`, `1` and `|` become
+/// `l`; `O` and `0` become `o`; `rn` becomes `m` and `vv` `w`; the separators `_ . -` are dropped;
+/// the rest is lower-cased. The mapping happens before lower-casing because `I` looks like `l`,
+/// not like `i`.
+pub fn name_skeleton(name: &str) -> String {
+    let mapped: String = name
+        .chars()
+        .filter(|c| !matches!(c, '_' | '.' | '-'))
+        .map(|c| match c {
+            'I' | 'l' | '1' | '|' => 'l',
+            'O' | '0' => 'o',
+            other => other.to_ascii_lowercase(),
+        })
+        .collect();
+    mapped.replace("rn", "m").replace("vv", "w")
 }
 
 /// Why a message text is refused.
@@ -76,6 +132,53 @@ mod tests {
         assert!(valid_room_name("general-2_x"));
         assert!(!valid_room_name("General"));
         assert!(!valid_room_name(&"a".repeat(65)));
+    }
+
+    #[test]
+    fn look_alike_names_share_a_skeleton() {
+        for look_alike in ["aIice", "a1ice", "al.ice", "alice_", "a_l-i.c-e"] {
+            assert_eq!(
+                name_skeleton(look_alike),
+                name_skeleton("alice"),
+                "{look_alike}"
+            );
+        }
+        // In capitals it is `L` that looks different: AIICE passes for ALICE, not for alice
+        // (which is the same account as ALICE anyway).
+        assert_eq!(name_skeleton("AIICE"), name_skeleton("ALICE"));
+        assert_eq!(name_skeleton("b0b"), name_skeleton("BOB"));
+        assert_eq!(name_skeleton("rnallory"), name_skeleton("mallory"));
+        assert_eq!(name_skeleton("vvendy"), name_skeleton("wendy"));
+        assert_eq!(name_skeleton("___"), "");
+        for distinct in ["alicia", "aiice", "alice2", "bob", "malice"] {
+            assert_ne!(
+                name_skeleton(distinct),
+                name_skeleton("alice"),
+                "{distinct}"
+            );
+        }
+    }
+
+    #[test]
+    fn weak_passwords_are_refused_with_a_reason() {
+        assert!(password_problem("correct-horse-battery").is_none());
+        assert!(password_problem("Tr0ub4dour&3x").is_none());
+        for weak in [
+            "password",
+            "PASSWORD",
+            "        ",
+            "\t\t\t\t\t\t\t\t",
+            "aaaaaaaaaa",
+            "12345678",
+            "iloveyou",
+        ] {
+            assert!(password_problem(weak).is_some(), "{weak:?} was accepted");
+        }
+        assert_eq!(
+            password_problem("short"),
+            Some("passwords are 8 to 128 characters")
+        );
+        assert!(password_problem(&"x".repeat(129)).is_some());
     }
 
     #[test]

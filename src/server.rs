@@ -434,6 +434,9 @@ async fn janitor(state: Arc<State>) {
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, "retention prune failed"),
         }
+        // The throttle maps are bounded anyway; sweeping returns the memory of expired entries.
+        state.throttle.expire();
+        state.account_limits.expire(now_ms());
         Timer::after(JANITOR_INTERVAL).await;
     }
 }

@@ -35,7 +35,7 @@ use crate::outbox::{CloseRequest, Outbox, PEER_CLOSED};
 use crate::protocol::{self, close, Auth, ErrorCode, Limits, Rejection, Request, ServerFrame};
 use crate::rules;
 use crate::state::State;
-use crate::store::{user_key, Session as StoredSession, StoreError, User};
+use crate::store::{user_key, NewUser, Session as StoredSession, StoreError, User};
 use crate::transport::ReadHalf;
 
 /// How long closing may take before the socket is dropped regardless.
@@ -388,6 +388,17 @@ impl Session {
                     );
                     return self.strike().into();
                 }
+                if let Err(refused) =
+                    self.state
+                        .account_limits
+                        .charge(&member.user_key, text.len(), now_ms())
+                {
+                    self.reject(
+                        Rejection::new(ErrorCode::RateLimited, refused.message())
+                            .with_ref(reference),
+                    );
+                    return self.strike().into();
+                }
                 self.joined(&room).and_then(|room| {
                     self.state
                         .hub
@@ -512,27 +523,44 @@ impl Session {
                         "user names are 1 to 32 characters of A-Z a-z 0-9 _ . -",
                     );
                 }
-                if !rules::valid_password(&password) {
-                    return stay_open(
-                        self,
-                        ErrorCode::BadRequest,
-                        "passwords are 8 to 128 characters",
-                    );
+                if let Some(problem) = rules::password_problem(&password) {
+                    return stay_open(self, ErrorCode::BadRequest, problem);
+                }
+                if let Err(throttled) = state.throttle.check_registration(self.peer.ip()) {
+                    state.metrics.auth_throttled.inc();
+                    return stay_open(self, ErrorCode::RateLimited, &throttled.message());
                 }
                 match self.register(user, password).await {
-                    Ok(Some(user)) => match self.issue_token(&user).await {
+                    Ok(Ok(user)) => match self.issue_token(&user).await {
                         Ok(token) => (user, token),
                         Err(rejection) => {
                             return stay_open(self, rejection.code, &rejection.message)
                         }
                     },
-                    Ok(None) => {
+                    Ok(Err(NewUser::LookAlike)) => {
+                        return stay_open(
+                            self,
+                            ErrorCode::UserExists,
+                            "that name looks too much like an existing one",
+                        )
+                    }
+                    Ok(Err(_)) => {
                         return stay_open(self, ErrorCode::UserExists, "that name is taken")
                     }
                     Err(rejection) => return stay_open(self, rejection.code, &rejection.message),
                 }
             }
             Auth::Password { user, password, .. } => {
+                let account = rules::valid_user_name(&user).then(|| user_key(&user));
+                let account = account.as_deref();
+                if let Err(throttled) = state.throttle.check_login(self.peer.ip(), account) {
+                    state.metrics.auth_throttled.inc();
+                    self.reject(
+                        Rejection::new(ErrorCode::RateLimited, throttled.message())
+                            .with_ref(Some(reference)),
+                    );
+                    return None;
+                }
                 let plausible = rules::valid_user_name(&user) && rules::valid_password(&password);
                 let record = if plausible {
                     match state.store.user(&user) {
@@ -545,8 +573,11 @@ impl Session {
                     None
                 };
                 let hash = record.as_ref().map(|u| u.password_hash.clone());
-                let matches = match state.passwords.verify(password, hash).await {
-                    Ok(matches) => matches,
+                let matches = match state.passwords.verify(self.peer.ip(), password, hash).await {
+                    Ok(matches) => {
+                        state.metrics.password_hashes.inc();
+                        matches
+                    }
                     Err(e) => {
                         self.reject(
                             Rejection::new(ErrorCode::RateLimited, e.to_string())
@@ -556,8 +587,10 @@ impl Session {
                     }
                 };
                 let Some(user) = record.filter(|_| matches) else {
+                    state.throttle.login_failed(self.peer.ip(), account);
                     return fail(self, ErrorCode::AuthFailed, AUTH_FAILED);
                 };
+                state.throttle.login_succeeded(&user_key(&user.name));
                 if user.banned {
                     return fail(self, ErrorCode::Banned, "this account is banned");
                 }
@@ -633,15 +666,22 @@ impl Session {
         })
     }
 
-    /// Creates an account; `Ok(None)` if the name is taken.
-    async fn register(&self, name: String, password: String) -> Result<Option<User>, Rejection> {
+    /// Creates an account, or says why the name cannot have one. Whether the name exists or not,
+    /// this hashes the password through the same queue and waits for the same disk barrier, so
+    /// the answer takes the same time and costs the same: `user_exists` cannot be probed faster
+    /// than accounts can be created.
+    async fn register(
+        &self,
+        name: String,
+        password: String,
+    ) -> Result<Result<User, NewUser>, Rejection> {
         self.writes_possible()?;
         let store = &self.state.store;
-        if store.user(&name).map_err(|e| self.internal(e))?.is_some() {
-            return Ok(None);
-        }
-        let password_hash = match self.state.passwords.hash(password).await {
-            Ok(hash) => hash,
+        let password_hash = match self.state.passwords.hash(self.peer.ip(), password).await {
+            Ok(hash) => {
+                self.state.metrics.password_hashes.inc();
+                hash
+            }
             Err(e @ auth::AuthError::Busy) => {
                 return Err(Rejection::new(ErrorCode::RateLimited, e.to_string()))
             }
@@ -654,8 +694,19 @@ impl Session {
             banned: false,
             token_epoch: 0,
         };
-        let created = store.insert_user(&user).map_err(|e| self.internal(e))?;
-        Ok(created.then_some(user))
+        match store.register_user(&user).map_err(|e| self.internal(e))? {
+            NewUser::Created => Ok(Ok(user)),
+            refused => {
+                // A created account's answer waits for its session to reach the disk.
+                self.state
+                    .hub
+                    .committer()
+                    .barrier()
+                    .await
+                    .map_err(|e| self.internal(e))?;
+                Ok(Err(refused))
+            }
+        }
     }
 
     /// Stores a new session for `user` durably and returns its token.

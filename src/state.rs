@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::account_limits::AccountLimits;
 use crate::auth::Passwords;
 use crate::config::Config;
 use crate::hub::Hub;
@@ -20,6 +21,7 @@ use crate::outbox::{CloseRequest, Outbox};
 use crate::store::gate::Condition;
 use crate::store::Store;
 use crate::sync::lock;
+use crate::throttle::AuthThrottle;
 
 /// Everything connections share.
 pub struct State {
@@ -33,6 +35,10 @@ pub struct State {
     pub passwords: Passwords,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Login backoff and registration limits.
+    pub(crate) throttle: AuthThrottle,
+    /// Send rate and storage quota per account.
+    pub(crate) account_limits: AccountLimits,
     started: Instant,
     conn_ids: AtomicU64,
     sockets: AtomicUsize,
@@ -44,7 +50,9 @@ impl State {
     /// The state of a server that has just started.
     pub fn new(config: Config, store: Arc<Store>, hub: Arc<Hub>, metrics: Arc<Metrics>) -> State {
         State {
-            passwords: Passwords::new(config.hash_concurrency),
+            passwords: Passwords::new(config.hash_concurrency, config.hash_jobs_per_ip),
+            throttle: AuthThrottle::new(&config),
+            account_limits: AccountLimits::new(&config),
             config,
             store,
             hub,

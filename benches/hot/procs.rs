@@ -147,6 +147,16 @@ pub fn chatd_bin() -> PathBuf {
 }
 
 /// Starts `chatd serve` on `listen` with `data_dir`, pinned as asked.
+/// Flags that lift chatd's limits per client address and per account for benchmarks.
+pub const LIFT_ABUSE_LIMITS: &[&str] = &[
+    "--registrations-per-ip",
+    "0",
+    "--hash-jobs-per-ip",
+    "0",
+    "--account-quota-mb",
+    "0",
+];
+
 pub fn start_chatd(
     name: &str,
     data_dir: &Path,
@@ -157,6 +167,9 @@ pub fn start_chatd(
     let child = pinned(chatd_bin(), core)
         .args(["serve", "--listen", listen, "--data-dir"])
         .arg(data_dir)
+        // Every bench client comes from 127.0.0.1 and one account may send for hours: lift the
+        // limits per address and the daily quota (so a bench must not pass these flags itself).
+        .args(LIFT_ABUSE_LIMITS)
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -51,11 +51,24 @@ fn wait_listening(name: &str, mut child: Child, dir: Option<tempfile::TempDir>) 
 }
 
 /// Starts the chatd binary built with this benchmark on a temporary data directory.
+/// Flags that lift chatd's limits per client address and per account for benchmarks.
+pub const LIFT_ABUSE_LIMITS: &[&str] = &[
+    "--registrations-per-ip",
+    "0",
+    "--hash-jobs-per-ip",
+    "0",
+    "--account-quota-mb",
+    "0",
+];
+
 pub fn start_chatd(name: &str, args: &[&str]) -> ServerProcess {
     let dir = tempfile::tempdir().expect("temp dir");
     let child = Command::new(env!("CARGO_BIN_EXE_chatd"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
+        // Every bench client comes from 127.0.0.1 and one account may send for hours: lift the
+        // limits per address and the daily quota (so a bench must not pass these flags itself).
+        .args(LIFT_ABUSE_LIMITS)
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -794,6 +794,7 @@ impl Store {
             (&self.messages, &target.messages),
             (&self.cids, &target.cids),
             (&self.meta, &target.meta),
+            (&self.skeletons, &target.skeletons),
         ];
         let mut n = 0;
         for (from, to) in pairs {

@@ -12,6 +12,12 @@
 //! | `meta`     | `schema`, `next_room_no`, `id_floor`, `users` | u32/u64 BE |
 //! | `meta`     | `presence` (only between a shutdown and the next start) | [`PresenceSnapshot`] |
 //! | `meta`     | `write_probe` (written only after a failed write, to test the disk) | u64 BE |
+//! | `meta`     | `skeletons`: format of the `skeletons` tree it was built with | u8 |
+//! | `skeletons`| [`rules::name_skeleton`] of a user's name | 1 ++ user keys joined by `\n` |
+//!
+//! The `skeletons` tree is an index of `users`, kept in the same transactions, so registration
+//! can refuse a name that looks like an existing one in one lookup. A database from before the
+//! index (no `meta` `skeletons`) gets it built on open.
 //!
 //! Big-endian ids make sled's byte order the id order, so a room's history is one range scan.
 //! Writes that must agree (messages, their cids and their rooms' counters) go in one sled
@@ -28,6 +34,8 @@ pub mod maintenance;
 mod records;
 
 use std::collections::BTreeMap;
+
+use crate::rules;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -47,6 +55,11 @@ const META_ID_FLOOR: &[u8] = b"id_floor";
 const META_USERS: &[u8] = b"users";
 const META_PRESENCE: &[u8] = b"presence";
 const META_WRITE_PROBE: &[u8] = b"write_probe";
+const META_SKELETONS: &[u8] = b"skeletons";
+
+/// The format byte in front of every `skeletons` value, also stored as `meta` `skeletons` once
+/// the index is complete.
+const SKELETON_FORMAT: u8 = 1;
 
 /// A file chatd writes beside sled's own once a database is initialised. sled treats unreadable
 /// log data as a torn write and may open a damaged database as an empty one; the marker tells
@@ -125,6 +138,17 @@ pub enum StoreError {
     },
 }
 
+/// Outcome of [`Store::register_user`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewUser {
+    /// The account was created.
+    Created,
+    /// The name is taken (in any case).
+    Taken,
+    /// Another account's name looks the same ([`rules::name_skeleton`]).
+    LookAlike,
+}
+
 /// Outcome of [`commit::Committer::append`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Appended {
@@ -180,6 +204,7 @@ pub struct Store {
     messages: sled::Tree,
     cids: sled::Tree,
     meta: sled::Tree,
+    skeletons: sled::Tree,
     path: PathBuf,
     next_id: AtomicU64,
 }
@@ -237,6 +262,27 @@ pub fn user_key(name: &str) -> String {
     name.to_ascii_lowercase()
 }
 
+fn encode_skeleton_holders(holders: &[String]) -> Vec<u8> {
+    let mut value = vec![SKELETON_FORMAT];
+    value.extend_from_slice(holders.join("\n").as_bytes());
+    value
+}
+
+fn decode_skeleton_holders(value: &[u8], skeleton: &str) -> Result<Vec<String>, StoreError> {
+    let corrupt = |detail: &str| StoreError::Corrupt {
+        kind: "skeleton",
+        key: skeleton.to_owned(),
+        detail: detail.to_owned(),
+    };
+    match value.split_first() {
+        Some((&SKELETON_FORMAT, rest)) => std::str::from_utf8(rest)
+            .map(|text| text.split('\n').map(str::to_owned).collect())
+            .map_err(|_| corrupt("user keys are not UTF-8")),
+        Some((format, _)) => Err(corrupt(&format!("unknown format {format}"))),
+        None => Err(corrupt("empty value")),
+    }
+}
+
 fn decode_message(key: &[u8], value: &[u8]) -> Result<StoredMessage, StoreError> {
     let (_, id) = split_message_key(key).ok_or_else(|| StoreError::Corrupt {
         kind: Message::KIND,
@@ -292,11 +338,13 @@ impl Store {
             messages: open("messages")?,
             cids: open("cids")?,
             meta: open("meta")?,
+            skeletons: open("skeletons")?,
             db,
             path,
             next_id: AtomicU64::new(1),
         };
         store.check_schema()?;
+        store.index_skeletons()?;
         let mut max_id = be_u64(&store.meta.get(META_ID_FLOOR)?.unwrap_or_default());
         for room in store.rooms() {
             max_id = max_id.max(room?.last_id);
@@ -383,21 +431,75 @@ impl Store {
             .transpose()
     }
 
-    /// Creates `user` unless the name (any case) is taken; returns whether it was created.
+    /// Creates `user` unless the name (any case) is taken; returns whether it was created. Names
+    /// that look like an existing one are allowed: this is for admins and imports, which must be
+    /// able to restore any database. Clients register through [`Store::register_user`].
     pub fn insert_user(&self, user: &User) -> Result<bool, StoreError> {
+        Ok(self.add_user(user, false)? == NewUser::Created)
+    }
+
+    /// Creates `user` unless the name (any case) is taken or looks like an existing one.
+    pub fn register_user(&self, user: &User) -> Result<NewUser, StoreError> {
+        self.add_user(user, true)
+    }
+
+    fn add_user(&self, user: &User, refuse_look_alikes: bool) -> Result<NewUser, StoreError> {
         let key = user_key(&user.name);
         let value = codec::encode(user);
-        (&self.users, &self.meta)
-            .transaction(|(users, meta)| {
+        let skeleton = rules::name_skeleton(&user.name);
+        (&self.users, &self.meta, &self.skeletons)
+            .transaction(|(users, meta, skeletons)| {
                 if users.get(key.as_bytes())?.is_some() {
-                    return Ok(false);
+                    return Ok(NewUser::Taken);
+                }
+                let holders = skeletons.get(skeleton.as_bytes())?;
+                let holders = match holders {
+                    Some(v) => decode_skeleton_holders(&v, &skeleton).or_else(abort)?,
+                    None => Vec::new(),
+                };
+                if refuse_look_alikes && !holders.is_empty() {
+                    return Ok(NewUser::LookAlike);
                 }
                 users.insert(key.as_bytes(), value.as_slice())?;
                 let n = be_u64(&meta.get(META_USERS)?.unwrap_or_default());
                 meta.insert(META_USERS, &(n + 1).to_be_bytes())?;
-                Ok(true)
+                let mut holders = holders;
+                holders.push(key.clone());
+                skeletons.insert(skeleton.as_bytes(), encode_skeleton_holders(&holders))?;
+                Ok(NewUser::Created)
             })
             .map_err(tx_error)
+    }
+
+    /// Builds the `skeletons` index from `users` unless a complete one of this format exists.
+    fn index_skeletons(&self) -> Result<(), StoreError> {
+        if self.meta.get(META_SKELETONS)?.as_deref() == Some(&[SKELETON_FORMAT]) {
+            return Ok(());
+        }
+        self.skeletons.clear()?;
+        let mut index: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for user in self.users() {
+            let user = user?;
+            index
+                .entry(rules::name_skeleton(&user.name))
+                .or_default()
+                .push(user_key(&user.name));
+        }
+        let mut batch = sled::Batch::default();
+        for (skeleton, holders) in &index {
+            batch.insert(skeleton.as_bytes(), encode_skeleton_holders(holders));
+        }
+        self.skeletons.apply_batch(batch)?;
+        self.meta.insert(META_SKELETONS, &[SKELETON_FORMAT])?;
+        // The index must be on disk before a registration relies on it.
+        self.db.flush()?;
+        if !index.is_empty() {
+            tracing::info!(
+                users = index.values().map(Vec::len).sum::<usize>(),
+                "built the look-alike name index"
+            );
+        }
+        Ok(())
     }
 
     /// Replaces an existing user's record (password, ban, token epoch).
@@ -410,12 +512,24 @@ impl Store {
     /// Removes a user; returns the removed record.
     pub fn delete_user(&self, name: &str) -> Result<Option<User>, StoreError> {
         let key = user_key(name);
-        let removed = (&self.users, &self.meta)
-            .transaction(|(users, meta)| {
+        let removed = (&self.users, &self.meta, &self.skeletons)
+            .transaction(|(users, meta, skeletons)| {
                 let old = users.remove(key.as_bytes())?;
-                if old.is_some() {
+                if let Some(old) = &old {
                     let n = be_u64(&meta.get(META_USERS)?.unwrap_or_default());
                     meta.insert(META_USERS, &n.saturating_sub(1).to_be_bytes())?;
+                    let user: User = codec::decode(old, key.as_bytes()).or_else(abort)?;
+                    let skeleton = rules::name_skeleton(&user.name);
+                    if let Some(v) = skeletons.get(skeleton.as_bytes())? {
+                        let mut holders = decode_skeleton_holders(&v, &skeleton).or_else(abort)?;
+                        holders.retain(|k| *k != key);
+                        if holders.is_empty() {
+                            skeletons.remove(skeleton.as_bytes())?;
+                        } else {
+                            skeletons
+                                .insert(skeleton.as_bytes(), encode_skeleton_holders(&holders))?;
+                        }
+                    }
                 }
                 Ok(old)
             })
@@ -928,6 +1042,70 @@ mod tests {
         assert_eq!(store.user_count().unwrap(), 1);
         store.delete_user("aLiCe").unwrap();
         assert_eq!(store.user_count().unwrap(), 0);
+    }
+
+    fn named(name: &str) -> User {
+        User {
+            name: name.into(),
+            password_hash: "h".into(),
+            created_ms: 0,
+            banned: false,
+            token_epoch: 0,
+        }
+    }
+
+    #[test]
+    fn registration_refuses_look_alikes_until_the_original_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        assert_eq!(
+            store.register_user(&named("alice")).unwrap(),
+            NewUser::Created
+        );
+        assert_eq!(
+            store.register_user(&named("ALICE")).unwrap(),
+            NewUser::Taken
+        );
+        assert_eq!(
+            store.register_user(&named("a1ice")).unwrap(),
+            NewUser::LookAlike
+        );
+        // Admins and imports may create look-alikes; registration then refuses the name until
+        // every account with that skeleton is gone.
+        assert!(store.insert_user(&named("al.ice")).unwrap());
+        store.delete_user("alice").unwrap();
+        assert_eq!(
+            store.register_user(&named("aIice")).unwrap(),
+            NewUser::LookAlike
+        );
+        store.delete_user("al.ice").unwrap();
+        assert_eq!(
+            store.register_user(&named("aIice")).unwrap(),
+            NewUser::Created
+        );
+        assert_eq!(store.user_count().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_database_from_before_the_skeleton_index_gets_it_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path());
+            assert!(store.insert_user(&named("alice")).unwrap());
+            // What a database written before the index looks like.
+            store.skeletons.clear().unwrap();
+            store.meta.remove(META_SKELETONS).unwrap();
+            store.flush().unwrap();
+        }
+        let store = open(dir.path());
+        assert_eq!(
+            store.register_user(&named("alice_")).unwrap(),
+            NewUser::LookAlike
+        );
+        assert_eq!(
+            store.register_user(&named("bob")).unwrap(),
+            NewUser::Created
+        );
     }
 
     #[test]

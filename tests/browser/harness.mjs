@@ -27,7 +27,9 @@ export function newDataDir(name) {
 
 /** Start `chatd serve`; resolves once it printed `listening on HOST:PORT`. */
 export function startServer({ dataDir, port = 0, args = [], timeoutMs = 60000 }) {
-  const argv = ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir, ...args];
+  // Every browser and bot here comes from 127.0.0.1: lift the limits per address.
+  const argv = ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir,
+    '--registrations-per-ip', '0', '--hash-jobs-per-ip', '0', ...args];
   const proc = spawn(CHATD_BIN, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
   children.add(proc);
   fs.writeFileSync(path.join(TMP, `server-${proc.pid}.pid`), String(proc.pid));

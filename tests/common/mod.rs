@@ -274,6 +274,13 @@ fn spawn_server(
     if !args.iter().any(|a| a == "--threads") {
         cmd.args(["--threads", "2"]);
     }
+    // Every test client comes from 127.0.0.1, as a crowd behind one address would: the limits
+    // per address are lifted unless a test sets them (tests/security_auth.rs does).
+    for (flag, unlimited) in [("--registrations-per-ip", "0"), ("--hash-jobs-per-ip", "0")] {
+        if !args.iter().any(|a| a == flag) {
+            cmd.args([flag, unlimited]);
+        }
+    }
     cmd.args(args);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -1405,5 +1412,26 @@ pub fn poll_until<R>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
             panic!("timed out after {timeout:?} waiting for: {what}");
         }
         thread::sleep(ms(25));
+    }
+}
+
+impl Client {
+    /// Open a WebSocket to `/ws` from the local address `source` (any of 127/8 is loopback on
+    /// Linux), without authenticating: a client from another address.
+    pub fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> Client {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::new(source, 0).into())
+            .unwrap_or_else(|e| panic!("bind {source}: {e}"));
+        socket
+            .connect_timeout(&addr.into(), T)
+            .unwrap_or_else(|e| panic!("connect {addr} from {source}: {e}"));
+        let stream: TcpStream = socket.into();
+        stream.set_nodelay(true).unwrap();
+        stream.set_read_timeout(Some(T)).unwrap();
+        let (ws, _resp) = tungstenite::client(format!("ws://{addr}/ws"), stream)
+            .unwrap_or_else(|e| panic!("WebSocket handshake with {addr} from {source}: {e}"));
+        Client::from_ws(ws, addr)
     }
 }
