@@ -23,6 +23,7 @@ use crate::outbox::CloseRequest;
 use crate::protocol::close;
 use crate::state::State;
 use crate::store::commit::Committer;
+use crate::store::permissions::{prepare_data_dir, DataDirError};
 use crate::store::{Store, StoreError, StoreOptions};
 
 /// How long shutdown waits for connections to close before dropping them.
@@ -36,14 +37,9 @@ pub enum ServerError {
     /// A setting is out of range.
     #[error("invalid setting: {0}")]
     Config(String),
-    /// The data directory cannot be created.
-    #[error("cannot create the data directory {path}: {source}")]
-    DataDir {
-        /// The directory.
-        path: std::path::PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
+    /// The data directory cannot be created, or is not private.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
     /// The database cannot be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -78,10 +74,7 @@ impl Server {
     /// is locked, corrupt or foreign, or the address is taken.
     pub fn bind(config: Config) -> Result<Server, ServerError> {
         config.validate().map_err(ServerError::Config)?;
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
+        prepare_data_dir(&config.data_dir, &config.db_path())?;
         let store = Arc::new(Store::open(
             &config.db_path(),
             &StoreOptions {

@@ -23,6 +23,7 @@ mod codec;
 pub mod commit;
 pub mod log;
 pub mod maintenance;
+pub mod permissions;
 mod records;
 
 use std::collections::BTreeMap;
@@ -113,6 +114,9 @@ pub enum StoreError {
     /// The committer has shut down; nothing more is written.
     #[error("the store is shutting down; the write was refused")]
     Stopped,
+    /// The database's files cannot be made private to their owner.
+    #[error(transparent)]
+    Private(#[from] permissions::DataDirError),
 }
 
 /// Outcome of [`commit::Committer::append`].
@@ -271,6 +275,8 @@ impl Store {
             next_id: AtomicU64::new(1),
         };
         store.check_schema()?;
+        // sled's files follow the umask; whatever it was, nobody else may read them.
+        permissions::restrict_tree(&store.path)?;
         let mut max_id = be_u64(&store.meta.get(META_ID_FLOOR)?.unwrap_or_default());
         for room in store.rooms() {
             max_id = max_id.max(room?.last_id);
