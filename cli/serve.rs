@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use argh::FromArgs;
-use chatd::config::{parse_duration, Config, Durability, Registration};
+use chatd::config::{parse_duration, AllowedOrigins, Config, Durability, Registration};
 
 /// Run the chat server.
 #[derive(FromArgs)]
@@ -76,6 +76,24 @@ pub struct Serve {
     /// keep at most this many newest messages per room, checked at start and hourly
     #[argh(option)]
     retention_per_room: Option<String>,
+    /// connection slots that unauthenticated sockets may not take, kept for logged-in users (default: a tenth of --max-connections)
+    #[argh(option)]
+    reserved_connections: Option<String>,
+    /// most sockets open at once from one IP address, IPv6 counted by /64 (default 256)
+    #[argh(option)]
+    max_connections_per_ip: Option<String>,
+    /// most sockets not yet logged in (HTTP requests included) from one IP address (default 32)
+    #[argh(option)]
+    max_unauthenticated_per_ip: Option<String>,
+    /// most connections one account may hold open (default 32)
+    #[argh(option)]
+    max_connections_per_account: Option<String>,
+    /// origins whose pages may open a WebSocket, comma-separated (e.g. https://chat.example.com), or * for any (default: the server's own, matching the Host header)
+    #[argh(option)]
+    allowed_origins: Option<String>,
+    /// serve /healthz and /metrics on this address only, not on --listen (default: on --listen)
+    #[argh(option)]
+    metrics_listen: Option<String>,
     /// log filter, e.g. info, debug, chatd=debug (default info)
     #[argh(option)]
     log: Option<String>,
@@ -158,6 +176,36 @@ impl Serve {
                 "--retention and --retention-per-room must be above zero (leave them out to keep everything)"
             ));
         }
+        c.reserved_connections =
+            setting(&self.reserved_connections, "reserved-connections", number)?;
+        set!(
+            c.max_connections_per_ip,
+            max_connections_per_ip,
+            "max-connections-per-ip",
+            number
+        );
+        set!(
+            c.max_unauthenticated_per_ip,
+            max_unauthenticated_per_ip,
+            "max-unauthenticated-per-ip",
+            number
+        );
+        set!(
+            c.max_connections_per_account,
+            max_connections_per_account,
+            "max-connections-per-account",
+            number
+        );
+        set!(
+            c.allowed_origins,
+            allowed_origins,
+            "allowed-origins",
+            |s: &str| s.parse::<AllowedOrigins>()
+        );
+        c.metrics_listen = setting(&self.metrics_listen, "metrics-listen", |s| {
+            s.parse()
+                .map_err(|e| format!("`{s}` is not an address like 127.0.0.1:9100 ({e})"))
+        })?;
         if let Some(mb) = setting(&self.cache_mb, "cache-mb", number::<u64>)? {
             c.cache_bytes = mb * 1024 * 1024;
         }
@@ -194,6 +242,9 @@ impl Serve {
         let data_dir = config.data_dir.clone();
         let server = chatd::Server::bind(config)?;
         let addr = server.local_addr().context("reading the bound address")?;
+        if let Some(metrics) = server.metrics_addr() {
+            tracing::info!(%metrics, "/healthz and /metrics served only there");
+        }
         tracing::info!(%addr, data_dir = %data_dir.display(), "chatd {} serving", env!("CARGO_PKG_VERSION"));
         let mut stdout = std::io::stdout();
         writeln!(stdout, "listening on {addr}")

@@ -45,6 +45,37 @@ impl std::str::FromStr for Durability {
     }
 }
 
+/// Which web pages may open a WebSocket (checked against the upgrade's `Origin` header; a
+/// request without one, as non-browser clients send, is never refused for it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedOrigins {
+    /// Only pages served from the host and port the request was sent to (its `Host`).
+    SameOrigin,
+    /// Any page (`*`).
+    Any,
+    /// Exactly these origins, each `scheme://host[:port]`, lower-cased, default port left out.
+    List(Vec<String>),
+}
+
+impl std::str::FromStr for AllowedOrigins {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s == "*" {
+            return Ok(AllowedOrigins::Any);
+        }
+        let origins = s
+            .split(',')
+            .map(|origin| {
+                crate::origin::normalize(origin.trim()).ok_or_else(|| {
+                    format!("`{}` is not an origin like https://chat.example.com or http://localhost:8000", origin.trim())
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(AllowedOrigins::List(origins))
+    }
+}
+
 /// Everything `chatd serve` can be told.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -90,6 +121,18 @@ pub struct Config {
     pub retention: Option<Duration>,
     /// Keep at most this many messages per room, checked periodically.
     pub retention_per_room: Option<u64>,
+    /// Slots of `max_connections` that unauthenticated sockets may not take; `None`: a tenth.
+    pub reserved_connections: Option<usize>,
+    /// Sockets one IP address (IPv6: one /64) may hold open.
+    pub max_connections_per_ip: usize,
+    /// Unauthenticated sockets (HTTP requests included) one IP address may hold open.
+    pub max_unauthenticated_per_ip: usize,
+    /// Authenticated connections one account may hold open.
+    pub max_connections_per_account: usize,
+    /// Which web pages may open a WebSocket.
+    pub allowed_origins: AllowedOrigins,
+    /// Where `/healthz` and `/metrics` are served instead of the main port, if set.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Protocol limit on text length, in Unicode scalar values.
@@ -121,7 +164,19 @@ impl Config {
             hash_concurrency: cores.max(1),
             retention: None,
             retention_per_room: None,
+            reserved_connections: None,
+            max_connections_per_ip: 256,
+            max_unauthenticated_per_ip: 32,
+            max_connections_per_account: 32,
+            allowed_origins: AllowedOrigins::SameOrigin,
+            metrics_listen: None,
         }
+    }
+
+    /// Slots only authenticated connections may take.
+    pub fn reserved_connections(&self) -> usize {
+        self.reserved_connections
+            .unwrap_or(self.max_connections / 10)
     }
 
     /// The sled directory inside the data directory.
@@ -155,6 +210,21 @@ impl Config {
             return Err(
                 "--ping-interval, --idle-timeout and --auth-timeout must be above zero".into(),
             );
+        }
+        if self.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        if self.reserved_connections() >= self.max_connections {
+            return Err("--reserved-connections must be below --max-connections (the rest is where new connections log in)".into());
+        }
+        if self.max_connections_per_ip == 0
+            || self.max_unauthenticated_per_ip == 0
+            || self.max_connections_per_account == 0
+        {
+            return Err("--max-connections-per-ip, --max-unauthenticated-per-ip and --max-connections-per-account must be at least 1".into());
+        }
+        if self.metrics_listen == Some(self.listen) && self.listen.port() != 0 {
+            return Err("--metrics-listen must differ from --listen".into());
         }
         Ok(())
     }

@@ -10,13 +10,16 @@
 //! the compiler reports code nothing uses.
 
 pub mod admin;
+pub(crate) mod admission;
 pub mod auth;
 pub mod config;
 pub(crate) mod executors;
 pub(crate) mod heartbeat;
 pub(crate) mod http;
 pub(crate) mod hub;
+pub(crate) mod log_gate;
 pub(crate) mod metrics;
+pub(crate) mod origin;
 pub(crate) mod outbox;
 pub(crate) mod protocol;
 pub mod rules;

@@ -17,6 +17,7 @@ use smol::{Async, Timer};
 
 use crate::config::{Config, Durability};
 use crate::executors::Executors;
+use crate::http::Port;
 use crate::hub::{now_ms, Hub};
 use crate::metrics::Metrics;
 use crate::outbox::CloseRequest;
@@ -64,6 +65,7 @@ pub enum ServerError {
 /// A bound, ready server.
 pub struct Server {
     listener: Async<TcpListener>,
+    operations: Option<Async<TcpListener>>,
     admin: crate::admin::socket::Listener,
     state: Arc<State>,
     executors: Arc<Executors>,
@@ -95,6 +97,14 @@ impl Server {
                 addr: config.listen,
                 source,
             })?;
+        let operations = config
+            .metrics_listen
+            .map(|addr| {
+                listen(addr)
+                    .and_then(Async::new)
+                    .map_err(|source| ServerError::Bind { addr, source })
+            })
+            .transpose()?;
         let metrics = Arc::new(Metrics::new());
         let observed = metrics.clone();
         let healthy = Arc::new(AtomicBool::new(true));
@@ -137,6 +147,7 @@ impl Server {
         let state = Arc::new(State::new(config, store, hub, metrics, healthy));
         Ok(Server {
             listener,
+            operations,
             admin,
             state,
             executors,
@@ -148,10 +159,18 @@ impl Server {
         self.listener.get_ref().local_addr()
     }
 
+    /// The address `/healthz` and `/metrics` are served on, if `--metrics-listen` was given.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.operations
+            .as_ref()
+            .and_then(|listener| listener.get_ref().local_addr().ok())
+    }
+
     /// Serves until `shutdown` yields (or its sender is dropped), then shuts down gracefully.
     pub fn run(self, shutdown: async_channel::Receiver<()>) -> Result<(), ServerError> {
         let Server {
             listener,
+            operations,
             admin,
             state,
             executors,
@@ -180,9 +199,15 @@ impl Server {
             state.clone(),
             executor.clone(),
         ));
+        let operations_task = operations.map(|listener| {
+            executor.spawn(serve_operations(listener, state.clone(), executors.clone()))
+        });
         let (live, all_closed) = async_channel::bounded::<()>(1);
         smol::block_on(executors.run(accept(&listener, &state, &executors, &live, shutdown)));
         drop(listener);
+        if let Some(task) = operations_task {
+            smol::block_on(executors.run(task.cancel()));
+        }
         // Stops admin connections and removes the admin socket file.
         smol::block_on(executors.run(admin_task.cancel()));
         tracing::info!("shutting down: closing connections");
@@ -257,26 +282,14 @@ async fn accept(
             }
         };
         let _ = stream.get_ref().set_nodelay(true);
-        let (slot, open) = state.count_socket();
-        if open >= state.config.max_connections {
-            executors
-                .setup
-                .spawn(async move {
-                    let mut stream = stream;
-                    let _ = crate::http::respond(
-                        &mut stream,
-                        "503 Service Unavailable",
-                        "text/plain",
-                        &[("Retry-After", "5")],
-                        b"too many connections\n",
-                        false,
-                    )
-                    .await;
-                    drop(slot);
-                })
-                .detach();
-            continue;
-        }
+        let slot = match state.admission.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                state.refused(refusal, peer);
+                refuse_busy(stream.get_ref());
+                continue;
+            }
+        };
         let state = state.clone();
         let live = live.clone();
         let sessions = executors.live.clone();
@@ -284,17 +297,21 @@ async fn accept(
         executors
             .setup
             .spawn(async move {
-                let served =
-                    std::panic::AssertUnwindSafe(crate::http::serve(stream, peer, state.clone()))
-                        .catch_unwind()
-                        .await;
+                let served = std::panic::AssertUnwindSafe(crate::http::serve(
+                    stream,
+                    peer,
+                    state.clone(),
+                    Port::Main,
+                ))
+                .catch_unwind()
+                .await;
                 match served {
                     Ok(Some((ws, outbox))) => {
                         // The login too runs here, on the setup executor; once logged in, the
                         // connection gets a task of its own on the live executor, sized for the
                         // session alone (this one is sized for the HTTP phase too, and a
                         // connection may live for hours).
-                        let login = crate::session::login(ws, outbox, peer, state);
+                        let login = crate::session::login(ws, outbox, peer, state, slot);
                         let established = match std::panic::AssertUnwindSafe(login)
                             .catch_unwind()
                             .await
@@ -316,7 +333,6 @@ async fn accept(
                                 {
                                     tracing::error!(%peer, "connection task panicked; the connection was dropped");
                                 }
-                                drop(slot);
                                 drop(live);
                             })
                             .detach();
@@ -326,6 +342,62 @@ async fn accept(
                         tracing::error!(%peer, "connection task panicked; the connection was dropped")
                     }
                 }
+            })
+            .detach();
+    }
+}
+
+/// The answer to a socket refused at accept.
+const BUSY_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 21\r\nConnection: close\r\nRetry-After: 5\r\nX-Content-Type-Options: nosniff\r\n\r\ntoo many connections\n";
+
+/// Answers a refused socket with one non-blocking write, right in the accept loop: a refusal
+/// must cost no task and no slot, or a flood of refused sockets would exhaust what the limits
+/// protect. A fresh socket's send buffer always takes these few bytes.
+fn refuse_busy(stream: &std::net::TcpStream) {
+    use std::io::Write;
+    let mut stream = stream;
+    let _ = stream.write(BUSY_RESPONSE);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+}
+
+/// Connections the `--metrics-listen` port serves at once; more are dropped. Scrapers and health
+/// checks need a handful.
+const OPERATIONS_CONNECTIONS: usize = 64;
+
+/// Serves `/healthz` and `/metrics` on the `--metrics-listen` port until cancelled. Its
+/// connections are outside the connection limits, so monitoring works while the main port is
+/// full, and bounded on their own.
+async fn serve_operations(
+    listener: Async<TcpListener>,
+    state: Arc<State>,
+    executors: Arc<Executors>,
+) {
+    let permits = Arc::new(async_lock::Semaphore::new(OPERATIONS_CONNECTIONS));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed on the metrics port");
+                Timer::after(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(permit) = permits.try_acquire_arc() else {
+            continue;
+        };
+        let state = state.clone();
+        executors
+            .setup
+            .spawn(async move {
+                let _ = std::panic::AssertUnwindSafe(crate::http::serve(
+                    stream,
+                    peer,
+                    state,
+                    Port::Operations,
+                ))
+                .catch_unwind()
+                .await;
+                drop(permit);
             })
             .detach();
     }

@@ -146,6 +146,19 @@ pub fn chatd_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_chatd"))
 }
 
+/// The load generator opens thousands of connections from a few loopback addresses, often for
+/// one account: lift the per-address and per-account limits a real deployment wants.
+pub const LOAD_GENERATOR_LIMITS: [&str; 8] = [
+    "--max-connections-per-ip",
+    "1000000",
+    "--max-unauthenticated-per-ip",
+    "1000000",
+    "--max-connections-per-account",
+    "1000000",
+    "--reserved-connections",
+    "0",
+];
+
 /// Starts `chatd serve` on `listen` with `data_dir`, pinned as asked.
 pub fn start_chatd(
     name: &str,
@@ -157,6 +170,7 @@ pub fn start_chatd(
     let child = pinned(chatd_bin(), core)
         .args(["serve", "--listen", listen, "--data-dir"])
         .arg(data_dir)
+        .args(LOAD_GENERATOR_LIMITS)
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -56,6 +56,18 @@ pub fn start_chatd(name: &str, args: &[&str]) -> ServerProcess {
     let child = Command::new(env!("CARGO_BIN_EXE_chatd"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
+        // Thousands of connections from one loopback address, often for one account: lift the
+        // per-address and per-account limits a real deployment wants.
+        .args([
+            "--max-connections-per-ip",
+            "1000000",
+            "--max-unauthenticated-per-ip",
+            "1000000",
+            "--max-connections-per-account",
+            "1000000",
+            "--reserved-connections",
+            "0",
+        ])
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
