@@ -9,8 +9,7 @@ use serde_json::json;
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::mpsc;
 use std::thread;
 
 /// A TCP connection to `addr` from `source` (any port).
@@ -67,25 +66,25 @@ fn an_address_cycling_unauthenticated_sockets_cannot_keep_logins_out() {
         "8",
     ]);
     let addr = server.addr();
-    let stop = Arc::new(AtomicBool::new(false));
-    let attacker = {
-        let stop = stop.clone();
-        thread::spawn(move || {
-            // Opens sockets as fast as it can and never sends a byte; keeps the newest 60.
-            let mut held = VecDeque::new();
-            let mut opened = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok(socket) = tcp_from("127.0.0.2", addr) {
-                    held.push_back(socket);
-                    opened += 1;
-                }
-                if held.len() > 60 {
-                    held.pop_front();
-                }
+    let (stop, stopped) = mpsc::channel::<()>();
+    let attacker = thread::spawn(move || {
+        // Opens sockets as fast as it can and never sends a byte; keeps the newest 60. It stops
+        // cycling after 5,000 (so a slow run cannot exhaust the ephemeral ports) but holds what
+        // it has until the test is done.
+        let mut held = VecDeque::new();
+        let mut opened = 0u32;
+        while stopped.try_recv().is_err() && opened < 5_000 {
+            if let Ok(socket) = tcp_from("127.0.0.2", addr) {
+                held.push_back(socket);
+                opened += 1;
             }
-            opened
-        })
-    };
+            if held.len() > 60 {
+                held.pop_front();
+            }
+        }
+        let _ = stopped.recv_timeout(std::time::Duration::from_secs(60));
+        opened
+    });
     poll_until(T, "the attacker to reach its address's limit", || {
         (refused(&server, "ip_unauthenticated_full") > 0).then_some(())
     });
@@ -96,7 +95,7 @@ fn an_address_cycling_unauthenticated_sockets_cannot_keep_logins_out() {
         );
         assert_eq!(welcome["type"], "welcome");
     }
-    stop.store(true, Ordering::Relaxed);
+    let _ = stop.send(());
     let opened = attacker.join().expect("attacker thread");
     assert!(opened > 60, "the attacker cycled sockets ({opened} opened)");
     assert!(
