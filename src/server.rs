@@ -1,5 +1,9 @@
 //! The server: listener, executor threads, background chores and graceful shutdown.
 //!
+//! Every accepted socket is admitted against the connection limits (`admission`) before a byte
+//! is read; a refused one gets its 503 in the accept loop itself. With `--metrics-listen`, a
+//! second listener serves only `/healthz` and `/metrics`, outside those limits.
+//!
 //! smol's global executor runs on one thread, so the server runs its own executors (live
 //! connections first, new connections until they log in after: see `executors`) on `--threads` threads
 //! (the calling thread included). Shutdown: stop accepting, ask every connection to close with
