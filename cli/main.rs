@@ -43,6 +43,9 @@ fn main() -> ExitCode {
             };
         }
     };
+    // Files chatd creates (the database, the admin socket, exports with secrets) are for this
+    // account only, whatever umask the shell or the service manager set.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let result = match chatd.command {
         _ if chatd.version => {
             println!("chatd {}", env!("CARGO_PKG_VERSION"));

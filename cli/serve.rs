@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use argh::FromArgs;
-use chatd::config::{parse_bytes, parse_duration, Config, Durability, Registration};
+use chatd::config::{
+    parse_bytes, parse_duration, AllowedOrigins, Config, Durability, Registration,
+};
 
 /// Run the chat server.
 #[derive(FromArgs)]
@@ -103,6 +105,24 @@ pub struct Serve {
     /// message text one account may store per UTC day in MiB, 0 for no quota (default 100)
     #[argh(option)]
     account_quota_mb: Option<String>,
+    /// connection slots that unauthenticated sockets may not take, kept for logged-in users (default: a tenth of --max-connections)
+    #[argh(option)]
+    reserved_connections: Option<String>,
+    /// most sockets open at once from one IP address, IPv6 counted by /64 (default 256)
+    #[argh(option)]
+    max_connections_per_ip: Option<String>,
+    /// most sockets not yet logged in (HTTP requests included) from one IP address (default 32)
+    #[argh(option)]
+    max_unauthenticated_per_ip: Option<String>,
+    /// most connections one account may hold open (default 32)
+    #[argh(option)]
+    max_connections_per_account: Option<String>,
+    /// origins whose pages may open a WebSocket, comma-separated (e.g. https://chat.example.com), or * for any (default: the server's own, matching the Host header)
+    #[argh(option)]
+    allowed_origins: Option<String>,
+    /// serve /healthz and /metrics on this address only, not on --listen (default: on --listen)
+    #[argh(option)]
+    metrics_listen: Option<String>,
     /// log filter, e.g. info, debug, chatd=debug (default info)
     #[argh(option)]
     log: Option<String>,
@@ -231,6 +251,36 @@ impl Serve {
         }
         c.tls_cert = setting(&self.tls_cert, "tls-cert", |s| Ok(PathBuf::from(s)))?;
         c.tls_key = setting(&self.tls_key, "tls-key", |s| Ok(PathBuf::from(s)))?;
+        c.reserved_connections =
+            setting(&self.reserved_connections, "reserved-connections", number)?;
+        set!(
+            c.max_connections_per_ip,
+            max_connections_per_ip,
+            "max-connections-per-ip",
+            number
+        );
+        set!(
+            c.max_unauthenticated_per_ip,
+            max_unauthenticated_per_ip,
+            "max-unauthenticated-per-ip",
+            number
+        );
+        set!(
+            c.max_connections_per_account,
+            max_connections_per_account,
+            "max-connections-per-account",
+            number
+        );
+        set!(
+            c.allowed_origins,
+            allowed_origins,
+            "allowed-origins",
+            |s: &str| s.parse::<AllowedOrigins>()
+        );
+        c.metrics_listen = setting(&self.metrics_listen, "metrics-listen", |s| {
+            s.parse()
+                .map_err(|e| format!("`{s}` is not an address like 127.0.0.1:9100 ({e})"))
+        })?;
         if let Some(mb) = setting(&self.cache_mb, "cache-mb", number::<u64>)? {
             c.cache_bytes = mb * 1024 * 1024;
         }
@@ -259,6 +309,9 @@ impl Serve {
         let server = chatd::Server::bind(config)?;
         handle_signals(stop, server.tls())?;
         let addr = server.local_addr().context("reading the bound address")?;
+        if let Some(metrics) = server.metrics_addr() {
+            tracing::info!(%metrics, "/healthz and /metrics served only there");
+        }
         tracing::info!(%addr, data_dir = %data_dir.display(), "chatd {} serving", env!("CARGO_PKG_VERSION"));
         let mut stdout = std::io::stdout();
         writeln!(stdout, "listening on {addr}")

@@ -45,6 +45,37 @@ impl std::str::FromStr for Durability {
     }
 }
 
+/// Which web pages may open a WebSocket (checked against the upgrade's `Origin` header; a
+/// request without one, as non-browser clients send, is never refused for it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedOrigins {
+    /// Only pages served from the host and port the request was sent to (its `Host`).
+    SameOrigin,
+    /// Any page (`*`).
+    Any,
+    /// Exactly these origins, each `scheme://host[:port]`, lower-cased, default port left out.
+    List(Vec<String>),
+}
+
+impl std::str::FromStr for AllowedOrigins {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s == "*" {
+            return Ok(AllowedOrigins::Any);
+        }
+        let origins = s
+            .split(',')
+            .map(|origin| {
+                crate::origin::normalize(origin.trim()).ok_or_else(|| {
+                    format!("`{}` is not an origin like https://chat.example.com or http://localhost:8000", origin.trim())
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(AllowedOrigins::List(origins))
+    }
+}
+
 /// Everything `chatd serve` can be told.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -116,6 +147,18 @@ pub struct Config {
     pub account_burst: u32,
     /// MiB of message text one account may store per UTC day (0: no quota).
     pub account_quota_mb: u64,
+    /// Slots of `max_connections` that unauthenticated sockets may not take; `None`: a tenth.
+    pub reserved_connections: Option<usize>,
+    /// Sockets one IP address (IPv6: one /64) may hold open.
+    pub max_connections_per_ip: usize,
+    /// Unauthenticated sockets (HTTP requests included) one IP address may hold open.
+    pub max_unauthenticated_per_ip: usize,
+    /// Authenticated connections one account may hold open.
+    pub max_connections_per_account: usize,
+    /// Which web pages may open a WebSocket.
+    pub allowed_origins: AllowedOrigins,
+    /// Where `/healthz` and `/metrics` are served instead of the main port, if set.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Protocol limit on text length, in Unicode scalar values.
@@ -158,7 +201,19 @@ impl Config {
             account_rate: 20,
             account_burst: 40,
             account_quota_mb: 100,
+            reserved_connections: None,
+            max_connections_per_ip: 256,
+            max_unauthenticated_per_ip: 32,
+            max_connections_per_account: 32,
+            allowed_origins: AllowedOrigins::SameOrigin,
+            metrics_listen: None,
         }
+    }
+
+    /// Slots only authenticated connections may take.
+    pub fn reserved_connections(&self) -> usize {
+        self.reserved_connections
+            .unwrap_or(self.max_connections / 10)
     }
 
     /// The sled directory inside the data directory.
@@ -204,6 +259,21 @@ impl Config {
         }
         if self.flush_timeout < Duration::from_millis(100) {
             return Err("--flush-timeout must be at least 100ms (a healthy fsync can take tens of milliseconds under load)".into());
+        }
+        if self.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        if self.reserved_connections() >= self.max_connections {
+            return Err("--reserved-connections must be below --max-connections (the rest is where new connections log in)".into());
+        }
+        if self.max_connections_per_ip == 0
+            || self.max_unauthenticated_per_ip == 0
+            || self.max_connections_per_account == 0
+        {
+            return Err("--max-connections-per-ip, --max-unauthenticated-per-ip and --max-connections-per-account must be at least 1".into());
+        }
+        if self.metrics_listen == Some(self.listen) && self.listen.port() != 0 {
+            return Err("--metrics-listen must differ from --listen".into());
         }
         Ok(())
     }

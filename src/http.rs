@@ -15,6 +15,8 @@ use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use async_tungstenite::WebSocketStream;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 
+use crate::log_gate::LogGate;
+use crate::metrics::HTTP_REJECTIONS;
 use crate::outbox::Outbox;
 use crate::state::State;
 use crate::transport::{ReadHalf, Socket, Transport};
@@ -39,13 +41,46 @@ pub(crate) struct Head {
     connection_upgrade: bool,
     ws_version: Option<String>,
     ws_key: Option<String>,
+    host: Option<String>,
+    origin: Option<String>,
 }
 
 pub(crate) enum HeadError {
-    /// Not HTTP, or too large: 400/431.
-    Malformed(&'static str, &'static str),
-    /// The peer went away or was too slow.
+    /// Not HTTP, or too large: 400/431, and the `http_rejections` reason.
+    Malformed(&'static str, &'static str, &'static str),
+    /// The head did not arrive within [`HEAD_TIMEOUT`].
+    TimedOut,
+    /// The peer went away.
     Gone,
+}
+
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Port {
+    /// `--listen`: the web client and the WebSocket, and `/healthz` and `/metrics` unless
+    /// `--metrics-listen` moved them.
+    Main,
+    /// `--metrics-listen`: `/healthz` and `/metrics` only.
+    Operations,
+}
+
+/// Counts a refused request and logs it, at most a line per reason per interval.
+fn rejected(state: &State, peer: SocketAddr, reason: &'static str) {
+    state.metrics.http_rejection(reason);
+    static GATES: [LogGate; HTTP_REJECTIONS.len()] =
+        [const { LogGate::new() }; HTTP_REJECTIONS.len()];
+    let Some(index) = HTTP_REJECTIONS.iter().position(|r| *r == reason) else {
+        return;
+    };
+    let Some(unlogged) = GATES[index].pass() else {
+        return;
+    };
+    // Browsers open speculative connections they never use: a head timeout is routine.
+    if reason == "head_timeout" {
+        tracing::debug!(%peer, reason, unlogged, "HTTP request refused (`unlogged`: like refusals since the last such line)");
+    } else {
+        tracing::info!(%peer, reason, unlogged, "HTTP request refused (`unlogged`: like refusals since the last such line)");
+    }
 }
 
 /// A connection that completed the WebSocket handshake, ready for [`crate::session::run`]. The
@@ -57,14 +92,20 @@ pub type Upgraded = (Box<WebSocketStream<ReadHalf>>, Arc<Outbox>);
 /// Serves one TCP connection: one HTTP request, or the WebSocket handshake. Returns the upgraded
 /// connection; its session runs in a task of its own, so that nothing of the HTTP phase stays
 /// in the memory of a connection that lives for hours.
-pub async fn serve(mut stream: Socket, peer: SocketAddr, state: Arc<State>) -> Option<Upgraded> {
+pub async fn serve(
+    mut stream: Socket,
+    peer: SocketAddr,
+    state: Arc<State>,
+    port: Port,
+) -> Option<Upgraded> {
     let read = future::or(read_head(&mut stream), async {
         smol::Timer::after(HEAD_TIMEOUT).await;
-        Err(HeadError::Gone)
+        Err(HeadError::TimedOut)
     });
     let (head, rest) = match read.await {
         Ok(parsed) => parsed,
-        Err(HeadError::Malformed(status, why)) => {
+        Err(HeadError::Malformed(status, why, reason)) => {
+            rejected(&state, peer, reason);
             let _ = respond(
                 &mut stream,
                 status,
@@ -74,6 +115,10 @@ pub async fn serve(mut stream: Socket, peer: SocketAddr, state: Arc<State>) -> O
                 false,
             )
             .await;
+            return None;
+        }
+        Err(HeadError::TimedOut) => {
+            rejected(&state, peer, "head_timeout");
             return None;
         }
         Err(HeadError::Gone) => return None,
@@ -92,8 +137,16 @@ pub async fn serve(mut stream: Socket, peer: SocketAddr, state: Arc<State>) -> O
         return None;
     }
     let path = head.path.split('?').next().unwrap_or_default();
+    let operations_here = match port {
+        Port::Main => state.config.metrics_listen.is_none(),
+        Port::Operations => true,
+    };
     let result = match path {
-        "/ws" => return upgrade(stream, head, rest, &state).await,
+        "/healthz" | "/metrics" if !operations_here => not_found(&mut stream, is_head).await,
+        _ if port == Port::Operations && path != "/healthz" && path != "/metrics" => {
+            not_found(&mut stream, is_head).await
+        }
+        "/ws" => return upgrade(stream, head, rest, peer, &state).await,
         "/" | "/index.html" => {
             static_file(&mut stream, "text/html; charset=utf-8", INDEX_HTML, is_head).await
         }
@@ -138,17 +191,7 @@ pub async fn serve(mut stream: Socket, peer: SocketAddr, state: Arc<State>) -> O
             )
             .await
         }
-        _ => {
-            respond(
-                &mut stream,
-                "404 Not Found",
-                "text/plain",
-                &[],
-                b"not found\n",
-                is_head,
-            )
-            .await
-        }
+        _ => not_found(&mut stream, is_head).await,
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "writing HTTP response failed");
@@ -190,11 +233,13 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError>
             Err(HeadError::Malformed(
                 "431 Request Header Fields Too Large",
                 "request head too large\n",
+                "head_too_large",
             ))
         }
         Err(_) => Err(HeadError::Malformed(
             "400 Bad Request",
             "malformed HTTP request\n",
+            "malformed",
         )),
     }
 }
@@ -219,12 +264,20 @@ impl Head {
             connection_upgrade: has_token("Connection", "upgrade"),
             ws_version: header("Sec-WebSocket-Version"),
             ws_key: header("Sec-WebSocket-Key"),
+            host: header("Host"),
+            origin: header("Origin"),
         }
     }
 }
 
 /// Answers the upgrade request; returns the WebSocket and its outbox, or `None` after refusing.
-async fn upgrade(mut stream: Socket, head: Head, rest: Vec<u8>, state: &State) -> Option<Upgraded> {
+async fn upgrade(
+    mut stream: Socket,
+    head: Head,
+    rest: Vec<u8>,
+    peer: SocketAddr,
+    state: &State,
+) -> Option<Upgraded> {
     if !(head.upgrade_websocket && head.connection_upgrade) || head.method != "GET" {
         let _ = respond(
             &mut stream,
@@ -244,6 +297,23 @@ async fn upgrade(mut stream: Socket, head: Head, rest: Vec<u8>, state: &State) -
             "text/plain",
             &[("Sec-WebSocket-Version", "13")],
             b"unsupported WebSocket version\n",
+            false,
+        )
+        .await;
+        return None;
+    }
+    if !crate::origin::allowed(
+        &state.config.allowed_origins,
+        head.origin.as_deref(),
+        head.host.as_deref(),
+    ) {
+        rejected(state, peer, "origin");
+        let _ = respond(
+            &mut stream,
+            "403 Forbidden",
+            "text/plain",
+            &[],
+            b"this page's origin may not open a WebSocket here (see --allowed-origins)\n",
             false,
         )
         .await;
@@ -286,6 +356,18 @@ async fn upgrade(mut stream: Socket, head: Head, rest: Vec<u8>, state: &State) -
         WebSocketStream::from_partially_read(read_half, rest, Role::Server, Some(config)).await
     };
     Some((Box::new(ws), outbox))
+}
+
+async fn not_found(stream: &mut Socket, head_only: bool) -> std::io::Result<()> {
+    respond(
+        stream,
+        "404 Not Found",
+        "text/plain",
+        &[],
+        b"not found\n",
+        head_only,
+    )
+    .await
 }
 
 async fn static_file(

@@ -11,6 +11,7 @@
 
 pub(crate) mod account_limits;
 pub mod admin;
+pub(crate) mod admission;
 pub mod auth;
 pub mod config;
 pub(crate) mod executors;
@@ -19,7 +20,9 @@ pub mod fuzzing;
 pub(crate) mod heartbeat;
 pub(crate) mod http;
 pub(crate) mod hub;
+pub(crate) mod log_gate;
 pub(crate) mod metrics;
+pub(crate) mod origin;
 pub(crate) mod outbox;
 pub(crate) mod protocol;
 pub mod rules;

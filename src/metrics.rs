@@ -7,7 +7,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::admission::Refusal;
 use crate::protocol::ErrorCode;
+
+/// Reasons an HTTP request is refused, as `http_rejections` labels them: a malformed head (400),
+/// a head over the size limit (431), a head not received in time, a WebSocket upgrade from a page
+/// whose `Origin` is not allowed (403).
+pub const HTTP_REJECTIONS: [&str; 4] = ["malformed", "head_too_large", "head_timeout", "origin"];
 
 type Labels = [(&'static str, &'static str); 1];
 
@@ -36,6 +42,8 @@ pub struct Metrics {
     pub password_hashes: Counter,
     /// Logins and registrations refused by the login backoff or the registration limit.
     pub auth_throttled: Counter,
+    connections_refused: Family<Labels, Counter>,
+    http_rejections: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -122,6 +130,24 @@ impl Metrics {
         for code in ErrorCode::ALL {
             let _ = errors.get_or_create(&[("code", code.as_str())]);
         }
+        let connections_refused = Family::<Labels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections refused by a connection limit (503 at accept, or at login for an account), by reason",
+            connections_refused.clone(),
+        );
+        for refusal in Refusal::ALL {
+            let _ = connections_refused.get_or_create(&[("reason", refusal.reason())]);
+        }
+        let http_rejections = Family::<Labels, Counter>::default();
+        registry.register(
+            "http_rejections",
+            "HTTP requests refused before any response body was served, by reason",
+            http_rejections.clone(),
+        );
+        for reason in HTTP_REJECTIONS {
+            let _ = http_rejections.get_or_create(&[("reason", reason)]);
+        }
         Metrics {
             registry,
             connections,
@@ -136,12 +162,29 @@ impl Metrics {
             disk_free_bytes,
             password_hashes,
             auth_throttled,
+            connections_refused,
+            http_rejections,
         }
     }
 
     /// Counts a write the write gate refused.
     pub fn write_refused(&self, reason: &'static str) {
         self.writes_refused
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+
+    /// Counts a connection refused by a limit.
+    pub(crate) fn connection_refused(&self, refusal: Refusal) {
+        self.connections_refused
+            .get_or_create(&[("reason", refusal.reason())])
+            .inc();
+    }
+
+    /// Counts an HTTP request refused for `reason` (one of [`HTTP_REJECTIONS`]).
+    pub fn http_rejection(&self, reason: &'static str) {
+        self.http_rejections
             .get_or_create(&[("reason", reason)])
             .inc();
     }

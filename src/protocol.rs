@@ -23,6 +23,8 @@ pub mod close {
     pub const POLICY: u16 = 1008;
     /// Message larger than the configured maximum.
     pub const TOO_BIG: u16 = 1009;
+    /// The account already holds its most connections: try again later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     /// Nothing received for the idle timeout.
     pub const IDLE: u16 = 4000;
     /// The client did not read fast enough.

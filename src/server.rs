@@ -1,5 +1,9 @@
 //! The server: listener, executor threads, background chores and graceful shutdown.
 //!
+//! Every accepted socket is admitted against the connection limits (`admission`) before a byte
+//! is read; a refused one gets its 503 in the accept loop itself. With `--metrics-listen`, a
+//! second listener serves only `/healthz` and `/metrics`, outside those limits.
+//!
 //! smol's global executor runs on one thread, so the server runs its own executors (live
 //! connections first, new connections until they log in after: see `executors`) on `--threads` threads
 //! (the calling thread included). Shutdown: stop accepting, ask every connection to close with
@@ -16,6 +20,7 @@ use smol::{Async, Timer};
 
 use crate::config::{Config, Durability};
 use crate::executors::Executors;
+use crate::http::Port;
 use crate::hub::{now_ms, Hub};
 use crate::metrics::Metrics;
 use crate::outbox::CloseRequest;
@@ -23,6 +28,7 @@ use crate::protocol::close;
 use crate::state::State;
 use crate::store::commit::Committer;
 use crate::store::gate::{statvfs_probe, Headroom, WriteGate};
+use crate::store::permissions::{prepare_data_dir, DataDirError};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::tls::Tls;
 use crate::transport::Socket;
@@ -38,14 +44,9 @@ pub enum ServerError {
     /// A setting is out of range.
     #[error("invalid setting: {0}")]
     Config(String),
-    /// The data directory cannot be created.
-    #[error("cannot create the data directory {path}: {source}")]
-    DataDir {
-        /// The directory.
-        path: std::path::PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
+    /// The data directory cannot be created, or is not private.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
     /// The database cannot be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -82,6 +83,7 @@ pub enum ServerError {
 pub struct Server {
     listener: Async<TcpListener>,
     tls: Option<Arc<Tls>>,
+    operations: Option<Async<TcpListener>>,
     admin: crate::admin::socket::Listener,
     state: Arc<State>,
     executors: Arc<Executors>,
@@ -96,10 +98,7 @@ impl Server {
             (Some(cert), Some(key)) => Some(Arc::new(Tls::load(cert, key)?)),
             _ => None,
         };
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
+        prepare_data_dir(&config.data_dir, &config.db_path())?;
         let store = Arc::new(Store::open(
             &config.db_path(),
             &StoreOptions {
@@ -120,6 +119,14 @@ impl Server {
                 addr: config.listen,
                 source,
             })?;
+        let operations = config
+            .metrics_listen
+            .map(|addr| {
+                listen(addr)
+                    .and_then(Async::new)
+                    .map_err(|source| ServerError::Bind { addr, source })
+            })
+            .transpose()?;
         let metrics = Arc::new(Metrics::new());
         let observed = metrics.clone();
         let headroom = (config.min_free_space > 0).then(|| Headroom {
@@ -161,6 +168,7 @@ impl Server {
         Ok(Server {
             listener,
             tls,
+            operations,
             admin,
             state,
             executors,
@@ -177,11 +185,19 @@ impl Server {
         self.listener.get_ref().local_addr()
     }
 
+    /// The address `/healthz` and `/metrics` are served on, if `--metrics-listen` was given.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.operations
+            .as_ref()
+            .and_then(|listener| listener.get_ref().local_addr().ok())
+    }
+
     /// Serves until `shutdown` yields (or its sender is dropped), then shuts down gracefully.
     pub fn run(self, shutdown: async_channel::Receiver<()>) -> Result<(), ServerError> {
         let Server {
             listener,
             tls,
+            operations,
             admin,
             state,
             executors,
@@ -210,6 +226,9 @@ impl Server {
             state.clone(),
             executor.clone(),
         ));
+        let operations_task = operations.map(|listener| {
+            executor.spawn(serve_operations(listener, state.clone(), executors.clone()))
+        });
         let (live, all_closed) = async_channel::bounded::<()>(1);
         smol::block_on(executors.run(accept(
             &listener,
@@ -220,6 +239,9 @@ impl Server {
             shutdown,
         )));
         drop(listener);
+        if let Some(task) = operations_task {
+            smol::block_on(executors.run(task.cancel()));
+        }
         // Stops admin connections and removes the admin socket file.
         smol::block_on(executors.run(admin_task.cancel()));
         tracing::info!("shutting down: closing connections");
@@ -309,6 +331,14 @@ async fn accept(
             }
         };
         let _ = stream.get_ref().set_nodelay(true);
+        let slot = match state.admission.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                state.refused(refusal, peer);
+                refuse_busy(stream.get_ref());
+                continue;
+            }
+        };
         let stream = match tls.map(Tls::accept) {
             None => Socket::Plain(stream),
             Some(Ok(session)) => Socket::tls(stream, session),
@@ -317,26 +347,6 @@ async fn accept(
                 continue;
             }
         };
-        let (slot, open) = state.count_socket();
-        if open >= state.config.max_connections {
-            executors
-                .setup
-                .spawn(async move {
-                    let mut stream = stream;
-                    let _ = crate::http::respond(
-                        &mut stream,
-                        "503 Service Unavailable",
-                        "text/plain",
-                        &[("Retry-After", "5")],
-                        b"too many connections\n",
-                        false,
-                    )
-                    .await;
-                    drop(slot);
-                })
-                .detach();
-            continue;
-        }
         let state = state.clone();
         let live = live.clone();
         let sessions = executors.live.clone();
@@ -344,17 +354,21 @@ async fn accept(
         executors
             .setup
             .spawn(async move {
-                let served =
-                    std::panic::AssertUnwindSafe(crate::http::serve(stream, peer, state.clone()))
-                        .catch_unwind()
-                        .await;
+                let served = std::panic::AssertUnwindSafe(crate::http::serve(
+                    stream,
+                    peer,
+                    state.clone(),
+                    Port::Main,
+                ))
+                .catch_unwind()
+                .await;
                 match served {
                     Ok(Some((ws, outbox))) => {
                         // The login too runs here, on the setup executor; once logged in, the
                         // connection gets a task of its own on the live executor, sized for the
                         // session alone (this one is sized for the HTTP phase too, and a
                         // connection may live for hours).
-                        let login = crate::session::login(ws, outbox, peer, state);
+                        let login = crate::session::login(ws, outbox, peer, state, slot);
                         let established = match std::panic::AssertUnwindSafe(login)
                             .catch_unwind()
                             .await
@@ -376,7 +390,6 @@ async fn accept(
                                 {
                                     tracing::error!(%peer, "connection task panicked; the connection was dropped");
                                 }
-                                drop(slot);
                                 drop(live);
                             })
                             .detach();
@@ -386,6 +399,63 @@ async fn accept(
                         tracing::error!(%peer, "connection task panicked; the connection was dropped")
                     }
                 }
+            })
+            .detach();
+    }
+}
+
+/// The answer to a socket refused at accept.
+const BUSY_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 21\r\nConnection: close\r\nRetry-After: 5\r\nX-Content-Type-Options: nosniff\r\n\r\ntoo many connections\n";
+
+/// Answers a refused socket with one non-blocking write, right in the accept loop: a refusal
+/// must cost no task and no slot, or a flood of refused sockets would exhaust what the limits
+/// protect. A fresh socket's send buffer always takes these few bytes.
+fn refuse_busy(stream: &std::net::TcpStream) {
+    use std::io::Write;
+    let mut stream = stream;
+    let _ = stream.write(BUSY_RESPONSE);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+}
+
+/// Connections the `--metrics-listen` port serves at once; more are dropped. Scrapers and health
+/// checks need a handful.
+const OPERATIONS_CONNECTIONS: usize = 64;
+
+/// Serves `/healthz` and `/metrics` on the `--metrics-listen` port until cancelled. Its
+/// connections are outside the connection limits, so monitoring works while the main port is
+/// full, and bounded on their own.
+async fn serve_operations(
+    listener: Async<TcpListener>,
+    state: Arc<State>,
+    executors: Arc<Executors>,
+) {
+    let permits = Arc::new(async_lock::Semaphore::new(OPERATIONS_CONNECTIONS));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed on the metrics port");
+                Timer::after(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(permit) = permits.try_acquire_arc() else {
+            continue;
+        };
+        let state = state.clone();
+        executors
+            .setup
+            .spawn(async move {
+                // Plain HTTP: the operations port is a private address for scrapers.
+                let _ = std::panic::AssertUnwindSafe(crate::http::serve(
+                    Socket::Plain(stream),
+                    peer,
+                    state,
+                    Port::Operations,
+                ))
+                .catch_unwind()
+                .await;
+                drop(permit);
             })
             .detach();
     }

@@ -29,6 +29,7 @@ use futures_lite::{future, StreamExt};
 use futures_util::SinkExt;
 use smol::Timer;
 
+use crate::admission::Slot;
 use crate::auth;
 use crate::hub::{now_ms, HubError, Member, MemberInfo, Room};
 use crate::outbox::{CloseRequest, Outbox, PEER_CLOSED};
@@ -97,6 +98,8 @@ struct Session {
     conn: u64,
     peer: SocketAddr,
     member: Option<Member>,
+    /// This connection's place in the connection limits, the account's once logged in.
+    slot: Slot,
     rooms: Vec<Arc<Room>>,
     sends: TokenBucket,
     frames: TokenBucket,
@@ -138,6 +141,7 @@ pub async fn login(
     outbox: Arc<Outbox>,
     peer: SocketAddr,
     state: Arc<State>,
+    slot: Slot,
 ) -> Option<Established> {
     let conn = state.next_conn_id();
     let config = &state.config;
@@ -149,6 +153,7 @@ pub async fn login(
         conn,
         peer,
         member: None,
+        slot,
         rooms: Vec::new(),
         sends: TokenBucket::new(rate, burst),
         // Other frames are bounded generously: they are cheap, but not free.
@@ -620,9 +625,27 @@ impl Session {
                 }
             }
         };
+        let account: Arc<str> = user_key(&user.name).into();
+        if let Err(refusal) = self.slot.authenticate(&account) {
+            state.refused(refusal, self.peer);
+            self.reject(
+                Rejection::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "this account already has {} connections open, the most allowed; close one and try again",
+                        state.config.max_connections_per_account
+                    ),
+                )
+                .with_ref(Some(reference)),
+            );
+            return Some(closing(
+                close::TRY_AGAIN_LATER,
+                "too many connections for this account",
+            ));
+        }
         let member = Member::from(MemberInfo {
             conn: self.conn,
-            user_key: user_key(&user.name).into(),
+            user_key: account,
             name: user.name.as_str().into(),
             peer: self.peer,
             since_ms: now_ms(),

@@ -2,20 +2,23 @@
 //! the hub, password hashing, metrics, and the registry of open sockets and WebSocket outboxes.
 //!
 //! It lives below everything that uses it (server, http, session, admin) so that none of those
-//! has to import another to reach it. Invariants: `sockets` counts exactly the accepted TCP
-//! connections whose [`SocketSlot`] is alive, which is what `--max-connections` limits; every
+//! has to import another to reach it. Invariants: `admission` counts exactly the accepted TCP
+//! connections whose slot is alive, which is what the connection limits bound; every
 //! WebSocket connection is in `outboxes` from its upgrade until its task ends, so shutdown can
 //! ask each of them to close.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::account_limits::AccountLimits;
+use crate::admission::{Admission, Limits, Refusal};
 use crate::auth::Passwords;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::log_gate::LogGate;
 use crate::metrics::Metrics;
 use crate::outbox::{CloseRequest, Outbox};
 use crate::store::gate::Condition;
@@ -41,7 +44,8 @@ pub struct State {
     pub(crate) account_limits: AccountLimits,
     started: Instant,
     conn_ids: AtomicU64,
-    sockets: AtomicUsize,
+    /// Connection limits and counts.
+    pub(crate) admission: Arc<Admission>,
     /// Every WebSocket connection's outbox, authenticated or not, so shutdown reaches them all.
     outboxes: Mutex<HashMap<u64, Arc<Outbox>>>,
 }
@@ -53,13 +57,13 @@ impl State {
             passwords: Passwords::new(config.hash_concurrency, config.hash_jobs_per_ip),
             throttle: AuthThrottle::new(&config),
             account_limits: AccountLimits::new(&config),
+            admission: Arc::new(Admission::new(Limits::from_config(&config))),
             config,
             store,
             hub,
             metrics,
             started: Instant::now(),
             conn_ids: AtomicU64::new(1),
-            sockets: AtomicUsize::new(0),
             outboxes: Mutex::new(HashMap::new()),
         }
     }
@@ -119,18 +123,14 @@ impl State {
         health.to_string()
     }
 
-    /// Counts a newly accepted socket, returning its slot and how many were open before it.
-    pub fn count_socket(self: &Arc<State>) -> (SocketSlot, usize) {
-        let open = self.sockets.fetch_add(1, Ordering::Relaxed);
-        (SocketSlot(self.clone()), open)
-    }
-}
-
-/// Counts an open socket for `--max-connections`; uncounts it when dropped.
-pub struct SocketSlot(Arc<State>);
-
-impl Drop for SocketSlot {
-    fn drop(&mut self) {
-        self.0.sockets.fetch_sub(1, Ordering::Relaxed);
+    /// Counts a connection refused by a limit and logs it (a line per reason per interval at
+    /// most: a flood of refusals must not become a flood of log lines).
+    pub(crate) fn refused(&self, refusal: Refusal, peer: SocketAddr) {
+        self.metrics.connection_refused(refusal);
+        static GATES: [LogGate; Refusal::ALL.len()] =
+            [const { LogGate::new() }; Refusal::ALL.len()];
+        if let Some(unlogged) = GATES[refusal.index()].pass() {
+            tracing::warn!(%peer, reason = refusal.reason(), unlogged, "connection refused by a limit (`unlogged`: like refusals since the last such line)");
+        }
     }
 }

@@ -146,7 +146,19 @@ pub fn chatd_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_chatd"))
 }
 
-/// Starts `chatd serve` on `listen` with `data_dir`, pinned as asked.
+/// The load generator opens thousands of connections from a few loopback addresses, often for
+/// one account: lift the per-address and per-account limits a real deployment wants.
+pub const LOAD_GENERATOR_LIMITS: [&str; 8] = [
+    "--max-connections-per-ip",
+    "1000000",
+    "--max-unauthenticated-per-ip",
+    "1000000",
+    "--max-connections-per-account",
+    "1000000",
+    "--reserved-connections",
+    "0",
+];
+
 /// Flags that lift chatd's limits per client address and per account for benchmarks.
 pub const LIFT_ABUSE_LIMITS: &[&str] = &[
     "--registrations-per-ip",
@@ -157,6 +169,7 @@ pub const LIFT_ABUSE_LIMITS: &[&str] = &[
     "0",
 ];
 
+/// Starts `chatd serve` on `listen` with `data_dir`, pinned as asked.
 pub fn start_chatd(
     name: &str,
     data_dir: &Path,
@@ -170,6 +183,7 @@ pub fn start_chatd(
         // Every bench client comes from 127.0.0.1 and one account may send for hours: lift the
         // limits per address and the daily quota (so a bench must not pass these flags itself).
         .args(LIFT_ABUSE_LIMITS)
+        .args(LOAD_GENERATOR_LIMITS)
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

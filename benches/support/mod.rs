@@ -69,6 +69,16 @@ pub fn start_chatd(name: &str, args: &[&str]) -> ServerProcess {
         // Every bench client comes from 127.0.0.1 and one account may send for hours: lift the
         // limits per address and the daily quota (so a bench must not pass these flags itself).
         .args(LIFT_ABUSE_LIMITS)
+        .args([
+            "--max-connections-per-ip",
+            "1000000",
+            "--max-unauthenticated-per-ip",
+            "1000000",
+            "--max-connections-per-account",
+            "1000000",
+            "--reserved-connections",
+            "0",
+        ])
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -11,6 +11,7 @@ use super::socket::{socket_path, Client};
 use super::{execute, AdminError, Context, ErrorKind, Reply, Request};
 use crate::hub::now_ms;
 use crate::store::maintenance::{Line, CHUNK};
+use crate::store::permissions::prepare_data_dir;
 use crate::store::{Message, Store, StoreError, StoreOptions, User};
 
 /// What a command needs from the instance.
@@ -38,6 +39,8 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
 }
 
 fn open_store(data_dir: &Path) -> Result<Store, AdminError> {
+    prepare_data_dir(data_dir, &db_path(data_dir))
+        .map_err(|e| AdminError::failed(e.to_string()))?;
     Store::open(&db_path(data_dir), &StoreOptions::default()).map_err(|e| match e {
         StoreError::Locked { .. } => AdminError::failed(format!(
             "a server holds the database in {} but its admin socket {} is not answering; check that server (or wait for it to finish starting) and try again",
@@ -87,11 +90,6 @@ pub fn open(data_dir: &Path, need: Need, create: bool) -> Result<Target, AdminEr
                 data_dir.display()
             ),
         ));
-    }
-    if !exists {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
-            AdminError::failed(format!("cannot create {}: {e}", data_dir.display()))
-        })?;
     }
     open_store(data_dir).map(Target::Local)
 }

@@ -31,6 +31,7 @@ pub mod commit;
 pub mod gate;
 pub mod log;
 pub mod maintenance;
+pub mod permissions;
 mod records;
 
 use std::collections::BTreeMap;
@@ -136,6 +137,9 @@ pub enum StoreError {
         /// Why.
         condition: gate::Condition,
     },
+    /// The database's files cannot be made private to their owner.
+    #[error(transparent)]
+    Private(#[from] permissions::DataDirError),
 }
 
 /// Outcome of [`Store::register_user`].
@@ -344,6 +348,8 @@ impl Store {
             next_id: AtomicU64::new(1),
         };
         store.check_schema()?;
+        // sled's files follow the umask; whatever it was, nobody else may read them.
+        permissions::restrict_tree(&store.path)?;
         store.index_skeletons()?;
         let mut max_id = be_u64(&store.meta.get(META_ID_FLOOR)?.unwrap_or_default());
         for room in store.rooms() {
