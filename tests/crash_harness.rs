@@ -29,8 +29,6 @@ const FLAGS: &[&str] = &[
     "100000",
     "--replay-limit",
     "1000000",
-    "--durability",
-    "relaxed",
 ];
 
 /// What one sender knows: acks it got, and sends it made whose ack it never saw.
