@@ -31,8 +31,8 @@ pub(crate) mod session;
 pub(crate) mod state;
 pub mod store;
 mod sync;
-pub mod tls;
 pub(crate) mod throttle;
+pub mod tls;
 pub(crate) mod transport;
 pub(crate) mod wire;
 

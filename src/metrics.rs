@@ -174,7 +174,6 @@ impl Metrics {
             .inc();
     }
 
-
     /// Counts a connection refused by a limit.
     pub(crate) fn connection_refused(&self, refusal: Refusal) {
         self.connections_refused

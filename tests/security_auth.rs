@@ -245,8 +245,16 @@ fn ping_echoes_a_null_t_and_leaves_an_absent_one_absent() {
 
 #[test]
 fn a_login_flood_from_one_address_leaves_room_for_everyone_else() {
-    // The queue holds 64 hashes per hashing thread: flood it well past that from one address.
-    let server = TestServer::start(&["--login-free-failures", "1000", "--hash-jobs-per-ip", "4"]);
+    // The queue holds 64 hashes per hashing thread: flood it well past that from one address
+    // (whose sockets the connection limits would otherwise stop at 32 before they log in).
+    let server = TestServer::start(&[
+        "--login-free-failures",
+        "1000",
+        "--hash-jobs-per-ip",
+        "4",
+        "--max-unauthenticated-per-ip",
+        "1000",
+    ]);
     let mut flood: Vec<Client> = (0..200).map(|_| server.connect()).collect();
     for (i, c) in flood.iter_mut().enumerate() {
         c.send_json(&login_frame(&format!("nobody{i}"), "wrong-password-guess"));
