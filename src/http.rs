@@ -15,7 +15,7 @@ use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use async_tungstenite::WebSocketStream;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, ReplyBounds};
 use crate::state::State;
 use crate::transport::{ReadHalf, Socket, Transport};
 
@@ -265,11 +265,19 @@ async fn upgrade(mut stream: Socket, head: Head, rest: Vec<u8>, state: &State) -
         .read_buffer_size(WS_READ_BUFFER)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
-    let outbox = Arc::new(Outbox::new(
-        Transport::new(stream),
-        state.config.send_queue,
-        state.metrics.frames_out.clone(),
-    ));
+    let outbox = Arc::new(
+        Outbox::new(
+            Transport::new(stream),
+            state.config.send_queue,
+            state.metrics.frames_out.clone(),
+        )
+        .with_reply_bounds(ReplyBounds {
+            budget: state.config.reply_buffer,
+            stall_timeout: state.config.reply_timeout,
+            slow_linger: state.config.idle_timeout,
+            slow_closes: state.metrics.slow_consumer_closes.clone(),
+        }),
+    );
     let read_half = ReadHalf::new(outbox.clone());
     let ws = if rest.is_empty() {
         WebSocketStream::from_raw_socket(read_half, Role::Server, Some(config)).await

@@ -8,7 +8,8 @@
 //!   committer in id order per room.
 //! - announcement (on the delivery thread, after the batch holding the message was written and
 //!   flushed): raise the room's `published` id and push the frame to every member's outbox.
-//! - `join`: add the member, read the replay from sled up to `published`, queue it.
+//! - `join`: add the member, queue `joined` and a [`Replay`] of the messages up to `published`,
+//!   which the member's writer reads from sled a page at a time, outside the lock.
 //!
 //! A joining connection thus gets every message up to `published` from the replay and every
 //! later one live, with no gap and no duplicate, and never sees a message before it is durable.
@@ -26,11 +27,13 @@ use crate::outbox::{corked, CloseRequest, Outbox};
 use crate::protocol::{
     encode, Encoded, ErrorCode, HistoryPage, MessageEvent, Rejection, ServerFrame,
 };
+use crate::replay::Replay;
 use crate::store::commit::Committer;
-use crate::store::{
-    Appended, Message, Page, PresenceSnapshot, RoomPresence, RoomRef, Store, StoreError,
-};
+use crate::store::{Appended, Message, PresenceSnapshot, RoomPresence, RoomRef, Store, StoreError};
 use crate::sync::lock;
+
+/// Messages a `history` request reads from the database at a time.
+const HISTORY_READ: usize = 8;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -40,7 +43,7 @@ pub fn now_ms() -> u64 {
 }
 
 /// The `message` event for a stored message (the protocol knows nothing of the store's types).
-fn message_event<'a>(room: &'a str, id: u64, message: &'a Message) -> MessageEvent<'a> {
+pub(crate) fn message_event<'a>(room: &'a str, id: u64, message: &'a Message) -> MessageEvent<'a> {
     MessageEvent::new(
         room,
         id,
@@ -334,18 +337,6 @@ impl Hub {
         if room.is_retired() {
             return Err(HubError::RoomGone);
         }
-        let page = match since {
-            Some(since) => {
-                self.committer
-                    .messages_after(room.no, since, state.published, self.replay_limit)?
-            }
-            None => Page {
-                more: false,
-                ..self
-                    .committer
-                    .messages_before(room.no, u64::MAX, state.published, 50)?
-            },
-        };
         let first_in_room = state
             .members
             .insert(member.conn, (member.outbox.clone(), member.clone()))
@@ -371,22 +362,19 @@ impl Hub {
                 room.fan_out(&state, &frame, Some(&member.user_key), &self.metrics);
             }
         }
-        let mut frames = Vec::with_capacity(page.messages.len() + 2);
-        frames.push(encode(&ServerFrame::Joined {
+        let joined = encode(&ServerFrame::Joined {
             room: &room.name,
             members: Room::member_names(&state),
-        }));
-        frames.extend(
-            page.messages
-                .iter()
-                .map(|m| encode(&message_event(&room.name, m.id, &m.message))),
+        });
+        let replay = Replay::new(
+            self.committer.clone(),
+            room.log_ref.name.clone(),
+            room.no,
+            since,
+            state.published,
+            self.replay_limit,
         );
-        frames.push(encode(&ServerFrame::Synced {
-            room: &room.name,
-            last_id: state.published,
-            more: page.more,
-        }));
-        member.outbox.reply_all(frames);
+        member.outbox.reply_paged(joined, Box::new(replay));
         Ok(())
     }
 
@@ -602,34 +590,64 @@ impl Hub {
         Ok(appended)
     }
 
-    /// A page of `room`'s history, as the `history` reply.
+    /// A page of `room`'s history, as the `history` reply: at most `limit` messages, and no
+    /// more than `max_bytes` of them (at least one), so one reply cannot hold megabytes. A page
+    /// cut short says `more`, and the client pages on from where it ends.
     pub fn history(
         &self,
         room: &Room,
         page: HistoryPage,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Encoded, StoreError> {
         let published = lock(&room.state).published;
-        let page = match page {
-            HistoryPage::Newest => {
-                self.committer
-                    .messages_before(room.no, u64::MAX, published, limit)?
-            }
-            HistoryPage::Before(id) => self
-                .committer
-                .messages_before(room.no, id, published, limit)?,
-            HistoryPage::After(id) => self
-                .committer
-                .messages_after(room.no, id, published, limit)?,
+        let (mut cursor, forward) = match page {
+            HistoryPage::Newest => (u64::MAX, false),
+            HistoryPage::Before(id) => (id, false),
+            HistoryPage::After(id) => (id, true),
         };
+        // Read a few at a time, nearest to the cursor first, so a page of large messages is
+        // never in memory whole.
+        let mut messages = Vec::new();
+        let mut bytes = 0;
+        let more = 'read: loop {
+            let want = (limit - messages.len()).min(HISTORY_READ);
+            let page = if forward {
+                self.committer
+                    .messages_after(room.no, cursor, published, want)?
+            } else {
+                self.committer
+                    .messages_before(room.no, cursor, published, want)?
+            };
+            let read = page.messages.len();
+            let nearest_first: Box<dyn Iterator<Item = _>> = if forward {
+                Box::new(page.messages.into_iter())
+            } else {
+                Box::new(page.messages.into_iter().rev())
+            };
+            for m in nearest_first {
+                let size = message_event(&room.name, m.id, &m.message).encoded_len();
+                if !messages.is_empty() && bytes + size > max_bytes {
+                    break 'read true;
+                }
+                bytes += size;
+                cursor = m.id;
+                messages.push(m);
+            }
+            if !page.more || read < want || messages.len() == limit {
+                break page.more;
+            }
+        };
+        if !forward {
+            messages.reverse();
+        }
         Ok(encode(&ServerFrame::History {
             room: &room.name,
-            messages: page
-                .messages
+            messages: messages
                 .iter()
                 .map(|m| message_event(&room.name, m.id, &m.message))
                 .collect(),
-            more: page.more,
+            more,
         }))
     }
 

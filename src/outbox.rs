@@ -20,6 +20,18 @@
 //! were written before reading the next request, so a client that sends requests without reading
 //! the answers stalls itself. Control frames (pings, pongs) are small and rare. An idle outbox
 //! holds no allocation beyond itself.
+//!
+//! Paged replies ([`ReplyPages`], a join's replay): they are produced a page at a time by the
+//! writer task, only while fewer than [`ReplyBounds::budget`] bytes of replies are queued, so a
+//! replay of hundreds of large messages never sits in memory whole. While a paged reply is being
+//! produced, every other reply and broadcast waits behind it (`held`), which keeps the order the
+//! frames were pushed in. A connection whose replies wait longer than
+//! [`ReplyBounds::stall_timeout`] without the socket taking a byte is closed with 4008, like a
+//! slow consumer.
+//!
+//! Closing with 4008 drops everything queued and keeps the socket, with only the Close frame
+//! pending, for [`ReplyBounds::slow_linger`] (the idle timeout): a client that was merely stalled
+//! and reads again still learns why it was closed.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -40,6 +52,37 @@ use crate::transport::Transport;
 
 /// Slices handed to one `writev`.
 const MAX_IOVECS: usize = 64;
+
+/// Replies produced a page at a time as the writer drains the ones before them.
+pub trait ReplyPages: Send {
+    /// Appends the next frames to `out`, about `bytes` worth but at least one frame. Returns
+    /// whether frames remain after these; an error ends the connection (1011).
+    fn next_page(&mut self, bytes: usize, out: &mut Vec<Encoded>) -> Result<bool, String>;
+}
+
+/// How much of a connection's own replies may wait in memory, and for how long.
+#[derive(Debug, Clone)]
+pub struct ReplyBounds {
+    /// Reply bytes queued before a paged reply waits for the socket to drain.
+    pub budget: usize,
+    /// Replies waiting this long without the socket taking any: close with 4008.
+    pub stall_timeout: Duration,
+    /// How long a connection closed with 4008 keeps its socket for the Close frame.
+    pub slow_linger: Duration,
+    /// Counts 4008 closes made here (fan-out counts its own).
+    pub slow_closes: Counter,
+}
+
+impl Default for ReplyBounds {
+    fn default() -> Self {
+        ReplyBounds {
+            budget: 256 * 1024,
+            stall_timeout: Duration::from_secs(30),
+            slow_linger: Duration::from_secs(60),
+            slow_closes: Counter::default(),
+        }
+    }
+}
 
 /// Why and how a connection is being closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +150,14 @@ impl Frames {
 #[derive(Default)]
 struct State {
     queue: Frames,
+    /// Frames pushed while a paged reply is in progress: they follow it.
+    held: Frames,
+    /// The paged reply in progress, unless the writer has it out to produce a page.
+    pages: Option<Box<dyn ReplyPages>>,
+    /// A paged reply is in progress (`pages` may be out with the writer).
+    paging: bool,
+    /// Bytes of reply frames in `queue` (what the paged reply's budget is measured against).
+    reply_bytes: usize,
     /// Bytes of the front frame already written.
     written: usize,
     /// Broadcast frames in `queue` (bounded by the capacity).
@@ -124,11 +175,45 @@ struct State {
 }
 
 impl State {
+    /// Queues a frame, behind a paged reply in progress if there is one.
+    fn enqueue(&mut self, bytes: Bytes, kind: Kind) {
+        match kind {
+            Kind::Broadcast => self.broadcasts += 1,
+            Kind::Reply => self.replies += 1,
+            Kind::Control => {}
+        }
+        // Pings may go between whole frames of a paged reply; everything else keeps its order.
+        if self.paging && kind != Kind::Control {
+            self.held.push_back((bytes, kind));
+        } else {
+            if kind == Kind::Reply {
+                self.reply_bytes += bytes.len();
+            }
+            self.queue.push_back((bytes, kind));
+        }
+    }
+
+    /// The paged reply is complete: what was held behind it follows.
+    fn end_paging(&mut self) {
+        self.paging = false;
+        self.pages = None;
+        while let Some((bytes, kind)) = self.held.pop_front() {
+            if kind == Kind::Reply {
+                self.reply_bytes += bytes.len();
+            }
+            self.queue.push_back((bytes, kind));
+        }
+    }
+
     /// Drops every queued frame except one already partly on the wire, whose rest must follow
     /// or the peer's framing breaks.
     fn discard(&mut self) {
         let partial = (self.written > 0).then(|| self.queue.pop_front()).flatten();
         self.queue = Frames::default();
+        self.held = Frames::default();
+        self.pages = None;
+        self.paging = false;
+        self.reply_bytes = 0;
         self.broadcasts = 0;
         self.replies = 0;
         if let Some((bytes, _)) = partial {
@@ -149,9 +234,26 @@ pub struct Outbox {
     /// Wakes the reader when its replies are written or a close is requested.
     reader: AtomicWaker,
     capacity: usize,
+    bounds: ReplyBounds,
     frames_out: Counter,
     /// Deadlines and pings (see [`crate::heartbeat`]).
     pub liveness: Liveness,
+}
+
+/// What the writer task is woken for.
+enum Work {
+    Close(CloseRequest),
+    NextPage,
+    /// A backlog to write; whether replies of ours are in it.
+    Backlog(bool),
+}
+
+/// How waiting for the socket to take a backlog ended.
+enum Writable {
+    Yes,
+    Failed,
+    Closing,
+    Stalled,
 }
 
 /// The queue overflowed: the connection is now closing with 4008.
@@ -201,9 +303,16 @@ impl Outbox {
             writer: AtomicWaker::new(),
             reader: AtomicWaker::new(),
             capacity,
+            bounds: ReplyBounds::default(),
             frames_out,
             liveness: Liveness::default(),
         }
+    }
+
+    /// The same outbox with these reply bounds instead of the defaults.
+    pub fn with_reply_bounds(mut self, bounds: ReplyBounds) -> Outbox {
+        self.bounds = bounds;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -222,9 +331,33 @@ impl Outbox {
             return;
         }
         for frame in frames {
-            state.queue.push_back((frame.wire_bytes(), Kind::Reply));
-            state.replies += 1;
+            state.enqueue(frame.wire_bytes(), Kind::Reply);
         }
+        self.pushed(state);
+    }
+
+    /// Sends `first`, then the frames `pages` produces as the socket drains, with nothing in
+    /// between; frames pushed meanwhile follow them.
+    pub fn reply_paged(self: &Arc<Self>, first: Encoded, pages: Box<dyn ReplyPages>) {
+        let mut state = self.lock();
+        if state.close.is_some() {
+            return;
+        }
+        if state.paging {
+            // The reader reads the next request only once paged replies are done, so this is
+            // a bug; ending the connection keeps the replies it did get whole and in order.
+            tracing::error!("a paged reply while another is in progress");
+            drop(state);
+            self.close(CloseRequest {
+                code: crate::protocol::close::INTERNAL,
+                reason: "internal error",
+            });
+            return;
+        }
+        state.enqueue(first.wire_bytes(), Kind::Reply);
+        state.paging = true;
+        state.pages = Some(pages);
+        self.writer.wake();
         self.pushed(state);
     }
 
@@ -234,7 +367,7 @@ impl Outbox {
         if state.close.is_some() {
             return;
         }
-        state.queue.push_back((bytes, Kind::Control));
+        state.enqueue(bytes, Kind::Control);
         self.pushed(state);
     }
 
@@ -245,20 +378,24 @@ impl Outbox {
             return Ok(());
         }
         if state.broadcasts >= self.capacity {
-            state.discard();
-            state.close = Some(CloseRequest {
-                code: crate::protocol::close::TOO_SLOW,
-                reason: "too slow",
-            });
-            drop(state);
-            self.writer.wake();
-            self.reader.wake();
+            self.close_too_slow(state);
             return Err(Overflow);
         }
-        state.queue.push_back((frame.wire_bytes(), Kind::Broadcast));
-        state.broadcasts += 1;
+        state.enqueue(frame.wire_bytes(), Kind::Broadcast);
         self.pushed(state);
         Ok(())
+    }
+
+    /// Drops what is queued and starts closing with 4008.
+    fn close_too_slow(&self, mut state: MutexGuard<'_, State>) {
+        state.discard();
+        state.close = Some(CloseRequest {
+            code: crate::protocol::close::TOO_SLOW,
+            reason: "too slow",
+        });
+        drop(state);
+        self.writer.wake();
+        self.reader.wake();
     }
 
     /// After a push: write now, or leave it to the cork owner or the writer task.
@@ -336,7 +473,10 @@ impl Outbox {
                         state.written = 0;
                         match kind {
                             Kind::Broadcast => state.broadcasts -= 1,
-                            Kind::Reply => state.replies -= 1,
+                            Kind::Reply => {
+                                state.replies -= 1;
+                                state.reply_bytes -= bytes.len();
+                            }
                             Kind::Control => {}
                         }
                         state.queue.pop_front();
@@ -349,7 +489,11 @@ impl Outbox {
             }
         };
         self.frames_out.inc_by(finished);
-        if state.replies == 0 && state.reader_waiting {
+        if state.paging && state.pages.is_some() && state.reply_bytes <= self.bounds.budget / 2 {
+            // Time for the next page, which the writer task produces.
+            self.writer.wake();
+        }
+        if state.replies == 0 && !state.paging && state.reader_waiting {
             state.reader_waiting = false;
             self.reader.wake();
         }
@@ -377,7 +521,7 @@ impl Outbox {
     pub async fn replies_drained(&self) {
         poll_fn(|cx| {
             let mut state = self.lock();
-            if state.replies == 0 || state.close.is_some() {
+            if (state.replies == 0 && !state.paging) || state.close.is_some() {
                 return Poll::Ready(());
             }
             self.reader.register(cx.waker());
@@ -398,50 +542,139 @@ impl Outbox {
         self.closing().map_or(Poll::Pending, Poll::Ready)
     }
 
-    /// The connection's writer task: writes backlogs when the socket drains, and on a close
-    /// request writes what is left plus the Close frame, bounded by `linger`. Returns then.
+    /// The connection's writer task: writes backlogs when the socket drains, produces paged
+    /// replies as their budget allows, and on a close request writes what is left plus the
+    /// Close frame, bounded by `linger` (by [`ReplyBounds::slow_linger`] for 4008). Returns then.
     pub async fn run_writer(&self, linger: Duration) -> CloseRequest {
         loop {
             let work = poll_fn(|cx| {
                 self.writer.register(cx.waker());
                 let state = self.lock();
                 match &state.close {
-                    Some(request) => Poll::Ready(Err(request.clone())),
-                    None if !state.queue.is_empty() && !state.corked => Poll::Ready(Ok(())),
+                    Some(request) => Poll::Ready(Work::Close(request.clone())),
+                    None if state.corked => Poll::Pending,
+                    None if state.pages.is_some()
+                        && state.reply_bytes <= self.bounds.budget / 2 =>
+                    {
+                        Poll::Ready(Work::NextPage)
+                    }
+                    None if !state.queue.is_empty() => {
+                        Poll::Ready(Work::Backlog(state.replies > 0 || state.paging))
+                    }
                     None => Poll::Pending,
                 }
             })
             .await;
-            if let Err(request) = work {
-                // Boxed: closing happens once, but its state would sit in every idle connection.
-                Box::pin(self.finish(&request, linger)).await;
-                return request;
-            }
-            let writable = future::or(async { Some(self.transport.writable().await) }, async {
+            let replies_waiting = match work {
+                Work::Close(request) => {
+                    let linger = if request.code == crate::protocol::close::TOO_SLOW {
+                        self.bounds.slow_linger
+                    } else {
+                        linger
+                    };
+                    // Boxed: closing happens once, but its state would sit in every idle
+                    // connection.
+                    Box::pin(self.finish(&request, linger)).await;
+                    return request;
+                }
+                Work::NextPage => {
+                    self.next_page();
+                    continue;
+                }
+                Work::Backlog(replies_waiting) => replies_waiting,
+            };
+            let closing = async {
                 poll_fn(|cx| {
                     self.writer.register(cx.waker());
                     if self.lock().close.is_some() {
-                        Poll::Ready(None)
+                        Poll::Ready(Writable::Closing)
                     } else {
                         Poll::Pending
                     }
                 })
                 .await
-            })
-            .await;
+            };
+            let writable = async {
+                match self.transport.writable().await {
+                    Ok(()) => Writable::Yes,
+                    Err(_) => Writable::Failed,
+                }
+            };
+            // Only a backlog holding our own replies has a deadline: broadcasts have the
+            // capacity as their bound, and the timer is paid only while a backlog waits.
+            let writable = if replies_waiting {
+                let stall = self.bounds.stall_timeout;
+                future::or(future::or(writable, closing), async {
+                    smol::Timer::after(stall).await;
+                    Writable::Stalled
+                })
+                .await
+            } else {
+                future::or(writable, closing).await
+            };
             match writable {
-                Some(Ok(())) => {
+                Writable::Yes => {
                     let mut state = self.lock();
                     if !state.corked {
                         self.write_now(&mut state);
                     }
                 }
-                Some(Err(_)) => self.close(CloseRequest {
+                Writable::Failed => self.close(CloseRequest {
                     code: PEER_CLOSED,
                     reason: "socket error",
                 }),
-                None => {}
+                Writable::Stalled => {
+                    let state = self.lock();
+                    if state.close.is_none() {
+                        self.bounds.slow_closes.inc();
+                        tracing::info!("closing a client that does not read its replies (4008)");
+                        self.close_too_slow(state);
+                    }
+                }
+                Writable::Closing => {}
             }
+        }
+    }
+
+    /// Produces the next page of the paged reply in progress, outside the lock (it reads the
+    /// database), and queues it.
+    fn next_page(&self) {
+        let (mut pages, budget) = {
+            let mut state = self.lock();
+            let Some(pages) = state.pages.take() else {
+                return;
+            };
+            (pages, self.bounds.budget.saturating_sub(state.reply_bytes))
+        };
+        let mut frames = Vec::new();
+        let result = pages.next_page(budget, &mut frames);
+        let mut state = self.lock();
+        if state.close.is_some() || !state.paging {
+            return;
+        }
+        for frame in frames {
+            let bytes = frame.wire_bytes();
+            state.replies += 1;
+            state.reply_bytes += bytes.len();
+            state.queue.push_back((bytes, Kind::Reply));
+        }
+        match result {
+            Ok(true) => state.pages = Some(pages),
+            Ok(false) => state.end_paging(),
+            Err(error) => {
+                tracing::error!(%error, "reply failed");
+                state.discard();
+                state.close = Some(CloseRequest {
+                    code: crate::protocol::close::INTERNAL,
+                    reason: "internal error",
+                });
+                drop(state);
+                self.reader.wake();
+                return;
+            }
+        }
+        if !state.corked {
+            self.write_now(&mut state);
         }
     }
 

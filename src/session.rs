@@ -399,7 +399,7 @@ impl Session {
                 let reply = self
                     .state
                     .hub
-                    .history(&room, page, limit)
+                    .history(&room, page, limit, self.state.config.reply_buffer)
                     .map_err(|e| self.internal(e))?;
                 self.outbox.reply(reply);
                 Ok(())
