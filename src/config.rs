@@ -82,6 +82,10 @@ pub struct Config {
     /// A connection whose replies wait this long without the client reading any is closed
     /// with 4008.
     pub reply_timeout: Duration,
+    /// New rooms one account may create per hour (`join` of a room that does not exist).
+    pub rooms_per_hour: u32,
+    /// Rooms nobody is in and nothing happened in for this long leave memory (not the disk).
+    pub room_unload_after: Duration,
     /// How long a token resumes a session.
     pub token_ttl: Duration,
     /// How long a `cid` is remembered.
@@ -125,6 +129,8 @@ impl Config {
             replay_limit: 500,
             reply_buffer: 256 * 1024,
             reply_timeout: Duration::from_secs(30),
+            rooms_per_hour: 60,
+            room_unload_after: Duration::from_secs(600),
             token_ttl: Duration::from_secs(7 * 24 * 3600),
             cid_ttl: Duration::from_secs(48 * 3600),
             durability: Durability::Strict,
@@ -163,6 +169,12 @@ impl Config {
             return Err(format!(
                 "--reply-buffer must be at least {MIN_REPLY_BUFFER} bytes"
             ));
+        }
+        if self.rooms_per_hour == 0 {
+            return Err("--rooms-per-hour must be at least 1".into());
+        }
+        if self.room_unload_after.is_zero() {
+            return Err("--room-unload-after must be above zero".into());
         }
         if self.reply_timeout.is_zero() {
             return Err("--reply-timeout must be above zero".into());

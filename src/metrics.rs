@@ -27,6 +27,8 @@ pub struct Metrics {
     pub slow_consumer_closes: Counter,
     /// Seconds per database flush.
     pub flush_seconds: Histogram,
+    /// Rooms loaded in memory (idle ones are unloaded).
+    pub rooms_loaded: Gauge,
 }
 
 impl Default for Metrics {
@@ -45,6 +47,12 @@ impl Metrics {
         let frames_out = Counter::default();
         let errors = Family::<Labels, Counter>::default();
         let slow_consumer_closes = Counter::default();
+        let rooms_loaded = Gauge::default();
+        registry.register(
+            "rooms_loaded",
+            "Rooms loaded in memory (idle ones are unloaded; all stay on disk)",
+            rooms_loaded.clone(),
+        );
         let flush_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
         registry.register(
             "connections",
@@ -69,7 +77,7 @@ impl Metrics {
         registry.register("errors", "Error frames sent, by code", errors.clone());
         registry.register(
             "slow_consumer_closes",
-            "Connections closed with 4008 because their queue overflowed",
+            "Connections closed with 4008: their queue overflowed or their replies went unread",
             slow_consumer_closes.clone(),
         );
         registry.register(
@@ -89,6 +97,7 @@ impl Metrics {
             errors,
             slow_consumer_closes,
             flush_seconds,
+            rooms_loaded,
         }
     }
 

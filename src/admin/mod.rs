@@ -361,6 +361,9 @@ impl From<crate::hub::HubError> for AdminError {
                 AdminError::failed("the room was deleted while the command ran")
             }
             crate::hub::HubError::Store(e) => e.into(),
+            e @ (crate::hub::HubError::Unloaded | crate::hub::HubError::TooManyRooms { .. }) => {
+                AdminError::failed(e.to_string())
+            }
         }
     }
 }
