@@ -415,6 +415,14 @@ impl Hub {
         room
     }
 
+    /// Whether someone is in room `name` (or within its presence grace period).
+    pub fn room_in_use(&self, name: &str) -> bool {
+        self.loaded_room(name).is_some_and(|room| {
+            let state = lock(&room.state);
+            !state.members.is_empty() || !state.presence.is_empty()
+        })
+    }
+
     /// The room named `name` if it is loaded.
     pub fn loaded_room(&self, name: &str) -> Option<Arc<Room>> {
         lock(&self.rooms).get(name).cloned()

@@ -1,6 +1,8 @@
 //! Room-creation floods (issue 8, item 3): creating rooms is limited per account, and rooms
 //! nobody uses leave memory (their data stays on disk and comes back on the next join).
+mod admin_common;
 mod common;
+use admin_common::{admin, admin_json, iso, ExportFile};
 use common::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -101,4 +103,69 @@ fn rooms_nobody_uses_are_unloaded_and_come_back_from_disk() {
     assert_eq!(joined.ids(), vec![ids[3]]);
     let (ack, _) = newcomer.say("visited-3", "back");
     assert!(id_of(&ack) > ids[19], "ids continue after the reload");
+}
+
+fn room_names(dir: &std::path::Path) -> Vec<String> {
+    let list = admin_json(dir, &["rooms", "list"]);
+    let mut names: Vec<String> = list
+        .as_array()
+        .expect("rooms list --json is an array")
+        .iter()
+        .map(|r| r["name"].as_str().expect("name").to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// After a flood, one admin command removes every empty room nobody is in; rooms with
+/// messages or members stay.
+#[test]
+fn admin_prunes_empty_rooms_in_bulk_live() {
+    let s = TestServer::start(&["--presence-grace", "100ms"]);
+    let mut flooder = s.register("flooder");
+    for i in 0..30 {
+        flooder.join(&format!("empty-{i}"));
+    }
+    flooder.join("busy");
+    flooder.say("busy", "keep me");
+    let mut sitter = s.register("sitter");
+    sitter.join("occupied");
+    drop(flooder);
+    let dir = s.data_dir().to_path_buf();
+    let cutoff = iso(now_ms() + 60_000);
+    let args = ["rooms", "prune", "--empty", "--older-than", cutoff.as_str()];
+    let dry = poll_until(Duration::from_secs(10), "the flooder's rooms free", || {
+        let dry = admin_json(&dir, &[&args[..], &["--dry-run"]].concat());
+        (dry["rooms_matched"] == 30).then_some(dry)
+    });
+    assert_eq!(dry["rooms_deleted"], 0, "a dry run deletes nothing: {dry}");
+    assert_eq!(room_names(&dir).len(), 32);
+
+    let pruned = admin_json(&dir, &args);
+    assert_eq!(pruned["rooms_deleted"], 30, "{pruned}");
+    assert_eq!(room_names(&dir), vec!["busy", "occupied"]);
+    // The sitter's room is untouched: it still works.
+    sitter.say("occupied", "still open");
+    // Without --empty the command refuses rather than guessing.
+    let refused = admin(&dir, &["rooms", "prune", "--older-than", "30d"]);
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("--empty"), "{}", refused.stderr);
+}
+
+#[test]
+fn admin_prunes_empty_rooms_offline_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ExportFile::new(0)
+        .user("u")
+        .room("old-empty", 0)
+        .room("old-busy", 1)
+        .message("old-busy", 1, "u", "kept", 5_000)
+        .import_into(d);
+    let recent = iso(500); // created_ms of imported rooms is 1,000: not before 500
+    let none = admin_json(d, &["rooms", "prune", "--empty", "--older-than", &recent]);
+    assert_eq!(none["rooms_deleted"], 0, "{none}");
+    let pruned = admin_json(d, &["rooms", "prune", "--empty", "--older-than", "30d"]);
+    assert_eq!(pruned["rooms_deleted"], 1, "{pruned}");
+    assert_eq!(room_names(d), vec!["old-busy"]);
 }
