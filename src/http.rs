@@ -15,7 +15,7 @@ use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use async_tungstenite::WebSocketStream;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 
-use crate::outbox::{Outbox, ReplyBounds};
+use crate::outbox::Outbox;
 use crate::state::State;
 use crate::transport::{ReadHalf, Socket, Transport};
 
@@ -271,12 +271,7 @@ async fn upgrade(mut stream: Socket, head: Head, rest: Vec<u8>, state: &State) -
             state.config.send_queue,
             state.metrics.frames_out.clone(),
         )
-        .with_reply_bounds(ReplyBounds {
-            budget: state.config.reply_buffer,
-            stall_timeout: state.config.reply_timeout,
-            slow_linger: state.config.idle_timeout,
-            slow_closes: state.metrics.slow_consumer_closes.clone(),
-        }),
+        .with_reply_bounds(state.reply_bounds.clone()),
     );
     let read_half = ReadHalf::new(outbox.clone());
     let ws = if rest.is_empty() {

@@ -147,15 +147,19 @@ impl Frames {
     }
 }
 
+/// A paged reply in progress.
+struct Paging {
+    /// Produces the pages; `None` while the writer has it out to produce one.
+    pages: Option<Box<dyn ReplyPages>>,
+    /// Frames pushed meanwhile: they follow the paged reply.
+    held: Frames,
+}
+
 #[derive(Default)]
 struct State {
     queue: Frames,
-    /// Frames pushed while a paged reply is in progress: they follow it.
-    held: Frames,
-    /// The paged reply in progress, unless the writer has it out to produce a page.
-    pages: Option<Box<dyn ReplyPages>>,
-    /// A paged reply is in progress (`pages` may be out with the writer).
-    paging: bool,
+    /// The paged reply in progress, if any (boxed: most connections never have one).
+    paging: Option<Box<Paging>>,
     /// Bytes of reply frames in `queue` (what the paged reply's budget is measured against).
     reply_bytes: usize,
     /// Bytes of the front frame already written.
@@ -182,10 +186,24 @@ impl State {
             Kind::Reply => self.replies += 1,
             Kind::Control => {}
         }
-        // Pings may go between whole frames of a paged reply; everything else keeps its order.
-        if self.paging && kind != Kind::Control {
-            self.held.push_back((bytes, kind));
-        } else {
+        match &mut self.paging {
+            // Pings may go between whole frames of a paged reply; the rest keeps its order.
+            Some(paging) if kind != Kind::Control => paging.held.push_back((bytes, kind)),
+            _ => {
+                if kind == Kind::Reply {
+                    self.reply_bytes += bytes.len();
+                }
+                self.queue.push_back((bytes, kind));
+            }
+        }
+    }
+
+    /// The paged reply is complete: what was held behind it follows.
+    fn end_paging(&mut self) {
+        let Some(mut paging) = self.paging.take() else {
+            return;
+        };
+        while let Some((bytes, kind)) = paging.held.pop_front() {
             if kind == Kind::Reply {
                 self.reply_bytes += bytes.len();
             }
@@ -193,16 +211,9 @@ impl State {
         }
     }
 
-    /// The paged reply is complete: what was held behind it follows.
-    fn end_paging(&mut self) {
-        self.paging = false;
-        self.pages = None;
-        while let Some((bytes, kind)) = self.held.pop_front() {
-            if kind == Kind::Reply {
-                self.reply_bytes += bytes.len();
-            }
-            self.queue.push_back((bytes, kind));
-        }
+    /// Whether the paged reply in progress is due its next page.
+    fn page_due(&self, budget: usize) -> bool {
+        self.paging.as_ref().is_some_and(|p| p.pages.is_some()) && self.reply_bytes <= budget / 2
     }
 
     /// Drops every queued frame except one already partly on the wire, whose rest must follow
@@ -210,9 +221,7 @@ impl State {
     fn discard(&mut self) {
         let partial = (self.written > 0).then(|| self.queue.pop_front()).flatten();
         self.queue = Frames::default();
-        self.held = Frames::default();
-        self.pages = None;
-        self.paging = false;
+        self.paging = None;
         self.reply_bytes = 0;
         self.broadcasts = 0;
         self.replies = 0;
@@ -234,7 +243,8 @@ pub struct Outbox {
     /// Wakes the reader when its replies are written or a close is requested.
     reader: AtomicWaker,
     capacity: usize,
-    bounds: ReplyBounds,
+    /// Shared by every connection of the server.
+    bounds: Arc<ReplyBounds>,
     frames_out: Counter,
     /// Deadlines and pings (see [`crate::heartbeat`]).
     pub liveness: Liveness,
@@ -303,14 +313,14 @@ impl Outbox {
             writer: AtomicWaker::new(),
             reader: AtomicWaker::new(),
             capacity,
-            bounds: ReplyBounds::default(),
+            bounds: Arc::default(),
             frames_out,
             liveness: Liveness::default(),
         }
     }
 
     /// The same outbox with these reply bounds instead of the defaults.
-    pub fn with_reply_bounds(mut self, bounds: ReplyBounds) -> Outbox {
+    pub fn with_reply_bounds(mut self, bounds: Arc<ReplyBounds>) -> Outbox {
         self.bounds = bounds;
         self
     }
@@ -343,7 +353,7 @@ impl Outbox {
         if state.close.is_some() {
             return;
         }
-        if state.paging {
+        if state.paging.is_some() {
             // The reader reads the next request only once paged replies are done, so this is
             // a bug; ending the connection keeps the replies it did get whole and in order.
             tracing::error!("a paged reply while another is in progress");
@@ -355,8 +365,10 @@ impl Outbox {
             return;
         }
         state.enqueue(first.wire_bytes(), Kind::Reply);
-        state.paging = true;
-        state.pages = Some(pages);
+        state.paging = Some(Box::new(Paging {
+            pages: Some(pages),
+            held: Frames::default(),
+        }));
         self.writer.wake();
         self.pushed(state);
     }
@@ -489,11 +501,11 @@ impl Outbox {
             }
         };
         self.frames_out.inc_by(finished);
-        if state.paging && state.pages.is_some() && state.reply_bytes <= self.bounds.budget / 2 {
+        if state.page_due(self.bounds.budget) {
             // Time for the next page, which the writer task produces.
             self.writer.wake();
         }
-        if state.replies == 0 && !state.paging && state.reader_waiting {
+        if state.replies == 0 && state.paging.is_none() && state.reader_waiting {
             state.reader_waiting = false;
             self.reader.wake();
         }
@@ -521,7 +533,7 @@ impl Outbox {
     pub async fn replies_drained(&self) {
         poll_fn(|cx| {
             let mut state = self.lock();
-            if (state.replies == 0 && !state.paging) || state.close.is_some() {
+            if (state.replies == 0 && state.paging.is_none()) || state.close.is_some() {
                 return Poll::Ready(());
             }
             self.reader.register(cx.waker());
@@ -553,13 +565,9 @@ impl Outbox {
                 match &state.close {
                     Some(request) => Poll::Ready(Work::Close(request.clone())),
                     None if state.corked => Poll::Pending,
-                    None if state.pages.is_some()
-                        && state.reply_bytes <= self.bounds.budget / 2 =>
-                    {
-                        Poll::Ready(Work::NextPage)
-                    }
+                    None if state.page_due(self.bounds.budget) => Poll::Ready(Work::NextPage),
                     None if !state.queue.is_empty() => {
-                        Poll::Ready(Work::Backlog(state.replies > 0 || state.paging))
+                        Poll::Ready(Work::Backlog(state.replies > 0 || state.paging.is_some()))
                     }
                     None => Poll::Pending,
                 }
@@ -604,10 +612,11 @@ impl Outbox {
             // capacity as their bound, and the timer is paid only while a backlog waits.
             let writable = if replies_waiting {
                 let stall = self.bounds.stall_timeout;
-                future::or(future::or(writable, closing), async {
+                // Boxed: the timer's state would otherwise sit in every idle connection.
+                Box::pin(future::or(future::or(writable, closing), async {
                     smol::Timer::after(stall).await;
                     Writable::Stalled
-                })
+                }))
                 .await
             } else {
                 future::or(writable, closing).await
@@ -641,7 +650,7 @@ impl Outbox {
     fn next_page(&self) {
         let (mut pages, budget) = {
             let mut state = self.lock();
-            let Some(pages) = state.pages.take() else {
+            let Some(pages) = state.paging.as_mut().and_then(|p| p.pages.take()) else {
                 return;
             };
             (pages, self.bounds.budget.saturating_sub(state.reply_bytes))
@@ -649,7 +658,7 @@ impl Outbox {
         let mut frames = Vec::new();
         let result = pages.next_page(budget, &mut frames);
         let mut state = self.lock();
-        if state.close.is_some() || !state.paging {
+        if state.close.is_some() || state.paging.is_none() {
             return;
         }
         for frame in frames {
@@ -659,7 +668,11 @@ impl Outbox {
             state.queue.push_back((bytes, Kind::Reply));
         }
         match result {
-            Ok(true) => state.pages = Some(pages),
+            Ok(true) => {
+                if let Some(paging) = &mut state.paging {
+                    paging.pages = Some(pages);
+                }
+            }
             Ok(false) => state.end_paging(),
             Err(error) => {
                 tracing::error!(%error, "reply failed");

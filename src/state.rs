@@ -16,7 +16,7 @@ use crate::auth::Passwords;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::outbox::{CloseRequest, Outbox};
+use crate::outbox::{CloseRequest, Outbox, ReplyBounds};
 use crate::store::Store;
 use crate::sync::lock;
 
@@ -32,6 +32,8 @@ pub struct State {
     pub passwords: Passwords,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Every connection's reply bounds, from the settings.
+    pub reply_bounds: Arc<ReplyBounds>,
     started: Instant,
     conn_ids: AtomicU64,
     sockets: AtomicUsize,
@@ -53,6 +55,12 @@ impl State {
     ) -> State {
         State {
             passwords: Passwords::new(config.hash_concurrency),
+            reply_bounds: Arc::new(ReplyBounds {
+                budget: config.reply_buffer,
+                stall_timeout: config.reply_timeout,
+                slow_linger: config.idle_timeout,
+                slow_closes: metrics.slow_consumer_closes.clone(),
+            }),
             config,
             store,
             hub,
