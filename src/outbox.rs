@@ -176,6 +176,8 @@ struct State {
     /// Our Close frame is queued or written: it goes out once, even if closing starts over
     /// (a connection that logs in while closing moves to its next task mid-close).
     close_queued: bool,
+    /// The server is shutting down: a 4008 Close waiting for a stalled client stops waiting.
+    linger_cut: bool,
 }
 
 impl State {
@@ -512,11 +514,14 @@ impl Outbox {
         result
     }
 
-    /// Asks the writer to send what is queued, then close. The first request wins.
+    /// Asks the writer to send what is queued, then close. The first request wins; a shutdown
+    /// (1001) still cuts short the wait of a 4008 Close for a stalled client.
     pub fn close(&self, request: CloseRequest) {
         let mut state = self.lock();
         if state.close.is_none() {
             state.close = Some(request);
+        } else if request.code == crate::protocol::close::GOING_AWAY {
+            state.linger_cut = true;
         }
         drop(state);
         self.writer.wake();
@@ -712,10 +717,18 @@ impl Outbox {
                 }
             }
         };
-        future::or(drain, async {
+        let cut = poll_fn(|cx| {
+            self.writer.register(cx.waker());
+            if self.lock().linger_cut {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        let timeout = async {
             smol::Timer::after(linger).await;
-        })
-        .await;
+        };
+        future::or(drain, future::or(timeout, cut)).await;
         self.transport.shutdown_write();
     }
 }

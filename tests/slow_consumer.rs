@@ -219,23 +219,10 @@ fn a_client_behind_by_less_than_the_send_queue_is_not_dropped() {
     lagging.barrier();
 }
 
-/// A client that stalls long enough to be closed with 4008 and only then reads again still
-/// gets the Close frame: the server keeps the socket, with nothing but the Close pending,
-/// until the idle timeout. It used to drop the socket 2 s after queueing the Close.
-#[test]
-fn the_4008_close_reaches_a_client_that_reads_again_after_the_linger() {
-    let s = TestServer::start(&[
-        "--send-queue",
-        "256",
-        "--rate",
-        "1000000",
-        "--burst",
-        "1000000",
-        "--idle-timeout",
-        "20s",
-        "--ping-interval",
-        "10s",
-    ]);
+/// A server for the stalled-client tests, and a raw client in `room` that reads nothing more
+/// from the moment this returns until the server has closed it as a slow consumer.
+fn stalled_until_4008(args: &[&str]) -> (TestServer, RawWs) {
+    let s = TestServer::start(args);
     let room = "stall";
     let mut slow = s.raw();
     slow.auth_register("staller");
@@ -245,7 +232,6 @@ fn the_4008_close_reaches_a_client_that_reads_again_after_the_linger() {
         (joined["type"].as_str(), synced["type"].as_str()),
         (Some("joined"), Some("synced"))
     );
-
     let mut sender = s.register("sender");
     sender.join(room);
     let metric_base = slow_close_metric(&s);
@@ -261,6 +247,28 @@ fn the_4008_close_reaches_a_client_that_reads_again_after_the_linger() {
         }
         sender.acks_and_echoes(50);
     }
+    (s, slow)
+}
+
+const STALL_ARGS: [&str; 10] = [
+    "--send-queue",
+    "256",
+    "--rate",
+    "1000000",
+    "--burst",
+    "1000000",
+    "--idle-timeout",
+    "20s",
+    "--ping-interval",
+    "10s",
+];
+
+/// A client that stalls long enough to be closed with 4008 and only then reads again still
+/// gets the Close frame: the server keeps the socket, with nothing but the Close pending,
+/// until the idle timeout. It used to drop the socket 2 s after queueing the Close.
+#[test]
+fn the_4008_close_reaches_a_client_that_reads_again_after_the_linger() {
+    let (_s, mut slow) = stalled_until_4008(&STALL_ARGS);
     // The scenario itself, not a synchronisation: the client stays stalled for longer than the
     // server's 2 s close linger before it reads again.
     thread::sleep(Duration::from_secs(3));
@@ -270,5 +278,22 @@ fn the_4008_close_reaches_a_client_that_reads_again_after_the_linger() {
         Ok(Some(4008)),
         "after {} buffered frames the client reads the 4008 Close",
         frames.len()
+    );
+}
+
+/// A 4008 Close still waiting for a stalled client does not hold up a graceful shutdown.
+#[test]
+fn a_lingering_4008_close_does_not_delay_shutdown() {
+    let (mut s, _slow) = stalled_until_4008(&STALL_ARGS);
+    let asked = Instant::now();
+    s.sigterm();
+    let status = s.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "clean exit: {status:?}");
+    assert!(
+        !s.stderr()
+            .contains("still open after the shutdown grace period"),
+        "shutdown waited for the stalled client ({:?}): {}",
+        asked.elapsed(),
+        s.stderr_tail(20)
     );
 }
