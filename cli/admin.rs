@@ -198,6 +198,29 @@ enum RoomsCommand {
     List(RoomsList),
     Show(RoomsShow),
     Delete(RoomsDelete),
+    Prune(RoomsPrune),
+}
+
+/// Delete in one go every room without messages and with nobody in it, created before
+/// --older-than (e.g. after a room-creation flood); prints how many went.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "prune")]
+struct RoomsPrune {
+    /// only rooms without messages (required: the only kind this command removes)
+    #[argh(switch)]
+    empty: bool,
+    /// only rooms created before this age (30d, 12h) or time (RFC 3339)
+    #[argh(option)]
+    older_than: String,
+    /// only count them
+    #[argh(switch)]
+    dry_run: bool,
+    /// data directory (default ./data, or CHATD_DATA_DIR)
+    #[argh(option)]
+    data_dir: Option<String>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
 }
 
 /// List rooms.
@@ -660,6 +683,22 @@ impl Admin {
                 }
                 RoomsCommand::Delete(c) => {
                     query(&c.data_dir, Request::RoomsDelete { name: c.name }, c.json)
+                }
+                RoomsCommand::Prune(c) => {
+                    if !c.empty {
+                        return Err(AdminError::usage(
+                            "rooms prune removes only rooms without messages: pass --empty",
+                        ));
+                    }
+                    let created_before_ms = parse_time("--older-than", &c.older_than)?;
+                    query(
+                        &c.data_dir,
+                        Request::RoomsPruneEmpty {
+                            created_before_ms,
+                            dry_run: c.dry_run,
+                        },
+                        c.json,
+                    )
                 }
             },
             Command::Messages(m) => match m.command {

@@ -63,6 +63,18 @@ pub struct Serve {
     /// most messages replayed by a join with since (default 500)
     #[argh(option)]
     replay_limit: Option<String>,
+    /// bytes of replies held per connection; replays are read as the client takes them and a history page stops at this size (default 262144)
+    #[argh(option)]
+    reply_buffer: Option<String>,
+    /// close with 4008 a connection whose replies wait this long unread (default 30s)
+    #[argh(option)]
+    reply_timeout: Option<String>,
+    /// new rooms one account may create per hour by joining them (default 60)
+    #[argh(option)]
+    rooms_per_hour: Option<String>,
+    /// unload from memory rooms nobody is in and nothing happened in for this long; they stay on disk (default 10m)
+    #[argh(option)]
+    room_unload_after: Option<String>,
     /// how long a session token stays valid (default 7d)
     #[argh(option)]
     token_ttl: Option<String>,
@@ -200,6 +212,15 @@ impl Serve {
         });
         set!(c.send_queue, send_queue, "send-queue", number);
         set!(c.replay_limit, replay_limit, "replay-limit", number);
+        set!(c.reply_buffer, reply_buffer, "reply-buffer", number);
+        set!(c.reply_timeout, reply_timeout, "reply-timeout", duration);
+        set!(c.rooms_per_hour, rooms_per_hour, "rooms-per-hour", number);
+        set!(
+            c.room_unload_after,
+            room_unload_after,
+            "room-unload-after",
+            duration
+        );
         set!(c.token_ttl, token_ttl, "token-ttl", duration);
         set!(
             c.min_free_space,

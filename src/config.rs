@@ -107,6 +107,16 @@ pub struct Config {
     pub send_queue: usize,
     /// Most messages replayed by `join` with `since`.
     pub replay_limit: usize,
+    /// Bytes of a connection's own replies held in memory at once (replays are read from the
+    /// database as the client takes them; a history page stops at this size).
+    pub reply_buffer: usize,
+    /// A connection whose replies wait this long without the client reading any is closed
+    /// with 4008.
+    pub reply_timeout: Duration,
+    /// New rooms one account may create per hour (`join` of a room that does not exist).
+    pub rooms_per_hour: u32,
+    /// Rooms nobody is in and nothing happened in for this long leave memory (not the disk).
+    pub room_unload_after: Duration,
     /// How long a token resumes a session.
     pub token_ttl: Duration,
     /// How long a `cid` is remembered.
@@ -161,6 +171,9 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
 }
 
+/// Smallest `--reply-buffer`: a few ordinary messages per page.
+pub const MIN_REPLY_BUFFER: usize = 16 * 1024;
+
 /// Protocol limit on text length, in Unicode scalar values.
 pub const MAX_TEXT: usize = 4000;
 
@@ -183,6 +196,10 @@ impl Config {
             registration: Registration::Open,
             send_queue: 1024,
             replay_limit: 500,
+            reply_buffer: 256 * 1024,
+            reply_timeout: Duration::from_secs(30),
+            rooms_per_hour: 60,
+            room_unload_after: Duration::from_secs(600),
             token_ttl: Duration::from_secs(7 * 24 * 3600),
             cid_ttl: Duration::from_secs(48 * 3600),
             durability: Durability::Strict,
@@ -248,6 +265,20 @@ impl Config {
         }
         if self.replay_limit == 0 {
             return Err("--replay-limit must be at least 1".into());
+        }
+        if self.reply_buffer < MIN_REPLY_BUFFER {
+            return Err(format!(
+                "--reply-buffer must be at least {MIN_REPLY_BUFFER} bytes"
+            ));
+        }
+        if self.rooms_per_hour == 0 {
+            return Err("--rooms-per-hour must be at least 1".into());
+        }
+        if self.room_unload_after.is_zero() {
+            return Err("--room-unload-after must be above zero".into());
+        }
+        if self.reply_timeout.is_zero() {
+            return Err("--reply-timeout must be above zero".into());
         }
         if self.ping_interval.is_zero()
             || self.idle_timeout.is_zero()

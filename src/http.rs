@@ -344,11 +344,14 @@ async fn upgrade(
         .read_buffer_size(WS_READ_BUFFER)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
-    let outbox = Arc::new(Outbox::new(
-        Transport::new(stream),
-        state.config.send_queue,
-        state.metrics.frames_out.clone(),
-    ));
+    let outbox = Arc::new(
+        Outbox::new(
+            Transport::new(stream),
+            state.config.send_queue,
+            state.metrics.frames_out.clone(),
+        )
+        .with_reply_bounds(state.reply_bounds.clone()),
+    );
     let read_half = ReadHalf::new(outbox.clone());
     let ws = if rest.is_empty() {
         WebSocketStream::from_raw_socket(read_half, Role::Server, Some(config)).await

@@ -8,7 +8,15 @@
 //!   committer in id order per room.
 //! - announcement (on the delivery thread, after the batch holding the message was written and
 //!   flushed): raise the room's `published` id and push the frame to every member's outbox.
-//! - `join`: add the member, read the replay from sled up to `published`, queue it.
+//! - `join`: add the member, queue `joined` and a [`Replay`] of the messages up to `published`,
+//!   which the member's writer reads from sled a page at a time, outside the lock.
+//!
+//! Rooms nobody is in and nothing happened in for `--room-unload-after` are dropped from
+//! memory ([`Hub::unload_idle_rooms`]); their data stays on disk and the next join loads them.
+//! An unloaded room object is marked so that a join or append that raced with the unloading
+//! finds out under the room lock and starts over with a freshly loaded one: there is never more
+//! than one live object per room. Creating rooms is limited per account ([`RoomLimits`]), so
+//! one account cannot fill memory and disk with empty rooms.
 //!
 //! A joining connection thus gets every message up to `published` from the replay and every
 //! later one live, with no gap and no duplicate, and never sees a message before it is durable.
@@ -17,20 +25,23 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::heartbeat::mono_ms;
 use crate::metrics::Metrics;
 use crate::outbox::{corked, CloseRequest, Outbox};
 use crate::protocol::{
     encode, Encoded, ErrorCode, HistoryPage, MessageEvent, Rejection, ServerFrame,
 };
+use crate::replay::Replay;
 use crate::store::commit::Committer;
-use crate::store::{
-    Appended, Message, Page, PresenceSnapshot, RoomPresence, RoomRef, Store, StoreError,
-};
+use crate::store::{Appended, Message, PresenceSnapshot, RoomPresence, RoomRef, Store, StoreError};
 use crate::sync::lock;
+
+/// Messages a `history` request reads from the database at a time.
+const HISTORY_READ: usize = 8;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -40,7 +51,7 @@ pub fn now_ms() -> u64 {
 }
 
 /// The `message` event for a stored message (the protocol knows nothing of the store's types).
-fn message_event<'a>(room: &'a str, id: u64, message: &'a Message) -> MessageEvent<'a> {
+pub(crate) fn message_event<'a>(room: &'a str, id: u64, message: &'a Message) -> MessageEvent<'a> {
     MessageEvent::new(
         room,
         id,
@@ -115,6 +126,11 @@ pub struct Room {
     /// Set when an admin deleted the room: connections holding this object must drop it, and
     /// a join loads a fresh one.
     retired: AtomicBool,
+    /// Set (under the room lock) when the room was unloaded for idleness: a join or append
+    /// that got this object just before must load the room again.
+    unloaded: AtomicBool,
+    /// When someone last joined, left or posted ([`mono_ms`]).
+    last_active_ms: AtomicU64,
 }
 
 /// Errors from room operations.
@@ -123,6 +139,15 @@ pub enum HubError {
     /// The room was deleted while the connection held it.
     #[error("the room was deleted")]
     RoomGone,
+    /// The room was unloaded for idleness just before: load it again and retry.
+    #[error("the room was unloaded")]
+    Unloaded,
+    /// The account created its allowance of rooms for now.
+    #[error("at most {per_hour} new rooms per hour per account")]
+    TooManyRooms {
+        /// The limit.
+        per_hour: u32,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -137,6 +162,21 @@ impl Room {
     /// The room's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    fn touch(&self) {
+        self.last_active_ms.store(mono_ms(), Ordering::Relaxed);
+    }
+
+    /// Under the room lock: why this object may not take a join or message, if it may not.
+    fn check_live(&self) -> Result<(), HubError> {
+        if self.is_retired() {
+            Err(HubError::RoomGone)
+        } else if self.unloaded.load(Ordering::Acquire) {
+            Err(HubError::Unloaded)
+        } else {
+            Ok(())
+        }
     }
 
     fn member_names(state: &RoomState) -> Vec<&str> {
@@ -165,6 +205,34 @@ impl Room {
     }
 }
 
+/// Limits on rooms: how fast an account may create them, when idle ones leave memory.
+#[derive(Debug, Clone)]
+pub struct RoomLimits {
+    /// New rooms an account may create per hour (also the burst).
+    pub creations_per_hour: u32,
+    /// A room with nobody in it and no activity for this long is unloaded from memory.
+    pub unload_after: Duration,
+}
+
+impl Default for RoomLimits {
+    fn default() -> Self {
+        RoomLimits {
+            creations_per_hour: 60,
+            unload_after: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Accounts whose room creations are tracked at once. Full allowances are forgotten first;
+/// beyond this many accounts still spending theirs, creations wait for some to refill.
+const MAX_TRACKED_CREATORS: usize = 65_536;
+
+/// An account's room-creation allowance: a token bucket of `creations_per_hour`.
+struct Allowance {
+    tokens: f64,
+    updated_ms: u64,
+}
+
 /// Who is connected and which rooms exist in memory.
 pub struct Hub {
     store: Arc<Store>,
@@ -175,6 +243,9 @@ pub struct Hub {
     connections: Mutex<HashMap<u64, Member>>,
     presence_grace: Duration,
     replay_limit: usize,
+    room_limits: RoomLimits,
+    /// Room-creation allowances by user key, bounded by [`MAX_TRACKED_CREATORS`].
+    creations: Mutex<HashMap<Arc<str>, Allowance>>,
 }
 
 impl Hub {
@@ -196,7 +267,98 @@ impl Hub {
             connections: Mutex::new(HashMap::new()),
             presence_grace,
             replay_limit,
+            room_limits: RoomLimits::default(),
+            creations: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same hub with these room limits instead of the defaults.
+    pub fn with_room_limits(mut self, room_limits: RoomLimits) -> Hub {
+        self.room_limits = room_limits;
+        self
+    }
+
+    /// The room named `name` for a member's join: loaded, or read from the store, or created
+    /// there if `creator`'s allowance permits.
+    pub fn room_for_join(&self, name: &str, creator: &str) -> Result<Arc<Room>, HubError> {
+        let mut rooms = lock(&self.rooms);
+        if let Some(room) = rooms.get(name) {
+            return Ok(room.clone());
+        }
+        let record = match self.store.room(name)? {
+            Some(record) => record,
+            None => {
+                self.spend_creation(creator)?;
+                self.store.ensure_room(name, now_ms())?
+            }
+        };
+        Ok(self.load(&mut rooms, record))
+    }
+
+    /// Takes one room creation from `creator`'s allowance.
+    fn spend_creation(&self, creator: &str) -> Result<(), HubError> {
+        let per_hour = self.room_limits.creations_per_hour;
+        let refused = HubError::TooManyRooms { per_hour };
+        let burst = f64::from(per_hour);
+        let now = mono_ms();
+        let refill = |allowance: &Allowance| {
+            let hours = now.saturating_sub(allowance.updated_ms) as f64 / 3_600_000.0;
+            (allowance.tokens + hours * burst).min(burst)
+        };
+        let mut creations = lock(&self.creations);
+        if creations.len() >= MAX_TRACKED_CREATORS && !creations.contains_key(creator) {
+            creations.retain(|_, allowance| refill(allowance) < burst);
+            if creations.len() >= MAX_TRACKED_CREATORS {
+                return Err(refused);
+            }
+        }
+        let allowance = creations.entry(Arc::from(creator)).or_insert(Allowance {
+            tokens: burst,
+            updated_ms: now,
+        });
+        allowance.tokens = refill(allowance);
+        allowance.updated_ms = now;
+        if allowance.tokens < 1.0 {
+            return Err(refused);
+        }
+        allowance.tokens -= 1.0;
+        Ok(())
+    }
+
+    /// Unloads rooms nobody is in (nor within a presence grace period) and nothing happened in
+    /// for `unload_after`; forgets room-creation allowances that are full again. Returns how
+    /// many rooms were unloaded.
+    pub fn unload_idle_rooms(&self) -> usize {
+        let idle_since = mono_ms().saturating_sub(self.room_limits.unload_after.as_millis() as u64);
+        let unloaded = {
+            let mut rooms = lock(&self.rooms);
+            let before = rooms.len();
+            rooms.retain(|_, room| {
+                let state = lock(&room.state);
+                let idle = state.members.is_empty()
+                    && state.presence.is_empty()
+                    && room.last_active_ms.load(Ordering::Relaxed) <= idle_since;
+                if idle {
+                    room.unloaded.store(true, Ordering::Release);
+                }
+                !idle
+            });
+            let unloaded = before - rooms.len();
+            self.metrics.rooms_loaded.set(rooms.len() as i64);
+            if unloaded > 0 && rooms.capacity() > 2 * rooms.len() + 64 {
+                // A flood's worth of slots would otherwise stay allocated.
+                rooms.shrink_to_fit();
+            }
+            unloaded
+        };
+        let now = mono_ms();
+        let burst = f64::from(self.room_limits.creations_per_hour);
+        let mut creations = lock(&self.creations);
+        creations.retain(|_, a| {
+            a.tokens + now.saturating_sub(a.updated_ms) as f64 / 3_600_000.0 * burst < burst
+        });
+        creations.shrink_to_fit();
+        unloaded
     }
 
     /// The committer behind the hub.
@@ -213,7 +375,7 @@ impl Hub {
         // Creating the room may write; never under this lock to a disk that does not answer.
         self.committer.gate().admit_flush_waiter()?;
         let record = self.store.ensure_room(name, now_ms())?;
-        Ok(Self::load(&mut rooms, record))
+        Ok(self.load(&mut rooms, record))
     }
 
     /// The existing room named `name`, loaded if need be; `None` if there is no such room.
@@ -225,10 +387,14 @@ impl Hub {
         Ok(self
             .store
             .room(name)?
-            .map(|record| Self::load(&mut rooms, record)))
+            .map(|record| self.load(&mut rooms, record)))
     }
 
-    fn load(rooms: &mut HashMap<String, Arc<Room>>, record: crate::store::Room) -> Arc<Room> {
+    fn load(
+        &self,
+        rooms: &mut HashMap<String, Arc<Room>>,
+        record: crate::store::Room,
+    ) -> Arc<Room> {
         let room = Arc::new(Room {
             log_ref: RoomRef {
                 name: Arc::from(record.name.as_str()),
@@ -243,9 +409,20 @@ impl Hub {
                 grace_epoch: 0,
             }),
             retired: AtomicBool::new(false),
+            unloaded: AtomicBool::new(false),
+            last_active_ms: AtomicU64::new(mono_ms()),
         });
         rooms.insert(room.name.clone(), room.clone());
+        self.metrics.rooms_loaded.set(rooms.len() as i64);
         room
+    }
+
+    /// Whether someone is in room `name` (or within its presence grace period).
+    pub fn room_in_use(&self, name: &str) -> bool {
+        self.loaded_room(name).is_some_and(|room| {
+            let state = lock(&room.state);
+            !state.members.is_empty() || !state.presence.is_empty()
+        })
     }
 
     /// The room named `name` if it is loaded.
@@ -255,7 +432,13 @@ impl Hub {
 
     /// Forgets a loaded room (after an admin deleted it), telling its members they left.
     pub fn unload_room(&self, name: &str) {
-        let Some(room) = lock(&self.rooms).remove(name) else {
+        let room = {
+            let mut rooms = lock(&self.rooms);
+            let room = rooms.remove(name);
+            self.metrics.rooms_loaded.set(rooms.len() as i64);
+            room
+        };
+        let Some(room) = room else {
             return;
         };
         corked(|| Self::retire(&room));
@@ -333,21 +516,8 @@ impl Hub {
         since: Option<u64>,
     ) -> Result<(), HubError> {
         let mut state = lock(&room.state);
-        if room.is_retired() {
-            return Err(HubError::RoomGone);
-        }
-        let page = match since {
-            Some(since) => {
-                self.committer
-                    .messages_after(room.no, since, state.published, self.replay_limit)?
-            }
-            None => Page {
-                more: false,
-                ..self
-                    .committer
-                    .messages_before(room.no, u64::MAX, state.published, 50)?
-            },
-        };
+        room.check_live()?;
+        room.touch();
         let first_in_room = state
             .members
             .insert(member.conn, (member.outbox.clone(), member.clone()))
@@ -373,22 +543,19 @@ impl Hub {
                 room.fan_out(&state, &frame, Some(&member.user_key), &self.metrics);
             }
         }
-        let mut frames = Vec::with_capacity(page.messages.len() + 2);
-        frames.push(encode(&ServerFrame::Joined {
+        let joined = encode(&ServerFrame::Joined {
             room: &room.name,
             members: Room::member_names(&state),
-        }));
-        frames.extend(
-            page.messages
-                .iter()
-                .map(|m| encode(&message_event(&room.name, m.id, &m.message))),
+        });
+        let replay = Replay::new(
+            self.committer.clone(),
+            room.log_ref.name.clone(),
+            room.no,
+            since,
+            state.published,
+            self.replay_limit,
         );
-        frames.push(encode(&ServerFrame::Synced {
-            room: &room.name,
-            last_id: state.published,
-            more: page.more,
-        }));
-        member.outbox.reply_all(frames);
+        member.outbox.reply_paged(joined, Box::new(replay));
         Ok(())
     }
 
@@ -404,6 +571,7 @@ impl Hub {
         let Some((_, member)) = state.members.remove(&conn) else {
             return;
         };
+        room.touch();
         state.grace_epoch += 1;
         let epoch = state.grace_epoch;
         let Some(presence) = state.presence.get_mut(&member.user_key) else {
@@ -586,9 +754,8 @@ impl Hub {
         sender: Option<Arc<Outbox>>,
     ) -> Result<Appended, HubError> {
         let state = lock(&room.state);
-        if room.is_retired() {
-            return Err(HubError::RoomGone);
-        }
+        room.check_live()?;
+        room.touch();
         let announced = room.clone();
         let metrics = self.metrics.clone();
         // The log keeps one copy to write, the announcement the other to build the frame.
@@ -604,34 +771,64 @@ impl Hub {
         Ok(appended)
     }
 
-    /// A page of `room`'s history, as the `history` reply.
+    /// A page of `room`'s history, as the `history` reply: at most `limit` messages, and no
+    /// more than `max_bytes` of them (at least one), so one reply cannot hold megabytes. A page
+    /// cut short says `more`, and the client pages on from where it ends.
     pub fn history(
         &self,
         room: &Room,
         page: HistoryPage,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Encoded, StoreError> {
         let published = lock(&room.state).published;
-        let page = match page {
-            HistoryPage::Newest => {
-                self.committer
-                    .messages_before(room.no, u64::MAX, published, limit)?
-            }
-            HistoryPage::Before(id) => self
-                .committer
-                .messages_before(room.no, id, published, limit)?,
-            HistoryPage::After(id) => self
-                .committer
-                .messages_after(room.no, id, published, limit)?,
+        let (mut cursor, forward) = match page {
+            HistoryPage::Newest => (u64::MAX, false),
+            HistoryPage::Before(id) => (id, false),
+            HistoryPage::After(id) => (id, true),
         };
+        // Read a few at a time, nearest to the cursor first, so a page of large messages is
+        // never in memory whole.
+        let mut messages = Vec::new();
+        let mut bytes = 0;
+        let more = 'read: loop {
+            let want = (limit - messages.len()).min(HISTORY_READ);
+            let page = if forward {
+                self.committer
+                    .messages_after(room.no, cursor, published, want)?
+            } else {
+                self.committer
+                    .messages_before(room.no, cursor, published, want)?
+            };
+            let read = page.messages.len();
+            let nearest_first: Box<dyn Iterator<Item = _>> = if forward {
+                Box::new(page.messages.into_iter())
+            } else {
+                Box::new(page.messages.into_iter().rev())
+            };
+            for m in nearest_first {
+                let size = message_event(&room.name, m.id, &m.message).encoded_len();
+                if !messages.is_empty() && bytes + size > max_bytes {
+                    break 'read true;
+                }
+                bytes += size;
+                cursor = m.id;
+                messages.push(m);
+            }
+            if !page.more || read < want || messages.len() == limit {
+                break page.more;
+            }
+        };
+        if !forward {
+            messages.reverse();
+        }
         Ok(encode(&ServerFrame::History {
             room: &room.name,
-            messages: page
-                .messages
+            messages: messages
                 .iter()
                 .map(|m| message_event(&room.name, m.id, &m.message))
                 .collect(),
-            more: page.more,
+            more,
         }))
     }
 
@@ -733,14 +930,18 @@ impl Hub {
         author: &str,
         text: String,
     ) -> Result<u64, HubError> {
-        let room = self.room(name)?;
         let message = Message {
             user: author.to_owned(),
             text,
             ts: now_ms(),
             cid: None,
         };
-        Ok(match self.append(&room, "", message, None)? {
+        let appended = match self.append(&self.room(name)?, "", message.clone(), None) {
+            // Unloaded for idleness just now: the next lookup loads it afresh.
+            Err(HubError::Unloaded) => self.append(&self.room(name)?, "", message, None),
+            other => other,
+        };
+        Ok(match appended? {
             Appended::New(id) => id,
             // Only a cid makes a duplicate, and announcements have none.
             Appended::Duplicate(original) => original.id,

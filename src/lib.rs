@@ -25,6 +25,7 @@ pub(crate) mod metrics;
 pub(crate) mod origin;
 pub(crate) mod outbox;
 pub(crate) mod protocol;
+pub(crate) mod replay;
 pub mod rules;
 pub(crate) mod server;
 pub(crate) mod session;

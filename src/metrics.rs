@@ -44,6 +44,8 @@ pub struct Metrics {
     pub auth_throttled: Counter,
     connections_refused: Family<Labels, Counter>,
     http_rejections: Family<Labels, Counter>,
+    /// Rooms loaded in memory (idle ones are unloaded).
+    pub rooms_loaded: Gauge,
 }
 
 impl Default for Metrics {
@@ -62,6 +64,12 @@ impl Metrics {
         let frames_out = Counter::default();
         let errors = Family::<Labels, Counter>::default();
         let slow_consumer_closes = Counter::default();
+        let rooms_loaded = Gauge::default();
+        registry.register(
+            "rooms_loaded",
+            "Rooms loaded in memory (idle ones are unloaded; all stay on disk)",
+            rooms_loaded.clone(),
+        );
         let flush_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
         let password_hashes = Counter::default();
         let auth_throttled = Counter::default();
@@ -88,7 +96,7 @@ impl Metrics {
         registry.register("errors", "Error frames sent, by code", errors.clone());
         registry.register(
             "slow_consumer_closes",
-            "Connections closed with 4008 because their queue overflowed",
+            "Connections closed with 4008: their queue overflowed or their replies went unread",
             slow_consumer_closes.clone(),
         );
         registry.register(
@@ -164,6 +172,7 @@ impl Metrics {
             auth_throttled,
             connections_refused,
             http_rejections,
+            rooms_loaded,
         }
     }
 

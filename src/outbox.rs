@@ -20,6 +20,18 @@
 //! were written before reading the next request, so a client that sends requests without reading
 //! the answers stalls itself. Control frames (pings, pongs) are small and rare. An idle outbox
 //! holds no allocation beyond itself.
+//!
+//! Paged replies ([`ReplyPages`], a join's replay): they are produced a page at a time by the
+//! writer task, only while fewer than [`ReplyBounds::budget`] bytes of replies are queued, so a
+//! replay of hundreds of large messages never sits in memory whole. While a paged reply is being
+//! produced, every other reply and broadcast waits behind it (`held`), which keeps the order the
+//! frames were pushed in. A connection whose replies wait longer than
+//! [`ReplyBounds::stall_timeout`] without the socket taking a byte is closed with 4008, like a
+//! slow consumer.
+//!
+//! Closing with 4008 drops everything queued and keeps the socket, with only the Close frame
+//! pending, for [`ReplyBounds::slow_linger`] (the idle timeout): a client that was merely stalled
+//! and reads again still learns why it was closed.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -40,6 +52,37 @@ use crate::transport::Transport;
 
 /// Slices handed to one `writev`.
 const MAX_IOVECS: usize = 64;
+
+/// Replies produced a page at a time as the writer drains the ones before them.
+pub trait ReplyPages: Send {
+    /// Appends the next frames to `out`, about `bytes` worth but at least one frame. Returns
+    /// whether frames remain after these; an error ends the connection (1011).
+    fn next_page(&mut self, bytes: usize, out: &mut Vec<Encoded>) -> Result<bool, String>;
+}
+
+/// How much of a connection's own replies may wait in memory, and for how long.
+#[derive(Debug, Clone)]
+pub struct ReplyBounds {
+    /// Reply bytes queued before a paged reply waits for the socket to drain.
+    pub budget: usize,
+    /// Replies waiting this long without the socket taking any: close with 4008.
+    pub stall_timeout: Duration,
+    /// How long a connection closed with 4008 keeps its socket for the Close frame.
+    pub slow_linger: Duration,
+    /// Counts 4008 closes made here (fan-out counts its own).
+    pub slow_closes: Counter,
+}
+
+impl Default for ReplyBounds {
+    fn default() -> Self {
+        ReplyBounds {
+            budget: 256 * 1024,
+            stall_timeout: Duration::from_secs(30),
+            slow_linger: Duration::from_secs(60),
+            slow_closes: Counter::default(),
+        }
+    }
+}
 
 /// Why and how a connection is being closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,9 +147,21 @@ impl Frames {
     }
 }
 
+/// A paged reply in progress.
+struct Paging {
+    /// Produces the pages; `None` while the writer has it out to produce one.
+    pages: Option<Box<dyn ReplyPages>>,
+    /// Frames pushed meanwhile: they follow the paged reply.
+    held: Frames,
+}
+
 #[derive(Default)]
 struct State {
     queue: Frames,
+    /// The paged reply in progress, if any (boxed: most connections never have one).
+    paging: Option<Box<Paging>>,
+    /// Bytes of reply frames in `queue` (what the paged reply's budget is measured against).
+    reply_bytes: usize,
     /// Bytes of the front frame already written.
     written: usize,
     /// Broadcast frames in `queue` (bounded by the capacity).
@@ -124,14 +179,55 @@ struct State {
     /// The transport holds bytes it accepted but could not send yet (TLS records): the writer
     /// sends them when the socket drains, even with nothing queued.
     unsent: bool,
+    /// The server is shutting down: a 4008 Close waiting for a stalled client stops waiting.
+    linger_cut: bool,
 }
 
 impl State {
+    /// Queues a frame, behind a paged reply in progress if there is one.
+    fn enqueue(&mut self, bytes: Bytes, kind: Kind) {
+        match kind {
+            Kind::Broadcast => self.broadcasts += 1,
+            Kind::Reply => self.replies += 1,
+            Kind::Control => {}
+        }
+        match &mut self.paging {
+            // Pings may go between whole frames of a paged reply; the rest keeps its order.
+            Some(paging) if kind != Kind::Control => paging.held.push_back((bytes, kind)),
+            _ => {
+                if kind == Kind::Reply {
+                    self.reply_bytes += bytes.len();
+                }
+                self.queue.push_back((bytes, kind));
+            }
+        }
+    }
+
+    /// The paged reply is complete: what was held behind it follows.
+    fn end_paging(&mut self) {
+        let Some(mut paging) = self.paging.take() else {
+            return;
+        };
+        while let Some((bytes, kind)) = paging.held.pop_front() {
+            if kind == Kind::Reply {
+                self.reply_bytes += bytes.len();
+            }
+            self.queue.push_back((bytes, kind));
+        }
+    }
+
+    /// Whether the paged reply in progress is due its next page.
+    fn page_due(&self, budget: usize) -> bool {
+        self.paging.as_ref().is_some_and(|p| p.pages.is_some()) && self.reply_bytes <= budget / 2
+    }
+
     /// Drops every queued frame except one already partly on the wire, whose rest must follow
     /// or the peer's framing breaks.
     fn discard(&mut self) {
         let partial = (self.written > 0).then(|| self.queue.pop_front()).flatten();
         self.queue = Frames::default();
+        self.paging = None;
+        self.reply_bytes = 0;
         self.broadcasts = 0;
         self.replies = 0;
         if let Some((bytes, _)) = partial {
@@ -152,9 +248,27 @@ pub struct Outbox {
     /// Wakes the reader when its replies are written or a close is requested.
     reader: AtomicWaker,
     capacity: usize,
+    /// Shared by every connection of the server.
+    bounds: Arc<ReplyBounds>,
     frames_out: Counter,
     /// Deadlines and pings (see [`crate::heartbeat`]).
     pub liveness: Liveness,
+}
+
+/// What the writer task is woken for.
+enum Work {
+    Close(CloseRequest),
+    NextPage,
+    /// A backlog to write; whether replies of ours are in it.
+    Backlog(bool),
+}
+
+/// How waiting for the socket to take a backlog ended.
+enum Writable {
+    Yes,
+    Failed,
+    Closing,
+    Stalled,
 }
 
 /// The queue overflowed: the connection is now closing with 4008.
@@ -204,9 +318,16 @@ impl Outbox {
             writer: AtomicWaker::new(),
             reader: AtomicWaker::new(),
             capacity,
+            bounds: Arc::default(),
             frames_out,
             liveness: Liveness::default(),
         }
+    }
+
+    /// The same outbox with these reply bounds instead of the defaults.
+    pub fn with_reply_bounds(mut self, bounds: Arc<ReplyBounds>) -> Outbox {
+        self.bounds = bounds;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -225,9 +346,35 @@ impl Outbox {
             return;
         }
         for frame in frames {
-            state.queue.push_back((frame.wire_bytes(), Kind::Reply));
-            state.replies += 1;
+            state.enqueue(frame.wire_bytes(), Kind::Reply);
         }
+        self.pushed(state);
+    }
+
+    /// Sends `first`, then the frames `pages` produces as the socket drains, with nothing in
+    /// between; frames pushed meanwhile follow them.
+    pub fn reply_paged(self: &Arc<Self>, first: Encoded, pages: Box<dyn ReplyPages>) {
+        let mut state = self.lock();
+        if state.close.is_some() {
+            return;
+        }
+        if state.paging.is_some() {
+            // The reader reads the next request only once paged replies are done, so this is
+            // a bug; ending the connection keeps the replies it did get whole and in order.
+            tracing::error!("a paged reply while another is in progress");
+            drop(state);
+            self.close(CloseRequest {
+                code: crate::protocol::close::INTERNAL,
+                reason: "internal error",
+            });
+            return;
+        }
+        state.enqueue(first.wire_bytes(), Kind::Reply);
+        state.paging = Some(Box::new(Paging {
+            pages: Some(pages),
+            held: Frames::default(),
+        }));
+        self.writer.wake();
         self.pushed(state);
     }
 
@@ -237,7 +384,7 @@ impl Outbox {
         if state.close.is_some() {
             return;
         }
-        state.queue.push_back((bytes, Kind::Control));
+        state.enqueue(bytes, Kind::Control);
         self.pushed(state);
     }
 
@@ -248,20 +395,24 @@ impl Outbox {
             return Ok(());
         }
         if state.broadcasts >= self.capacity {
-            state.discard();
-            state.close = Some(CloseRequest {
-                code: crate::protocol::close::TOO_SLOW,
-                reason: "too slow",
-            });
-            drop(state);
-            self.writer.wake();
-            self.reader.wake();
+            self.close_too_slow(state);
             return Err(Overflow);
         }
-        state.queue.push_back((frame.wire_bytes(), Kind::Broadcast));
-        state.broadcasts += 1;
+        state.enqueue(frame.wire_bytes(), Kind::Broadcast);
         self.pushed(state);
         Ok(())
+    }
+
+    /// Drops what is queued and starts closing with 4008.
+    fn close_too_slow(&self, mut state: MutexGuard<'_, State>) {
+        state.discard();
+        state.close = Some(CloseRequest {
+            code: crate::protocol::close::TOO_SLOW,
+            reason: "too slow",
+        });
+        drop(state);
+        self.writer.wake();
+        self.reader.wake();
     }
 
     /// After a push: write now, or leave it to the cork owner or the writer task.
@@ -342,7 +493,10 @@ impl Outbox {
                         state.written = 0;
                         match kind {
                             Kind::Broadcast => state.broadcasts -= 1,
-                            Kind::Reply => state.replies -= 1,
+                            Kind::Reply => {
+                                state.replies -= 1;
+                                state.reply_bytes -= bytes.len();
+                            }
                             Kind::Control => {}
                         }
                         state.queue.pop_front();
@@ -355,18 +509,25 @@ impl Outbox {
             }
         };
         self.frames_out.inc_by(finished);
-        if state.replies == 0 && state.reader_waiting {
+        if state.page_due(self.bounds.budget) {
+            // Time for the next page, which the writer task produces.
+            self.writer.wake();
+        }
+        if state.replies == 0 && state.paging.is_none() && state.reader_waiting {
             state.reader_waiting = false;
             self.reader.wake();
         }
         result
     }
 
-    /// Asks the writer to send what is queued, then close. The first request wins.
+    /// Asks the writer to send what is queued, then close. The first request wins; a shutdown
+    /// (1001) still cuts short the wait of a 4008 Close for a stalled client.
     pub fn close(&self, request: CloseRequest) {
         let mut state = self.lock();
         if state.close.is_none() {
             state.close = Some(request);
+        } else if request.code == crate::protocol::close::GOING_AWAY {
+            state.linger_cut = true;
         }
         drop(state);
         self.writer.wake();
@@ -383,7 +544,7 @@ impl Outbox {
     pub async fn replies_drained(&self) {
         poll_fn(|cx| {
             let mut state = self.lock();
-            if state.replies == 0 || state.close.is_some() {
+            if (state.replies == 0 && state.paging.is_none()) || state.close.is_some() {
                 return Poll::Ready(());
             }
             self.reader.register(cx.waker());
@@ -404,52 +565,140 @@ impl Outbox {
         self.closing().map_or(Poll::Pending, Poll::Ready)
     }
 
-    /// The connection's writer task: writes backlogs when the socket drains, and on a close
-    /// request writes what is left plus the Close frame, bounded by `linger`. Returns then.
+    /// The connection's writer task: writes backlogs when the socket drains, produces paged
+    /// replies as their budget allows, and on a close request writes what is left plus the
+    /// Close frame, bounded by `linger` (by [`ReplyBounds::slow_linger`] for 4008). Returns then.
     pub async fn run_writer(&self, linger: Duration) -> CloseRequest {
         loop {
             let work = poll_fn(|cx| {
                 self.writer.register(cx.waker());
                 let state = self.lock();
                 match &state.close {
-                    Some(request) => Poll::Ready(Err(request.clone())),
-                    None if (!state.queue.is_empty() || state.unsent) && !state.corked => {
-                        Poll::Ready(Ok(()))
+                    Some(request) => Poll::Ready(Work::Close(request.clone())),
+                    None if state.corked => Poll::Pending,
+                    None if state.page_due(self.bounds.budget) => Poll::Ready(Work::NextPage),
+                    None if !state.queue.is_empty() || state.unsent => {
+                        Poll::Ready(Work::Backlog(state.replies > 0 || state.paging.is_some()))
                     }
                     None => Poll::Pending,
                 }
             })
             .await;
-            if let Err(request) = work {
-                // Boxed: closing happens once, but its state would sit in every idle connection.
-                Box::pin(self.finish(&request, linger)).await;
-                return request;
-            }
-            let writable = future::or(async { Some(self.transport.writable().await) }, async {
+            let replies_waiting = match work {
+                Work::Close(request) => {
+                    let linger = if request.code == crate::protocol::close::TOO_SLOW {
+                        self.bounds.slow_linger
+                    } else {
+                        linger
+                    };
+                    // Boxed: closing happens once, but its state would sit in every idle
+                    // connection.
+                    Box::pin(self.finish(&request, linger)).await;
+                    return request;
+                }
+                Work::NextPage => {
+                    self.next_page();
+                    continue;
+                }
+                Work::Backlog(replies_waiting) => replies_waiting,
+            };
+            let closing = async {
                 poll_fn(|cx| {
                     self.writer.register(cx.waker());
                     if self.lock().close.is_some() {
-                        Poll::Ready(None)
+                        Poll::Ready(Writable::Closing)
                     } else {
                         Poll::Pending
                     }
                 })
                 .await
-            })
-            .await;
+            };
+            let writable = async {
+                match self.transport.writable().await {
+                    Ok(()) => Writable::Yes,
+                    Err(_) => Writable::Failed,
+                }
+            };
+            // Only a backlog holding our own replies has a deadline: broadcasts have the
+            // capacity as their bound, and the timer is paid only while a backlog waits.
+            let writable = if replies_waiting {
+                let stall = self.bounds.stall_timeout;
+                // Boxed: the timer's state would otherwise sit in every idle connection.
+                Box::pin(future::or(future::or(writable, closing), async {
+                    smol::Timer::after(stall).await;
+                    Writable::Stalled
+                }))
+                .await
+            } else {
+                future::or(writable, closing).await
+            };
             match writable {
-                Some(Ok(())) => {
+                Writable::Yes => {
                     let mut state = self.lock();
                     if !state.corked {
                         self.write_now(&mut state);
                     }
                 }
-                Some(Err(_)) => self.close(CloseRequest {
+                Writable::Failed => self.close(CloseRequest {
                     code: PEER_CLOSED,
                     reason: "socket error",
                 }),
-                None => {}
+                Writable::Stalled => {
+                    let state = self.lock();
+                    if state.close.is_none() {
+                        self.bounds.slow_closes.inc();
+                        tracing::info!("closing a client that does not read its replies (4008)");
+                        self.close_too_slow(state);
+                    }
+                }
+                Writable::Closing => {}
             }
+        }
+    }
+
+    /// Produces the next page of the paged reply in progress, outside the lock (it reads the
+    /// database), and queues it.
+    fn next_page(&self) {
+        let (mut pages, budget) = {
+            let mut state = self.lock();
+            let Some(pages) = state.paging.as_mut().and_then(|p| p.pages.take()) else {
+                return;
+            };
+            (pages, self.bounds.budget.saturating_sub(state.reply_bytes))
+        };
+        let mut frames = Vec::new();
+        let result = pages.next_page(budget, &mut frames);
+        let mut state = self.lock();
+        if state.close.is_some() || state.paging.is_none() {
+            return;
+        }
+        for frame in frames {
+            let bytes = frame.wire_bytes();
+            state.replies += 1;
+            state.reply_bytes += bytes.len();
+            state.queue.push_back((bytes, Kind::Reply));
+        }
+        match result {
+            Ok(true) => {
+                if let Some(paging) = &mut state.paging {
+                    paging.pages = Some(pages);
+                }
+            }
+            Ok(false) => state.end_paging(),
+            Err(error) => {
+                tracing::error!(%error, "reply failed");
+                state.discard();
+                state.close = Some(CloseRequest {
+                    code: crate::protocol::close::INTERNAL,
+                    reason: "internal error",
+                });
+                drop(state);
+                self.reader.wake();
+                return;
+            }
+        }
+        if !state.corked {
+            self.write_now(&mut state);
         }
     }
 
@@ -474,10 +723,18 @@ impl Outbox {
                 }
             }
         };
-        future::or(drain, async {
+        let cut = poll_fn(|cx| {
+            self.writer.register(cx.waker());
+            if self.lock().linger_cut {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        let timeout = async {
             smol::Timer::after(linger).await;
-        })
-        .await;
+        };
+        future::or(drain, future::or(timeout, cut)).await;
         self.transport.shutdown_write();
     }
 }

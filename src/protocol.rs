@@ -25,6 +25,8 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// The account already holds its most connections: try again later.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The server failed to complete a reply it had started.
+    pub const INTERNAL: u16 = 1011;
     /// Nothing received for the idle timeout.
     pub const IDLE: u16 = 4000;
     /// The client did not read fast enough.
@@ -460,6 +462,22 @@ impl<'a> MessageEvent<'a> {
             ts,
             cid,
         }
+    }
+
+    /// Its length as JSON, counted without building it.
+    pub fn encoded_len(&self) -> usize {
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0 += bytes.len();
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut count = Count(0);
+        serde_json::to_writer(&mut count, self).map_or(0, |()| count.0)
     }
 }
 

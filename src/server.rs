@@ -21,7 +21,7 @@ use smol::{Async, Timer};
 use crate::config::{Config, Durability};
 use crate::executors::Executors;
 use crate::http::Port;
-use crate::hub::{now_ms, Hub};
+use crate::hub::{now_ms, Hub, RoomLimits};
 use crate::metrics::Metrics;
 use crate::outbox::CloseRequest;
 use crate::protocol::close;
@@ -142,14 +142,20 @@ impl Server {
         ));
         let executors = Arc::new(Executors::new());
         let executor = executors.live.clone();
-        let hub = Arc::new(Hub::new(
-            store.clone(),
-            committer,
-            metrics.clone(),
-            executor.clone(),
-            config.presence_grace,
-            config.replay_limit,
-        ));
+        let hub = Arc::new(
+            Hub::new(
+                store.clone(),
+                committer,
+                metrics.clone(),
+                executor.clone(),
+                config.presence_grace,
+                config.replay_limit,
+            )
+            .with_room_limits(RoomLimits {
+                creations_per_hour: config.rooms_per_hour,
+                unload_after: config.room_unload_after,
+            }),
+        );
         // Presence kept by the last graceful shutdown: a reconnect storm then costs no presence
         // events for the users who come back within their grace period. Never worth refusing
         // to start over.
@@ -218,6 +224,7 @@ impl Server {
                 source,
             })?;
         executor.spawn(janitor(state.clone())).detach();
+        executor.spawn(unload_idle_rooms(state.clone())).detach();
         executor
             .spawn(crate::heartbeat::run(state.clone()))
             .detach();
@@ -458,6 +465,19 @@ async fn serve_operations(
                 drop(permit);
             })
             .detach();
+    }
+}
+
+/// Unloads idle rooms, checking a few times per `--room-unload-after` (at most every minute).
+async fn unload_idle_rooms(state: Arc<State>) {
+    let every = (state.config.room_unload_after / 4)
+        .clamp(Duration::from_millis(100), Duration::from_secs(60));
+    loop {
+        Timer::after(every).await;
+        let unloaded = state.hub.unload_idle_rooms();
+        if unloaded > 0 {
+            tracing::debug!(unloaded, "unloaded idle rooms");
+        }
     }
 }
 

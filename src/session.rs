@@ -415,7 +415,7 @@ impl Session {
                 let reply = self
                     .state
                     .hub
-                    .history(&room, page, limit)
+                    .history(&room, page, limit, self.state.config.reply_buffer)
                     .map_err(|e| self.internal(e))?;
                 self.outbox.reply(reply);
                 Ok(())
@@ -453,6 +453,11 @@ impl Session {
             HubError::Store(e @ StoreError::Unavailable { .. }) => {
                 Rejection::new(ErrorCode::Internal, e.to_string())
             }
+            HubError::TooManyRooms { per_hour } => Rejection::new(
+                ErrorCode::RateLimited,
+                format!("`{room}` does not exist and this account may create at most {per_hour} rooms per hour; try again later"),
+            ),
+            error @ HubError::Unloaded => self.internal(error),
             HubError::Store(e) => self.internal(e),
         }
     }
@@ -476,16 +481,29 @@ impl Session {
                     format!("a connection may join at most {MAX_ROOMS_PER_CONNECTION} rooms"),
                 ))
             }
-            Err(_) => {
-                let room = self.state.hub.room(name).map_err(|e| self.internal(e))?;
-                self.rooms.push(room.clone());
-                room
-            }
+            Err(_) => self.load_room(member, name)?,
         };
-        self.state
+        match self.state.hub.join(&room, member, since) {
+            Err(HubError::Unloaded) => {
+                // Unloaded for idleness between the lookup and the join (nobody was in it).
+                self.rooms.retain(|r| !Arc::ptr_eq(r, &room));
+                let room = self.load_room(member, name)?;
+                self.state.hub.join(&room, member, since)
+            }
+            other => other,
+        }
+        .map_err(|e| self.hub_error(e, name))
+    }
+
+    /// Loads (or creates, within the account's allowance) room `name` and holds it.
+    fn load_room(&mut self, member: &Member, name: &str) -> Result<Arc<Room>, Rejection> {
+        let room = self
+            .state
             .hub
-            .join(&room, member, since)
-            .map_err(|e| self.hub_error(e, name))
+            .room_for_join(name, &member.user_key)
+            .map_err(|e| self.hub_error(e, name))?;
+        self.rooms.push(room.clone());
+        Ok(room)
     }
 
     fn leave(&mut self, name: &str) -> Result<(), Rejection> {

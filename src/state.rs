@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::log_gate::LogGate;
 use crate::metrics::Metrics;
-use crate::outbox::{CloseRequest, Outbox};
+use crate::outbox::{CloseRequest, Outbox, ReplyBounds};
 use crate::store::gate::Condition;
 use crate::store::Store;
 use crate::sync::lock;
@@ -42,6 +42,8 @@ pub struct State {
     pub(crate) throttle: AuthThrottle,
     /// Send rate and storage quota per account.
     pub(crate) account_limits: AccountLimits,
+    /// Every connection's reply bounds, from the settings.
+    pub reply_bounds: Arc<ReplyBounds>,
     started: Instant,
     conn_ids: AtomicU64,
     /// Connection limits and counts.
@@ -58,6 +60,12 @@ impl State {
             throttle: AuthThrottle::new(&config),
             account_limits: AccountLimits::new(&config),
             admission: Arc::new(Admission::new(Limits::from_config(&config))),
+            reply_bounds: Arc::new(ReplyBounds {
+                budget: config.reply_buffer,
+                stall_timeout: config.reply_timeout,
+                slow_linger: config.idle_timeout,
+                slow_closes: metrics.slow_consumer_closes.clone(),
+            }),
             config,
             store,
             hub,

@@ -218,3 +218,82 @@ fn a_client_behind_by_less_than_the_send_queue_is_not_dropped() {
     assert_eq!(got, acked);
     lagging.barrier();
 }
+
+/// A server for the stalled-client tests, and a raw client in `room` that reads nothing more
+/// from the moment this returns until the server has closed it as a slow consumer.
+fn stalled_until_4008(args: &[&str]) -> (TestServer, RawWs) {
+    let s = TestServer::start(args);
+    let room = "stall";
+    let mut slow = s.raw();
+    slow.auth_register("staller");
+    slow.send_json(&json!({"type":"join","room":room}));
+    let (joined, synced) = (slow.read_json(T), slow.read_json(T));
+    assert_eq!(
+        (joined["type"].as_str(), synced["type"].as_str()),
+        (Some("joined"), Some("synced"))
+    );
+    let mut sender = s.register("sender");
+    sender.join(room);
+    let metric_base = slow_close_metric(&s);
+    let big: String = "\u{1F4A9}".repeat(3990);
+    let started = Instant::now();
+    while slow_close_metric(&s) <= metric_base {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the stalled client was never closed as a slow consumer"
+        );
+        for k in 0..50 {
+            sender.send_json(&json!({"type":"send","room":room,"text":format!("{k:04}{big}")}));
+        }
+        sender.acks_and_echoes(50);
+    }
+    (s, slow)
+}
+
+const STALL_ARGS: [&str; 10] = [
+    "--send-queue",
+    "256",
+    "--rate",
+    "1000000",
+    "--burst",
+    "1000000",
+    "--idle-timeout",
+    "20s",
+    "--ping-interval",
+    "10s",
+];
+
+/// A client that stalls long enough to be closed with 4008 and only then reads again still
+/// gets the Close frame: the server keeps the socket, with nothing but the Close pending,
+/// until the idle timeout. It used to drop the socket 2 s after queueing the Close.
+#[test]
+fn the_4008_close_reaches_a_client_that_reads_again_after_the_linger() {
+    let (_s, mut slow) = stalled_until_4008(&STALL_ARGS);
+    // The scenario itself, not a synchronisation: the client stays stalled for longer than the
+    // server's 2 s close linger before it reads again.
+    thread::sleep(Duration::from_secs(3));
+    let (frames, end) = slow.read_until_close(Duration::from_secs(30));
+    assert_eq!(
+        end,
+        Ok(Some(4008)),
+        "after {} buffered frames the client reads the 4008 Close",
+        frames.len()
+    );
+}
+
+/// A 4008 Close still waiting for a stalled client does not hold up a graceful shutdown.
+#[test]
+fn a_lingering_4008_close_does_not_delay_shutdown() {
+    let (mut s, _slow) = stalled_until_4008(&STALL_ARGS);
+    let asked = Instant::now();
+    s.sigterm();
+    let status = s.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "clean exit: {status:?}");
+    assert!(
+        !s.stderr()
+            .contains("still open after the shutdown grace period"),
+        "shutdown waited for the stalled client ({:?}): {}",
+        asked.elapsed(),
+        s.stderr_tail(20)
+    );
+}

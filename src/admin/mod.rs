@@ -90,6 +90,14 @@ pub enum Request {
         /// Room name.
         name: String,
     },
+    /// Delete, in one go, every room that holds no message, has nobody in it and was created
+    /// before `created_before_ms` (cleanup after a room-creation flood).
+    RoomsPruneEmpty {
+        /// Only rooms created before this time, ms since the Unix epoch.
+        created_before_ms: u64,
+        /// Only count them.
+        dry_run: bool,
+    },
     /// Search messages.
     MessagesList(Search),
     /// Delete messages by id.
@@ -149,6 +157,7 @@ impl Request {
             Request::RoomsList => "rooms list",
             Request::RoomsShow { .. } => "rooms show",
             Request::RoomsDelete { .. } => "rooms delete",
+            Request::RoomsPruneEmpty { .. } => "rooms prune",
             Request::MessagesList(_) => "messages list",
             Request::MessagesDelete { .. } => "messages delete",
             Request::Prune { .. } => "prune",
@@ -361,6 +370,9 @@ impl From<crate::hub::HubError> for AdminError {
                 AdminError::failed("the room was deleted while the command ran")
             }
             crate::hub::HubError::Store(e) => e.into(),
+            e @ (crate::hub::HubError::Unloaded | crate::hub::HubError::TooManyRooms { .. }) => {
+                AdminError::failed(e.to_string())
+            }
         }
     }
 }
@@ -732,6 +744,42 @@ pub fn execute(
             done(
                 format!("deleted room {name} and its {n} message(s)"),
                 serde_json::json!({"room": name, "messages_deleted": n}),
+            )
+        }
+        Request::RoomsPruneEmpty {
+            created_before_ms,
+            dry_run,
+        } => {
+            let mut names = Vec::new();
+            for room in store.rooms() {
+                let room = room?;
+                let in_use = ctx
+                    .live
+                    .is_some_and(|state| state.hub.room_in_use(&room.name));
+                if room.count == 0 && room.created_ms < created_before_ms && !in_use {
+                    names.push(room.name);
+                }
+            }
+            let mut deleted = 0u64;
+            if !dry_run {
+                let mut breathe = ctx.breather();
+                for name in &names {
+                    let removed = match ctx.live {
+                        Some(state) => state.hub.delete_room(name, &mut breathe)?,
+                        None => store.remove_room_record(name)?.map(|room| (room, 0)),
+                    };
+                    deleted += u64::from(removed.is_some());
+                }
+                ctx.sync()?;
+            }
+            let (verb, n) = if dry_run {
+                ("would delete", names.len() as u64)
+            } else {
+                ("deleted", deleted)
+            };
+            done(
+                format!("{verb} {n} empty room(s)"),
+                serde_json::json!({"rooms_deleted": deleted, "rooms_matched": names.len(), "dry_run": dry_run}),
             )
         }
         Request::MessagesList(search) => {

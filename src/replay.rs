@@ -1,0 +1,155 @@
+//! A join's replay, read from the database a page at a time as the connection's writer drains
+//! the pages before it (see [`crate::outbox::ReplyPages`]).
+//!
+//! Building the whole replay at join time kept up to `--replay-limit` messages (500 × 24 KB of
+//! escaped text) in memory per joining connection until the client read them; a few dozen
+//! sockets that join with `since: 0` and never read held hundreds of MiB. Here a connection
+//! holds at most a page beyond its reply budget.
+//!
+//! Invariants:
+//! - The replay never goes beyond `upto`, the room's published id when the member was added
+//!   under the room lock: everything up to it is durable, and everything after it reaches the
+//!   member live, queued behind this replay. The two meet exactly, as they did when the replay
+//!   was read under the lock: messages up to `upto` are never added later (ids only grow), only
+//!   removed (admin delete, pruning), and those simply stop appearing, as they would in history.
+//! - The frames are the same as before, in the same order: `message` events ascending by id,
+//!   then `synced` (`joined` is queued by the hub before the pages).
+
+use std::sync::Arc;
+
+use crate::hub::message_event;
+use crate::outbox::ReplyPages;
+use crate::protocol::{encode, Encoded, ServerFrame};
+use crate::store::commit::Committer;
+
+/// Messages read from the database at a time: a page overshoots the budget by at most this many.
+const MESSAGES_PER_READ: usize = 4;
+
+/// Messages a join without `since` replays: the newest ones.
+pub(crate) const NEWEST_ON_JOIN: usize = 50;
+
+/// Where the replay starts.
+enum Start {
+    /// After this id (a join with `since`), at most the replay limit.
+    After(u64),
+    /// The newest [`NEWEST_ON_JOIN`] messages; where they start is found on the first page.
+    Newest,
+}
+
+/// One join's replay in progress.
+pub(crate) struct Replay {
+    committer: Arc<Committer>,
+    room: Arc<str>,
+    room_no: u32,
+    start: Option<Start>,
+    /// The last id replayed (or the one to start after).
+    after: u64,
+    /// The room's published id at join time: the replay's end and `synced`'s `last_id`.
+    upto: u64,
+    /// Messages still allowed.
+    left: usize,
+    /// Whether `synced` may say `more` (a `since` replay that stopped at its limit).
+    since: bool,
+}
+
+impl Replay {
+    /// The replay for a join of room `room_no` with `since` (or without), up to `upto`.
+    pub(crate) fn new(
+        committer: Arc<Committer>,
+        room: Arc<str>,
+        room_no: u32,
+        since: Option<u64>,
+        upto: u64,
+        replay_limit: usize,
+    ) -> Replay {
+        Replay {
+            committer,
+            room,
+            room_no,
+            start: Some(since.map_or(Start::Newest, Start::After)),
+            after: 0,
+            upto,
+            left: if since.is_some() {
+                replay_limit
+            } else {
+                NEWEST_ON_JOIN
+            },
+            since: since.is_some(),
+        }
+    }
+
+    /// Finds the id the newest `left` messages start after, reading back a few at a time so no
+    /// more than a read's worth is in memory.
+    fn locate_newest(&mut self) -> Result<(), String> {
+        let mut before = u64::MAX;
+        let mut found = 0;
+        while found < self.left {
+            let want = (self.left - found).min(MESSAGES_PER_READ);
+            let page = self
+                .committer
+                .messages_before(self.room_no, before, self.upto, want)
+                .map_err(|e| e.to_string())?;
+            let Some(oldest) = page.messages.first() else {
+                break;
+            };
+            found += page.messages.len();
+            before = oldest.id;
+            if !page.more {
+                break;
+            }
+        }
+        self.left = found;
+        self.after = if found == 0 {
+            self.upto
+        } else {
+            before.saturating_sub(1)
+        };
+        Ok(())
+    }
+
+    fn synced(&self, more: bool) -> Encoded {
+        encode(&ServerFrame::Synced {
+            room: &self.room,
+            last_id: self.upto,
+            more,
+        })
+    }
+}
+
+impl ReplyPages for Replay {
+    fn next_page(&mut self, bytes: usize, out: &mut Vec<Encoded>) -> Result<bool, String> {
+        match self.start.take() {
+            Some(Start::After(since)) => self.after = since,
+            Some(Start::Newest) => self.locate_newest()?,
+            None => {}
+        }
+        let mut produced = 0;
+        while self.left > 0 {
+            let want = self.left.min(MESSAGES_PER_READ);
+            let page = self
+                .committer
+                .messages_after(self.room_no, self.after, self.upto, want)
+                .map_err(|e| e.to_string())?;
+            for m in &page.messages {
+                let frame = encode(&message_event(&self.room, m.id, &m.message));
+                produced += frame.wire().len();
+                out.push(frame);
+                self.after = m.id;
+                self.left -= 1;
+            }
+            if !page.more {
+                break;
+            }
+            if self.left == 0 {
+                // Only a `since` replay stops at its limit with messages to spare.
+                out.push(self.synced(self.since));
+                return Ok(false);
+            }
+            if produced >= bytes {
+                return Ok(true);
+            }
+        }
+        out.push(self.synced(false));
+        Ok(false)
+    }
+}
