@@ -82,6 +82,8 @@ fn main() {
         ],
     );
     let ok = smol::block_on(soak(&server, seconds, clients));
+    // Stops the server first: `exit` skips destructors, and the server would outlive the bench.
+    drop(server);
     if !ok {
         std::process::exit(1);
     }

@@ -34,7 +34,7 @@ pub struct Metrics {
     /// Seconds per database flush.
     pub flush_seconds: Histogram,
     writes_refused: Family<Labels, Counter>,
-    /// Changes of the write gate's state (docs/SECURITY.md-parts/disk.md).
+    /// Changes of the write gate's state (docs/SECURITY.md, "A full or failing disk").
     pub storage_state_changes: Counter,
     /// Bytes available on the data directory's file system at the last reading.
     pub disk_free_bytes: Gauge,
