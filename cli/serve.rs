@@ -338,9 +338,35 @@ impl Serve {
         writeln!(stdout, "listening on {addr}")
             .and_then(|()| stdout.flush())
             .context("writing to stdout")?;
-        server.run(stopped)?;
-        Ok(())
+        match server.run(stopped)? {
+            chatd::Stopped::Requested => Ok(()),
+            chatd::Stopped::ToReopen => Err(reexec(addr)),
+        }
     }
+}
+
+/// Starts this program again in this process (same pid, same arguments, the address already
+/// bound instead of `--listen`, so a port chosen by the kernel stays the same). Everything the
+/// old image held closes on exec, the database lock included. Returns only if exec fails.
+fn reexec(addr: SocketAddr) -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    let mut given = std::env::args_os().skip(1);
+    while let Some(arg) = given.next() {
+        if arg == "--listen" {
+            given.next();
+        } else {
+            args.push(arg);
+        }
+    }
+    args.push("--listen".into());
+    args.push(addr.to_string().into());
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return anyhow!("cannot find this program to start it again: {e}"),
+    };
+    let error = std::process::Command::new(&exe).args(&args).exec();
+    anyhow!("starting {} again failed: {error}", exe.display())
 }
 
 /// SIGINT (Ctrl-C, through ctrlc) and SIGTERM ask for a graceful shutdown, and a second one

@@ -38,4 +38,4 @@ pub(crate) mod transport;
 pub(crate) mod wire;
 
 pub use config::Config;
-pub use server::{Server, ServerError};
+pub use server::{Server, ServerError, Stopped};

@@ -27,7 +27,7 @@ use crate::outbox::CloseRequest;
 use crate::protocol::close;
 use crate::state::State;
 use crate::store::commit::Committer;
-use crate::store::gate::{statvfs_probe, Headroom, WriteGate};
+use crate::store::gate::{statvfs_probe, Condition, Headroom, WriteGate};
 use crate::store::permissions::{prepare_data_dir, DataDirError};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::tls::Tls;
@@ -78,6 +78,20 @@ pub enum ServerError {
         source: std::io::Error,
     },
 }
+
+/// How [`Server::run`] ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// The shutdown channel asked (a signal).
+    Requested,
+    /// A database write failed, the disk has room again, and the embedded database (sled 0.34)
+    /// refuses writes until it is reopened: the caller starts the server again in place.
+    ToReopen,
+}
+
+/// How long writes must have stayed failed, with space back on the disk, before the server
+/// reopens its database: long enough for a probe write to have had its chance.
+const REOPEN_AFTER: Duration = Duration::from_secs(3);
 
 /// A bound, ready server.
 pub struct Server {
@@ -199,7 +213,7 @@ impl Server {
     }
 
     /// Serves until `shutdown` yields (or its sender is dropped), then shuts down gracefully.
-    pub fn run(self, shutdown: async_channel::Receiver<()>) -> Result<(), ServerError> {
+    pub fn run(self, shutdown: async_channel::Receiver<()>) -> Result<Stopped, ServerError> {
         let Server {
             listener,
             tls,
@@ -237,13 +251,24 @@ impl Server {
             executor.spawn(serve_operations(listener, state.clone(), executors.clone()))
         });
         let (live, all_closed) = async_channel::bounded::<()>(1);
-        smol::block_on(executors.run(accept(
+        let (stop, stopping) = async_channel::bounded::<Stopped>(2);
+        let requested = stop.clone();
+        executor
+            .spawn(async move {
+                let _ = shutdown.recv().await;
+                let _ = requested.try_send(Stopped::Requested);
+            })
+            .detach();
+        executor
+            .spawn(reopen_when_space_returns(state.clone(), stop))
+            .detach();
+        let stopped = smol::block_on(executors.run(accept(
             &listener,
             tls.as_deref(),
             &state,
             &executors,
             &live,
-            shutdown,
+            stopping,
         )));
         drop(listener);
         if let Some(task) = operations_task {
@@ -291,9 +316,18 @@ impl Server {
         for worker in workers {
             let _ = worker.join();
         }
+        if stopped == Stopped::ToReopen {
+            // The database failed before; its last flush may fail too, and nothing acknowledged
+            // depends on it (every ack waited for its own flush).
+            if let Err(e) = flushed {
+                tracing::warn!(error = %e, "the failed database's last flush failed too");
+            }
+            tracing::info!("shut down to reopen the database");
+            return Ok(Stopped::ToReopen);
+        }
         flushed?;
         tracing::info!("shut down cleanly");
-        Ok(())
+        Ok(Stopped::Requested)
     }
 }
 
@@ -319,18 +353,17 @@ async fn accept(
     state: &Arc<State>,
     executors: &Executors,
     live: &async_channel::Sender<()>,
-    shutdown: async_channel::Receiver<()>,
-) {
+    stopping: async_channel::Receiver<Stopped>,
+) -> Stopped {
     loop {
-        let accepted = future::or(async { Some(listener.accept().await) }, async {
-            let _ = shutdown.recv().await;
-            None
+        let accepted = future::or(async { Ok(listener.accept().await) }, async {
+            Err(stopping.recv().await.unwrap_or(Stopped::Requested))
         })
         .await;
         let (stream, peer) = match accepted {
-            None => return,
-            Some(Ok(accepted)) => accepted,
-            Some(Err(e)) => {
+            Err(stopped) => return stopped,
+            Ok(Ok(accepted)) => accepted,
+            Ok(Err(e)) => {
                 // Usually out of file descriptors: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
                 Timer::after(Duration::from_millis(100)).await;
@@ -465,6 +498,31 @@ async fn serve_operations(
                 drop(permit);
             })
             .detach();
+    }
+}
+
+/// Asks for a restart in place once writes have failed for [`REOPEN_AFTER`] and the data
+/// directory's file system has room again (`--min-free-space`, at least 1 MiB): sled keeps
+/// refusing writes after its first failed one, so only reopening the database recovers.
+async fn reopen_when_space_returns(state: Arc<State>, stop: async_channel::Sender<Stopped>) {
+    let free_space = statvfs_probe(state.config.data_dir.clone());
+    let wanted = state.config.min_free_space.max(1 << 20);
+    let mut failed_since = None;
+    loop {
+        Timer::after(Duration::from_secs(1)).await;
+        if state.hub.committer().gate().condition() != Condition::Failed {
+            failed_since = None;
+            continue;
+        }
+        let since = *failed_since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() < REOPEN_AFTER || free_space().map_or(true, |free| free < wanted) {
+            continue;
+        }
+        tracing::warn!(
+            "writes failed and the disk has room again: restarting in place to reopen the database (clients reconnect and resume)"
+        );
+        let _ = stop.try_send(Stopped::ToReopen);
+        return;
     }
 }
 

@@ -447,3 +447,59 @@ fn alice_after_restart(s: &TestServer) -> Client {
     alice.join("r");
     alice
 }
+
+#[test]
+fn after_a_failed_write_the_server_reopens_its_database_by_itself_once_space_returns() {
+    let Some(fs) = Tmpfs::mount("8m") else { return };
+    let filler = fs.filler(1 << 20);
+    let args = [
+        "--min-free-space",
+        "0",
+        "--flush-timeout",
+        "2s",
+        "--rate",
+        "1000",
+        "--burst",
+        "1000",
+    ];
+    let s = TestServer::start_in(fs.data_dir(), &args);
+    let pid = s.pid();
+    let mut alice = s.register("alice");
+    alice.join("r");
+    let text = long_text();
+    let out = send_until_refused(&mut alice, "r", "a", &text, 20_000, T);
+    assert!(!out.refused.is_empty(), "the disk filled up");
+    wait_for_storage(&s, &["write_failed"]);
+
+    // Space returns; nobody restarts anything.
+    std::fs::remove_file(&filler).expect("removing the filler");
+    let t0 = Instant::now();
+    poll_until(
+        Duration::from_secs(30),
+        "the server to take writes again",
+        || {
+            // While it restarts in place, the port is briefly closed.
+            std::net::TcpStream::connect_timeout(&s.addr(), ms(200)).ok()?;
+            (health(&s).1["storage"] == "ok").then_some(())
+        },
+    );
+    eprintln!(
+        "figures: writable again {:?} after the space returned",
+        t0.elapsed()
+    );
+    assert_eq!(s.pid(), pid, "the same process, started again in place");
+    assert!(
+        s.stderr()
+            .contains("restarting in place to reopen the database"),
+        "{}",
+        s.stderr()
+    );
+
+    // Clients resume as after any restart; every send ends up stored exactly once.
+    let refused: Vec<String> = out.refused.keys().cloned().collect();
+    let resent = resend(&mut alice_after_restart(&s), "r", &text, &refused);
+    let mut expected = out.acked.clone();
+    expected.extend(resent);
+    let after = stored_by_cid(&mut s.register("erin"), "r");
+    assert_eq!(after, expected, "every send exactly once after the resends");
+}
