@@ -739,12 +739,7 @@ impl Session {
             NewUser::Created => Ok(Ok(user)),
             refused => {
                 // A created account's answer waits for its session to reach the disk.
-                self.state
-                    .hub
-                    .committer()
-                    .barrier()
-                    .await
-                    .map_err(|e| self.internal(e))?;
+                self.durable().await?;
                 Ok(Err(refused))
             }
         }
@@ -768,13 +763,18 @@ impl Session {
                 },
             )
             .map_err(|e| self.internal(e))?;
+        self.durable().await?;
+        Ok(token)
+    }
+
+    /// Waits until everything written so far is on disk (the next group commit's fsync).
+    async fn durable(&self) -> Result<(), Rejection> {
         self.state
             .hub
             .committer()
             .barrier()
             .await
-            .map_err(|e| self.internal(e))?;
-        Ok(token)
+            .map_err(|e| self.internal(e))
     }
 
     /// The connection ended: leaves every room (presence grace applies), forgets it, logs why.

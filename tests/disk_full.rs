@@ -238,6 +238,18 @@ fn still_answering(s: &TestServer, bob: &mut Client, room: &str) {
 
 const TEXT: &str = "the quick brown fox jumps over the lazy dog; ";
 
+/// No headroom, so sled itself runs into ENOSPC; sends as fast as the test makes them.
+const NO_HEADROOM: [&str; 8] = [
+    "--min-free-space",
+    "0",
+    "--flush-timeout",
+    "2s",
+    "--rate",
+    "1000",
+    "--burst",
+    "1000",
+];
+
 fn long_text() -> String {
     TEXT.repeat(3000 / TEXT.len())
 }
@@ -344,18 +356,7 @@ fn low_space_refuses_sends_keeps_serving_and_recovers_without_a_restart() {
 fn a_failed_disk_write_is_reported_refused_fast_and_a_resend_finds_what_was_stored() {
     let Some(fs) = Tmpfs::mount("8m") else { return };
     let filler = fs.filler(1 << 20);
-    // No headroom: sled itself runs into ENOSPC.
-    let args = [
-        "--min-free-space",
-        "0",
-        "--flush-timeout",
-        "2s",
-        "--rate",
-        "1000",
-        "--burst",
-        "1000",
-    ];
-    let mut s = TestServer::start_in(fs.data_dir(), &args);
+    let mut s = TestServer::start_in(fs.data_dir(), &NO_HEADROOM);
     let mut alice = s.register("alice");
     alice.join("r");
     let mut bob = s.register("bob");
@@ -452,17 +453,7 @@ fn alice_after_restart(s: &TestServer) -> Client {
 fn after_a_failed_write_the_server_reopens_its_database_by_itself_once_space_returns() {
     let Some(fs) = Tmpfs::mount("8m") else { return };
     let filler = fs.filler(1 << 20);
-    let args = [
-        "--min-free-space",
-        "0",
-        "--flush-timeout",
-        "2s",
-        "--rate",
-        "1000",
-        "--burst",
-        "1000",
-    ];
-    let s = TestServer::start_in(fs.data_dir(), &args);
+    let s = TestServer::start_in(fs.data_dir(), &NO_HEADROOM);
     let pid = s.pid();
     let mut alice = s.register("alice");
     alice.join("r");

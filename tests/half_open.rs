@@ -47,15 +47,6 @@ impl Drop for ChildClient {
     }
 }
 
-fn signal(pid: u32, sig: &str) {
-    let st = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill");
-    assert!(st.success(), "kill -{sig} {pid}");
-}
-
 #[test]
 fn a_client_frozen_with_sigstop_is_dropped_and_shown_offline() {
     let s = TestServer::start(&[
@@ -111,7 +102,7 @@ fn a_client_frozen_with_sigstop_is_dropped_and_shown_offline() {
         "a client answering pings was dropped: {lively:?}"
     );
 
-    signal(child.0.id(), "STOP");
+    signal_pid(child.0.id(), "STOP");
     let frozen_at = Instant::now();
     let (offline, skipped) = watcher.wait_for(IDLE + GRACE + Duration::from_secs(5), |v| {
         v["type"] == "presence"
@@ -135,5 +126,5 @@ fn a_client_frozen_with_sigstop_is_dropped_and_shown_offline() {
             .then_some(())
     });
     assert_eq!(watcher.who("r"), names(&["watcher"]));
-    signal(child.0.id(), "CONT");
+    signal_pid(child.0.id(), "CONT");
 }

@@ -238,14 +238,7 @@ fn sighup_reloads_the_certificate_without_dropping_anyone() {
     let new = certificate(dir.path(), "next");
     std::fs::copy(&new.cert_path, &old.cert_path).unwrap();
     std::fs::copy(&new.key_path, &old.key_path).unwrap();
-    let hup = |pid: u32| {
-        assert!(Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success())
-    };
-    hup(s.pid());
+    signal_pid(s.pid(), "HUP");
     let deadline = Instant::now() + T;
     loop {
         let (_, presented) = tls_connect_trusting(addr, &[old.der.clone(), new.der.clone()]);
@@ -267,7 +260,7 @@ fn sighup_reloads_the_certificate_without_dropping_anyone() {
 
     // Broken files on the next reload: the server says so and keeps the certificate it has.
     std::fs::write(&old.cert_path, "not a certificate").unwrap();
-    hup(s.pid());
+    signal_pid(s.pid(), "HUP");
     poll_until(T, "the failed reload to be logged", || {
         s.stderr()
             .contains("TLS certificate not reloaded")

@@ -108,13 +108,7 @@ impl TestServer {
     }
 
     fn signal(&self, sig: &str) {
-        let pid = self.pid();
-        let st = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("run kill");
-        assert!(st.success(), "kill -{sig} {pid} failed");
+        signal_pid(self.pid(), sig);
     }
 
     pub fn sigterm(&self) {
@@ -253,6 +247,16 @@ impl Drop for TestServer {
         }
         self.kill9();
     }
+}
+
+/// Sends signal `sig` (`TERM`, `STOP`, …) to process `pid` with kill(1).
+pub fn signal_pid(pid: u32, sig: &str) {
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(st.success(), "kill -{sig} {pid} failed");
 }
 
 fn first_line(s: &str) -> &str {
