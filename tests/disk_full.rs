@@ -196,13 +196,6 @@ fn wait_for_storage(s: &TestServer, states: &[&str]) -> (u16, Value) {
     }
 }
 
-/// The value of a Prometheus sample line starting with `name` (labels included).
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no sample {name} in /metrics"))
-}
-
 /// The server keeps answering what needs no disk write: an application ping, history, and a
 /// second connection that logs in.
 fn still_serving(s: &TestServer, bob: &mut Client, room: &str) {
@@ -312,8 +305,8 @@ fn low_space_refuses_sends_keeps_serving_and_recovers_without_a_restart() {
     let refused_more = send_many(&mut alice, "r", "z", "small", 40, T, false);
     assert_eq!(refused_more.refused.len(), 40, "{refused_more:?}");
     let metrics = s.metrics();
-    assert!(metric(&metrics, "chatd_writes_refused_total{reason=\"low_space\"}") >= 40.0);
-    assert!(metric(&metrics, "chatd_storage_state_changes_total") >= 1.0);
+    assert!(metric_sample(&metrics, "chatd_writes_refused_total{reason=\"low_space\"}") >= 40.0);
+    assert!(metric_sample(&metrics, "chatd_storage_state_changes_total") >= 1.0);
     assert_eq!(
         s.stderr().matches("database writes are refused").count(),
         1,

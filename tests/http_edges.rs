@@ -8,14 +8,10 @@ use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 
 fn rejections(metrics: &str, reason: &str) -> u64 {
-    let needle = format!("chatd_http_rejections_total{{reason=\"{reason}\"}} ");
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(&needle))
-        .unwrap_or_else(|| panic!("no {needle} in /metrics:\n{metrics}"))
-        .trim()
-        .parse()
-        .expect("a count")
+    metric_sample(
+        metrics,
+        &format!("chatd_http_rejections_total{{reason=\"{reason}\"}}"),
+    ) as u64
 }
 
 #[test]

@@ -46,15 +46,9 @@ fn status_from(source: &str, addr: SocketAddr, path: &str) -> String {
 
 /// `chatd_connections_refused_total{reason="REASON"}`.
 fn refused(server: &TestServer, reason: &str) -> u64 {
-    let metrics = server.metrics();
-    let needle = format!("chatd_connections_refused_total{{reason=\"{reason}\"}} ");
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(&needle))
-        .unwrap_or_else(|| panic!("no {needle} in /metrics:\n{metrics}"))
-        .trim()
-        .parse()
-        .expect("a count")
+    server.metric(&format!(
+        "chatd_connections_refused_total{{reason=\"{reason}\"}}"
+    )) as u64
 }
 
 #[test]

@@ -229,6 +229,10 @@ impl TestServer {
         assert_eq!(r.status, 200, "GET /healthz: {}", r.text());
         r.json()
     }
+    /// One sample from `/metrics` (see [`metric_sample`]).
+    pub fn metric(&self, sample: &str) -> f64 {
+        metric_sample(&self.metrics(), sample)
+    }
     pub fn metrics(&self) -> String {
         let r = self.get("/metrics");
         assert_eq!(r.status, 200, "GET /metrics");
@@ -247,6 +251,21 @@ impl Drop for TestServer {
         }
         self.kill9();
     }
+}
+
+/// The value of `sample` (a metric's name with its labels, e.g.
+/// `chatd_errors_total{code="internal"}`) in the text of `/metrics`.
+pub fn metric_sample(metrics: &str, sample: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(sample)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no sample {sample} in /metrics:\n{metrics}"))
 }
 
 /// Sends signal `sig` (`TERM`, `STOP`, …) to process `pid` with kill(1).
