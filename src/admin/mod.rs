@@ -686,6 +686,7 @@ pub fn execute(
             let user = user_or_404(store, &name)?;
             store.delete_user(&user.name)?;
             let sessions = store.remove_user_sessions(&user.name)?;
+            let markers = store.remove_user_memberships(&user_key(&user.name))?;
             let closed = match ctx.live {
                 Some(state) => state.hub.close_user(
                     &user_key(&user.name),
@@ -715,7 +716,8 @@ pub fn execute(
                     user.name
                 ),
                 serde_json::json!({"user": user.name, "sessions_revoked": sessions,
-                    "closed_connections": closed, "messages_deleted": removed}),
+                    "closed_connections": closed, "messages_deleted": removed,
+                    "read_markers_deleted": markers}),
             )
         }
         Request::RoomsList => {
@@ -747,13 +749,7 @@ pub fn execute(
             room_or_404(store, &name)?;
             let removed = match ctx.live {
                 Some(state) => state.hub.delete_room(&name, &mut ctx.breather())?,
-                None => match store.remove_room_record(&name)? {
-                    Some(room) => {
-                        let n = store.purge_room_messages(room.no, &mut || {})?;
-                        Some((room, n))
-                    }
-                    None => None,
-                },
+                None => store.delete_room(&name, &mut || {})?,
             };
             let Some((_, n)) = removed else {
                 return Err(AdminError::new(
@@ -787,7 +783,7 @@ pub fn execute(
                 for name in &names {
                     let removed = match ctx.live {
                         Some(state) => state.hub.delete_room(name, &mut breathe)?,
-                        None => store.remove_room_record(name)?.map(|room| (room, 0)),
+                        None => store.delete_room(name, &mut breathe)?,
                     };
                     deleted += u64::from(removed.is_some());
                 }

@@ -519,6 +519,22 @@ impl Store {
         Ok(n)
     }
 
+    /// Deletes room `name` without a server: its record (retiring its ids), then its messages,
+    /// events and memberships. Returns the removed record and how many messages went. A running
+    /// server deletes rooms through its hub instead.
+    pub fn delete_room(
+        &self,
+        name: &str,
+        between_chunks: &mut dyn FnMut(),
+    ) -> Result<Option<(Room, u64)>, StoreError> {
+        let Some(room) = self.remove_room_record(name)? else {
+            return Ok(None);
+        };
+        let n = self.purge_room_messages(room.no, between_chunks)?;
+        self.remove_room_memberships(name)?;
+        Ok(Some((room, n)))
+    }
+
     /// Removes every session of `user` (any case) and the cids the user sent; returns how
     /// many sessions went. Used when an account is deleted, so a later account of the same
     /// name cannot resume the old sessions or collide with the old cids.
