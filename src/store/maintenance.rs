@@ -156,6 +156,10 @@ pub enum Line {
         /// Client idempotency key.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cid: Option<String>,
+        /// When it was last edited (`text` is then the edited text). The edits themselves
+        /// (`events`) are not exported.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        edited_ts: Option<u64>,
     },
 }
 
@@ -639,6 +643,7 @@ impl Store {
                     text: m.message.text,
                     ts: m.message.ts,
                     cid: m.message.cid,
+                    edited_ts: m.message.edited_ts,
                 })?;
             }
         }
@@ -732,10 +737,14 @@ impl Store {
                                 text,
                                 ts,
                                 cid,
+                                edited_ts,
                                 ..
                             } => Some((
                                 *id,
-                                Message::new(user.clone(), text.clone(), *ts, cid.clone()),
+                                Message {
+                                    edited_ts: *edited_ts,
+                                    ..Message::new(user.clone(), text.clone(), *ts, cid.clone())
+                                },
                             )),
                             _ => None,
                         })
@@ -885,7 +894,7 @@ impl Store {
 
 /// Checks one parsed export line; the error says what is wrong with it.
 pub fn validate_line(line: &Line) -> Result<(), String> {
-    use crate::rules::{valid_room_name, valid_user_name, MAX_ID};
+    use crate::rules::{valid_any_room_name, valid_user_name, MAX_ID};
     match line {
         Line::Header {
             format, version, ..
@@ -908,7 +917,7 @@ pub fn validate_line(line: &Line) -> Result<(), String> {
             }
         }
         Line::Room { name, last_id, .. } => {
-            if !valid_room_name(name) {
+            if !valid_any_room_name(name) {
                 return Err(format!("invalid room name `{name}`"));
             }
             if *last_id > MAX_ID {
@@ -916,7 +925,7 @@ pub fn validate_line(line: &Line) -> Result<(), String> {
             }
         }
         Line::Message { room, id, text, .. } => {
-            if !valid_room_name(room) {
+            if !valid_any_room_name(room) {
                 return Err(format!("invalid room name `{room}`"));
             }
             if *id == 0 || *id > MAX_ID {
