@@ -215,6 +215,9 @@ struct RoomsPrune {
     /// only count them
     #[argh(switch)]
     dry_run: bool,
+    /// only direct-message rooms (dm:USER+USER)
+    #[argh(switch)]
+    dm: bool,
     /// data directory (default ./data, or CHATD_DATA_DIR)
     #[argh(option)]
     data_dir: Option<String>,
@@ -223,10 +226,13 @@ struct RoomsPrune {
     json: bool,
 }
 
-/// List rooms.
+/// List rooms (direct-message rooms with their two users).
 #[derive(FromArgs)]
 #[argh(subcommand, name = "list")]
 struct RoomsList {
+    /// only direct-message rooms (dm:USER+USER)
+    #[argh(switch)]
+    dm: bool,
     /// data directory (default ./data, or CHATD_DATA_DIR)
     #[argh(option)]
     data_dir: Option<String>,
@@ -677,7 +683,9 @@ impl Admin {
                 }
             },
             Command::Rooms(r) => match r.command {
-                RoomsCommand::List(c) => query(&c.data_dir, Request::RoomsList, c.json),
+                RoomsCommand::List(c) => {
+                    query(&c.data_dir, Request::RoomsList { dm: c.dm }, c.json)
+                }
                 RoomsCommand::Show(c) => {
                     query(&c.data_dir, Request::RoomsShow { name: c.name }, c.json)
                 }
@@ -696,6 +704,7 @@ impl Admin {
                         Request::RoomsPruneEmpty {
                             created_before_ms,
                             dry_run: c.dry_run,
+                            dm: c.dm,
                         },
                         c.json,
                     )

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::{PruneReport, Reply};
+use super::{PruneReport, Reply, RoomInfo};
 
 /// An ISO 8601 UTC time for `ms` since the Unix epoch.
 pub fn iso(ms: u64) -> String {
@@ -149,6 +149,24 @@ fn prune_text(p: &PruneReport) -> String {
     out
 }
 
+/// A direct-message room's two users (`bob (deleted)` for an account that is gone).
+fn participants(r: &RoomInfo) -> Option<String> {
+    let names = r.participants.as_ref()?;
+    Some(
+        names
+            .iter()
+            .map(|n| {
+                if r.participants_deleted.contains(n) {
+                    format!("{n} (deleted)")
+                } else {
+                    n.clone()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
+}
+
 /// The reply for people.
 pub fn human(reply: &Reply) -> String {
     match reply {
@@ -156,6 +174,7 @@ pub fn human(reply: &Reply) -> String {
             let mut rows = vec![
                 ("users", s.users.to_string()),
                 ("rooms", s.rooms.to_string()),
+                ("DM rooms", s.dm_rooms.to_string()),
                 ("messages", s.messages.to_string()),
                 ("database size", bytes(s.db_bytes)),
                 ("oldest message", opt_iso(s.oldest_ts)),
@@ -222,27 +241,31 @@ pub fn human(reply: &Reply) -> String {
             pairs(&rows)
         }
         Reply::Rooms(rooms) => {
+            // The participants column only when a direct-message room is listed; it is the
+            // last one and empty for other rooms, so their lines read as they always did.
+            let dm = rooms.iter().any(|r| r.participants.is_some());
             let rows: Vec<Vec<String>> = rooms
                 .iter()
                 .map(|r| {
-                    vec![
+                    let mut row = vec![
                         r.name.clone(),
                         r.messages.to_string(),
                         r.last_id.to_string(),
                         opt_iso(r.oldest_ts),
                         opt_iso(r.newest_ts),
                         iso(r.created_ms),
-                    ]
+                    ];
+                    if dm {
+                        row.push(participants(r).unwrap_or_default());
+                    }
+                    row
                 })
                 .collect();
-            format!(
-                "{}{} room(s)\n",
-                table(
-                    &["NAME", "#MESSAGES", "#LAST ID", "OLDEST", "NEWEST", "CREATED"],
-                    &rows
-                ),
-                rooms.len()
-            )
+            let mut headers = vec!["NAME", "#MESSAGES", "#LAST ID", "OLDEST", "NEWEST", "CREATED"];
+            if dm {
+                headers.push("PARTICIPANTS");
+            }
+            format!("{}{} room(s)\n", table(&headers, &rows), rooms.len())
         }
         Reply::Room(r) => {
             let mut rows = vec![
@@ -253,6 +276,9 @@ pub fn human(reply: &Reply) -> String {
                 ("oldest message", opt_iso(r.oldest_ts)),
                 ("newest message", opt_iso(r.newest_ts)),
             ];
+            if let Some(participants) = participants(r) {
+                rows.insert(1, ("participants", participants));
+            }
             if let Some(online) = &r.online {
                 rows.push((
                     "online",

@@ -79,7 +79,11 @@ pub enum Request {
         delete_messages: bool,
     },
     /// All rooms.
-    RoomsList,
+    RoomsList {
+        /// Only direct-message rooms.
+        #[serde(default)]
+        dm: bool,
+    },
     /// One room.
     RoomsShow {
         /// Room name.
@@ -97,6 +101,9 @@ pub enum Request {
         created_before_ms: u64,
         /// Only count them.
         dry_run: bool,
+        /// Only direct-message rooms.
+        #[serde(default)]
+        dm: bool,
     },
     /// Search messages.
     MessagesList(Search),
@@ -154,7 +161,7 @@ impl Request {
             Request::UsersBan { .. } => "users ban",
             Request::UsersUnban { .. } => "users unban",
             Request::UsersDelete { .. } => "users delete",
-            Request::RoomsList => "rooms list",
+            Request::RoomsList { .. } => "rooms list",
             Request::RoomsShow { .. } => "rooms show",
             Request::RoomsDelete { .. } => "rooms delete",
             Request::RoomsPruneEmpty { .. } => "rooms prune",
@@ -175,8 +182,11 @@ impl Request {
 pub struct Stats {
     /// Accounts.
     pub users: u64,
-    /// Rooms.
+    /// Rooms (direct-message rooms included).
     pub rooms: u64,
+    /// Of those, direct-message rooms.
+    #[serde(default)]
+    pub dm_rooms: u64,
     /// Messages (sum of the rooms' counters).
     pub messages: u64,
     /// Bytes the database occupies on disk.
@@ -238,6 +248,12 @@ pub struct RoomInfo {
     pub newest_ts: Option<u64>,
     /// Users online in the room (only in `rooms show` with a running server).
     pub online: Option<Vec<String>>,
+    /// The two users of a direct-message room, as registered (absent for other rooms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub participants: Option<Vec<String>>,
+    /// Those of the two whose account no longer exists (absent when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub participants_deleted: Vec<String>,
 }
 
 /// A live connection.
@@ -454,12 +470,27 @@ fn user_or_404(store: &Store, name: &str) -> Result<User, AdminError> {
     })
 }
 
-fn room_or_404(store: &Store, name: &str) -> Result<crate::store::Room, AdminError> {
-    if !rules::valid_room_name(name) {
-        return Err(AdminError::usage(format!(
-            "`{name}` is not a room name (1 to 64 of a-z 0-9 _ -)"
-        )));
+/// Checks that `name` is a room name: an ordinary one or a direct-message one.
+fn room_name_or_usage(name: &str) -> Result<(), AdminError> {
+    if rules::valid_any_room_name(name) {
+        return Ok(());
     }
+    let hint = match name
+        .strip_prefix(rules::DM_PREFIX)
+        .and_then(|pair| pair.split_once('+'))
+    {
+        Some((a, b)) if rules::valid_user_name(a) && rules::valid_user_name(b) && a != b => {
+            format!("; did you mean `{}`?", rules::dm_room_name(a, b))
+        }
+        _ => String::new(),
+    };
+    Err(AdminError::usage(format!(
+        "`{name}` is not a room name (1 to 64 of a-z 0-9 _ -, or dm:USER+USER with both names in lower case, sorted){hint}"
+    )))
+}
+
+fn room_or_404(store: &Store, name: &str) -> Result<crate::store::Room, AdminError> {
+    room_name_or_usage(name)?;
     store.room(name)?.ok_or_else(|| {
         AdminError::new(
             ErrorKind::NotFound,
@@ -488,6 +519,11 @@ fn check_hash(hash: &str) -> Result<(), AdminError> {
     }
 }
 
+/// Whether `name` is a direct-message room's.
+fn is_dm(name: &str) -> bool {
+    matches!(rules::dm_participants(name), Ok(Some(_)))
+}
+
 fn done(summary: String, details: serde_json::Value) -> Result<Reply, AdminError> {
     Ok(Reply::Done(Done { summary, details }))
 }
@@ -506,7 +542,23 @@ fn user_info(u: &User) -> UserInfo {
 
 fn room_info(store: &Store, room: &crate::store::Room) -> Result<RoomInfo, AdminError> {
     let (first, last) = store.room_ends(room)?;
+    let (mut participants, mut participants_deleted) = (None, Vec::new());
+    if let Ok(Some((a, b))) = rules::dm_participants(&room.name) {
+        let mut names = Vec::with_capacity(2);
+        for key in [a, b] {
+            match store.user(key)? {
+                Some(user) => names.push(user.name),
+                None => {
+                    names.push(key.to_owned());
+                    participants_deleted.push(key.to_owned());
+                }
+            }
+        }
+        participants = Some(names);
+    }
     Ok(RoomInfo {
+        participants,
+        participants_deleted,
         name: room.name.clone(),
         created_ms: room.created_ms,
         messages: room.count,
@@ -529,6 +581,7 @@ pub fn execute(
             let mut stats = Stats {
                 users: store.user_count()?,
                 rooms: 0,
+                dm_rooms: 0,
                 messages: 0,
                 db_bytes: store.size_on_disk()?,
                 oldest_ts: None,
@@ -538,6 +591,7 @@ pub fn execute(
             for room in store.rooms() {
                 let room = room?;
                 stats.rooms += 1;
+                stats.dm_rooms += u64::from(is_dm(&room.name));
                 stats.messages += room.count;
                 if room.count > 0 {
                     let (first, last) = store.room_ends(&room)?;
@@ -720,10 +774,13 @@ pub fn execute(
                     "read_markers_deleted": markers}),
             )
         }
-        Request::RoomsList => {
+        Request::RoomsList { dm } => {
             let mut rooms = Vec::new();
             for room in store.rooms() {
-                rooms.push(room_info(store, &room?)?);
+                let room = room?;
+                if !dm || is_dm(&room.name) {
+                    rooms.push(room_info(store, &room)?);
+                }
             }
             Ok(Reply::Rooms(rooms))
         }
@@ -766,6 +823,7 @@ pub fn execute(
         Request::RoomsPruneEmpty {
             created_before_ms,
             dry_run,
+            dm,
         } => {
             let mut names = Vec::new();
             for room in store.rooms() {
@@ -773,7 +831,11 @@ pub fn execute(
                 let in_use = ctx
                     .live
                     .is_some_and(|state| state.hub.room_in_use(&room.name));
-                if room.count == 0 && room.created_ms < created_before_ms && !in_use {
+                if room.count == 0
+                    && room.created_ms < created_before_ms
+                    && !in_use
+                    && (!dm || is_dm(&room.name))
+                {
                     names.push(room.name);
                 }
             }
@@ -794,8 +856,9 @@ pub fn execute(
             } else {
                 ("deleted", deleted)
             };
+            let kind = if dm { "empty direct-message" } else { "empty" };
             done(
-                format!("{verb} {n} empty room(s)"),
+                format!("{verb} {n} {kind} room(s)"),
                 serde_json::json!({"rooms_deleted": deleted, "rooms_matched": names.len(), "dry_run": dry_run}),
             )
         }
