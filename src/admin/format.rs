@@ -3,6 +3,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use super::conversations::{ChangeKind, MessageHistory, MessageState, ReadMarkers};
 use super::{PruneReport, Reply, RoomInfo};
 
 /// An ISO 8601 UTC time for `ms` since the Unix epoch.
@@ -164,6 +165,131 @@ fn participants(r: &RoomInfo) -> Option<String> {
             })
             .collect::<Vec<_>>()
             .join(", "),
+    )
+}
+
+fn quoted(text: &Option<String>, max: usize) -> String {
+    match text {
+        Some(text) => format!("\"{}\"", one_line(text, max)),
+        None => "-".into(),
+    }
+}
+
+fn history_text(h: &MessageHistory) -> String {
+    let mut rows = vec![
+        ("room", h.room.clone()),
+        ("id", h.id.to_string()),
+        (
+            "author",
+            h.author
+                .clone()
+                .unwrap_or_else(|| "unknown (deleted by an admin, never edited)".into()),
+        ),
+    ];
+    match (&h.message, h.state) {
+        (Some(m), _) => {
+            rows.push(("time", iso(m.ts)));
+            rows.push((
+                "state",
+                match m.edited_ts {
+                    Some(_) => "stored, edited".into(),
+                    None => "stored".into(),
+                },
+            ));
+            if let Some(edited) = m.edited_ts {
+                rows.push(("edited", iso(edited)));
+            }
+            if let Some(cid) = &m.cid {
+                rows.push(("cid", cid.clone()));
+            }
+            rows.push(("text", m.text.clone()));
+        }
+        (None, MessageState::Deleted) => {
+            rows.push((
+                "state",
+                "deleted: its text and the texts of its edits are gone".into(),
+            ));
+        }
+        (None, _) => {
+            rows.push((
+                "state",
+                "no longer stored and no deletion recorded (pruned, or deleted before chatd kept events)"
+                    .into(),
+            ));
+        }
+    }
+    let mut out = pairs(&rows);
+    let edits = h
+        .events
+        .iter()
+        .filter(|e| e.change == ChangeKind::Edited)
+        .count();
+    if h.message.as_ref().is_some_and(|m| m.edited_ts.is_some()) && edits == 0 {
+        out.push_str("(edited, but no edit is recorded here: imported from an export, which carries no history)\n");
+    }
+    if h.events.is_empty() {
+        out.push_str("no edits or deletion\n");
+        return out;
+    }
+    let rows: Vec<Vec<String>> = h
+        .events
+        .iter()
+        .map(|e| {
+            let (change, replaced, text) = match e.change {
+                ChangeKind::Edited if e.scrubbed => (
+                    "edited",
+                    "(removed by the deletion)".into(),
+                    "(removed by the deletion)".into(),
+                ),
+                ChangeKind::Edited => ("edited", quoted(&e.replaced, 40), quoted(&e.text, 40)),
+                ChangeKind::Deleted => ("deleted", String::new(), String::new()),
+            };
+            vec![
+                e.seq.to_string(),
+                iso(e.ts),
+                e.user.clone(),
+                change.into(),
+                replaced,
+                text,
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&table(
+        &["#SEQ", "TIME", "BY", "CHANGE", "REPLACED", "NEW TEXT"],
+        &rows,
+    ));
+    out.push_str(&format!("{} event(s)\n", h.events.len()));
+    out
+}
+
+fn reads_text(m: &ReadMarkers) -> String {
+    let rows: Vec<Vec<String>> = m
+        .rooms
+        .iter()
+        .map(|r| {
+            vec![
+                r.room.clone(),
+                r.read.to_string(),
+                r.newest.map_or("-".into(), |n| n.to_string()),
+                match r.unread {
+                    Some(n) if n >= crate::store::UNREAD_CAP => format!("{n}+"),
+                    Some(n) => n.to_string(),
+                    None => "-".into(),
+                },
+                match (r.newest, r.listed) {
+                    (None, _) => "room deleted".into(),
+                    (_, true) => "yes".into(),
+                    (_, false) => "no".into(),
+                },
+            ]
+        })
+        .collect();
+    format!(
+        "{}{} read marker(s) of {}\n",
+        table(&["ROOM", "#READ", "#NEWEST", "#UNREAD", "LISTED"], &rows),
+        m.rooms.len(),
+        m.user
     )
 }
 
@@ -332,6 +458,8 @@ pub fn human(reply: &Reply) -> String {
                 conns.len()
             )
         }
+        Reply::MessageHistory(h) => history_text(h),
+        Reply::ReadMarkers(m) => reads_text(m),
         Reply::Pruned(p) => prune_text(p),
         Reply::Imported(i) => format!(
             "imported {} user(s) ({} existed), {} session(s), {} new room(s), {} message(s) ({} existed)\n",
@@ -350,6 +478,8 @@ pub fn json(reply: &Reply) -> String {
         Reply::Rooms(v) => serde_json::to_value(v),
         Reply::Room(v) => serde_json::to_value(v),
         Reply::Messages(v) => serde_json::to_value(v),
+        Reply::MessageHistory(v) => serde_json::to_value(v),
+        Reply::ReadMarkers(v) => serde_json::to_value(v),
         Reply::Online(v) => serde_json::to_value(v),
         Reply::Pruned(v) => serde_json::to_value(v),
         Reply::Imported(v) => serde_json::to_value(v),

@@ -10,6 +10,7 @@
 //! messages produce `deleted` events, bans and kicks close connections with 1008, deleted rooms
 //! send `left`, announcements are ordinary durable messages.
 
+pub mod conversations;
 pub mod format;
 pub mod offline;
 pub(crate) mod socket;
@@ -26,6 +27,7 @@ use crate::rules;
 use crate::state::State;
 use crate::store::maintenance::{Found, Imported, Line, PruneRule, PrunedRoom, Search};
 use crate::store::{user_key, Store, StoreError, User};
+use conversations::{MessageHistory, ReadMarkers};
 
 /// The author shown on announcements. It is not a valid user name (brackets), so no account
 /// can ever post under it.
@@ -107,6 +109,29 @@ pub enum Request {
     },
     /// Search messages.
     MessagesList(Search),
+    /// One message's current state and its edit and delete history.
+    MessagesShow {
+        /// Room name.
+        room: String,
+        /// Message id.
+        id: u64,
+    },
+    /// A user's read markers.
+    UsersReads {
+        /// User name (any case).
+        name: String,
+        /// Only this room.
+        room: Option<String>,
+    },
+    /// Set a user's read markers back (to 0 or `to`); live connections get `read` frames.
+    UsersReadsReset {
+        /// User name (any case).
+        name: String,
+        /// Only this room (else every room the user has a marker in).
+        room: Option<String>,
+        /// The marker to set (lowered to each room's newest id).
+        to: u64,
+    },
     /// Delete messages by id.
     MessagesDelete {
         /// Message ids.
@@ -166,6 +191,9 @@ impl Request {
             Request::RoomsDelete { .. } => "rooms delete",
             Request::RoomsPruneEmpty { .. } => "rooms prune",
             Request::MessagesList(_) => "messages list",
+            Request::MessagesShow { .. } => "messages show",
+            Request::UsersReads { .. } => "users reads",
+            Request::UsersReadsReset { .. } => "users reads reset",
             Request::MessagesDelete { .. } => "messages delete",
             Request::Prune { .. } => "prune",
             Request::Online => "online",
@@ -307,6 +335,10 @@ pub enum Reply {
     Room(RoomInfo),
     /// `messages list`.
     Messages(Vec<Found>),
+    /// `messages show`.
+    MessageHistory(MessageHistory),
+    /// `users reads`.
+    ReadMarkers(ReadMarkers),
     /// `online`.
     Online(Vec<Connection>),
     /// `prune`.
@@ -867,6 +899,13 @@ pub fn execute(
                 room_or_404(store, room)?;
             }
             Ok(Reply::Messages(store.search(&search)?))
+        }
+        Request::MessagesShow { room, id } => conversations::message_history(ctx, &room, id),
+        Request::UsersReads { name, room } => {
+            conversations::read_markers(ctx, &name, room.as_deref())
+        }
+        Request::UsersReadsReset { name, room, to } => {
+            conversations::reset_read_markers(ctx, &name, room.as_deref(), to)
         }
         Request::MessagesDelete { ids, room } => {
             if ids.is_empty() {
