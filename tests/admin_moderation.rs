@@ -100,7 +100,14 @@ fn deleted_messages_disappear_from_live_screens_and_history() {
     admin(dir, &["messages", "delete", &spam.to_string()]).ok();
     for c in [&mut alice, &mut bob] {
         let (ev, _) = c.wait_for(T, |v| v["type"] == "deleted");
-        assert_eq!(ev, json!({"type":"deleted","room":"general","id":spam}));
+        // Protocol 1.1: a sequenced event by `[system]`, with its own seq.
+        assert_eq!(
+            (&ev["room"], &ev["id"]),
+            (&json!("general"), &json!(spam)),
+            "{ev}"
+        );
+        assert_eq!(ev["user"], "[system]", "{ev}");
+        assert!(ev["seq"].as_u64().is_some_and(|seq| seq > spam), "{ev}");
     }
     let h = alice.history(json!({"type":"history","room":"general"}));
     let ids = message_ids(&h);
