@@ -410,6 +410,7 @@
     el.textContent = ([...name][0] || '?').toUpperCase();
     el.style.setProperty('--hue', hue(name));
   }
+  const clip = (s, n) => ([...s].length > n ? [...s].slice(0, n - 1).join('') + '…' : s);
   function el(tag, cls, text) {
     const e = document.createElement(tag);
     if (cls) e.className = cls;
@@ -525,7 +526,9 @@
     const room = S.rooms.get(S.current);
     const p = $('history-status');
     if (!room) { p.textContent = ''; return; }
-    if (room.loadingOlder) p.textContent = 'Loading older messages…';
+    const away = document.body.dataset.conn === 'offline' || document.body.dataset.conn === 'reconnecting';
+    if (away && !room.msgs.length) p.textContent = 'You are offline. Messages load when the connection is back.';
+    else if (room.loadingOlder) p.textContent = 'Loading older messages…';
     else if (!room.moreOlder && !room.syncing) p.textContent = `This is the beginning of #${room.name}.`;
     else p.textContent = '';
   }
@@ -560,6 +563,23 @@
       items.push(li);
     }
     ul.replaceChildren(...items);
+    renderUnread();
+  }
+
+  // Unread messages outside the room on screen: a badge on the ☰ button (the room list is a
+  // drawer on a phone) and, with the current room's while the tab is hidden, in the page title.
+  function renderUnread() {
+    let total = 0, others = 0;
+    for (const r of S.rooms.values()) { total += r.unread; if (r.name !== S.current) others += r.unread; }
+    const fmt = (n) => (n > 99 ? '99+' : String(n));
+    const b = $('rooms-unread');
+    b.hidden = !others;
+    b.textContent = others ? fmt(others) : '';
+    $('rooms-toggle').title = others ? `Rooms: ${others} unread elsewhere` : 'Rooms';
+    $('rooms-toggle').setAttribute('aria-label', $('rooms-toggle').title);
+    const room = S.rooms.get(S.current);
+    const base = room ? `#${room.name} · chatd` : 'chatd';
+    document.title = total ? `(${fmt(total)}) ${base}` : base;
   }
 
   function renderMembers() {
@@ -581,21 +601,22 @@
   function renderChat() {
     const room = S.rooms.get(S.current);
     $('room-title').textContent = room ? `# ${room.name}` : 'No room';
-    document.title = room ? `#${room.name} · chatd` : 'chatd';
     $('me-name').textContent = S.user;
     avatar($('me-avatar'), S.user || '?');
     const disabled = !room;
     $('composer-input').disabled = disabled; $('send-btn').disabled = disabled;
-    $('composer-input').placeholder = room ? `Message #${room.name}` : 'Join a room to chat';
+    $('composer-input').placeholder = room ? `Message #${clip(room.name, 24)}` : 'Join a room to chat';
     renderRooms(); renderMembers(); renderMessages();
   }
 
   function setStatus(state, text) {
+    if ((state === 'connecting' || state === 'reconnecting') && !navigator.onLine) { state = 'offline'; text = 'offline'; }
     const b = $('conn-status');
     b.dataset.state = state;
     $('conn-text').textContent = text;
     document.body.dataset.conn = state;
     if (state === 'connected') { clearInterval(countdown); countdown = null; }
+    renderHistoryStatus();
   }
 
   // ---- rooms ----
@@ -806,6 +827,8 @@
 
   function start() {
     wire();
+    // Installable, and opens without a network: sw.js keeps a copy of these files (not messages).
+    if (window.isSecureContext && 'serviceWorker' in navigator) navigator.serviceWorker.register('/sw.js').catch(() => {});
     if (S.token) {
       initRooms();
       let name = '';
