@@ -555,6 +555,9 @@
     if (!room) { showComposerError('Join a room first.'); return; }
     if (tooLong(text)) return;
     showComposerError('');
+    // The message ends this burst of typing: the next one may be told a second from now (the
+    // server relays one typing frame per second).
+    room.typingSent = Math.min(room.typingSent, Date.now() - TYPING_EVERY_MS + 1000);
     input.value = ''; autosize(); input.focus();
     closeMentionMenu();
     stick = true;
@@ -803,16 +806,19 @@
     const body = el('div', 'body');
     const meta = el('div', 'meta');
     const edited = el('span', 'edited', '(edited)'); edited.dataset.testid = 'edited'; edited.hidden = true;
-    meta.append(el('span', 'author'), el('time', 'time'), edited, el('span', 'actions'));
-    body.append(meta, el('div', 'text'), el('div', 'state'));
-    li.append(av, body);
+    meta.append(el('span', 'author'), el('time', 'time'));
+    const line = el('div', 'line');
+    line.append(el('span', 'text'), edited);
+    body.append(meta, line, el('div', 'state'));
+    li.append(av, body, el('div', 'actions'));
     room.els.set(key, li);
     return li;
   }
   function fillMsg(li, m, opts) {
-    const [av, body] = li.children;
-    const [meta, text, state] = body.children;
-    const [author, time, edited, actions] = meta.children;
+    const [av, body, actions] = li.children;
+    const [meta, line, state] = body.children;
+    const [author, time] = meta.children;
+    const [text, edited] = line.children;
     if (li.dataset.user !== m.user) { avatar(av, m.user); author.textContent = m.user; li.dataset.user = m.user; }
     const shown = opts.editText ?? m.text;
     if (li.shownText !== shown || li.shownFor !== S.user) { fillText(text, shown); li.shownText = shown; li.shownFor = S.user; }
@@ -826,6 +832,7 @@
     li.classList.toggle('cont', opts.cont);
     li.classList.toggle('mentions-me', !opts.mine && mentionsMe(m.text));
     li.classList.toggle('editing', !!opts.editing);
+    li.classList.toggle('has-actions', opts.state === 'sent' && opts.id != null && !opts.busy);
     if (opts.id != null) { li.dataset.id = String(opts.id); li.removeAttribute('data-cid'); } else { li.dataset.cid = opts.cid; li.removeAttribute('data-id'); }
     if (opts.mine) li.dataset.state = opts.state; else li.removeAttribute('data-state');
     actions.replaceChildren();
@@ -1346,7 +1353,13 @@
 
     $('message-list').addEventListener('click', (ev) => {
       const b = ev.target.closest('button[data-action]');
-      if (!b) return;
+      if (!b) {
+        // A tap on one's own message shows its actions (no hover on touch screens).
+        const li = ev.target.closest('li.has-actions');
+        for (const x of $('message-list').querySelectorAll('li.show-actions')) if (x !== li) x.classList.remove('show-actions');
+        if (li) li.classList.toggle('show-actions');
+        return;
+      }
       const room = S.rooms.get(S.current);
       const id = Number(b.dataset.id);
       switch (b.dataset.action) {
