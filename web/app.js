@@ -761,7 +761,7 @@
   }
   function shortTime(ts) {
     const d = new Date(ts);
-    if (dayKey(ts) === dayKey(Date.now())) return d.toLocaleTimeString(undefined, { hour: '2-digit', minute: '2-digit' });
+    if (dayKey(ts) === dayKey(Date.now())) return d.toLocaleTimeString(undefined, { hour: 'numeric', minute: '2-digit' });
     return d.toLocaleDateString(undefined, { month: 'short', day: 'numeric' });
   }
   function hue(name) { let h = 0; for (const c of name.toLowerCase()) h = (h * 31 + c.codePointAt(0)) % 360; return h; }
@@ -789,7 +789,7 @@
     for (const m of text.matchAll(MENTION_TOKEN)) {
       const name = m[0].slice(1).replace(/\.+$/, '');
       if (m.index > at) parts.push(document.createTextNode(text.slice(at, m.index)));
-      const span = el('span', name.toLowerCase() === me ? 'mention me' : 'mention', '@' + name);
+      const span = el('span', name.toLowerCase() === me ? 'mention is-me' : 'mention', '@' + name);
       parts.push(span);
       at = m.index + 1 + name.length;
     }
@@ -986,29 +986,31 @@
       let icon;
       if (r.kind === 'dm') { icon = el('span', 'avatar tiny'); avatar(icon, label); } else icon = el('span', 'hash', '#');
       icon.setAttribute('aria-hidden', 'true');
+      // Two lines: name and time; the newest message (or who is typing) and the badges.
       const main = el('span', 'room-main');
       const line = el('span', 'room-line');
       const name = el('span', 'room-name', label); name.dataset.testid = 'room-name';
       line.append(name);
       if (r.last) line.append(el('span', 'room-time', shortTime(r.last.ts)));
-      main.append(line);
+      const sub = el('span', 'room-sub');
       const typers = [...r.typing.keys()];
-      if (typers.length && r.name !== S.current) main.append(el('span', 'room-preview typing', `${typers[0]} is typing…`));
+      if (typers.length && r.name !== S.current) sub.append(el('span', 'room-preview typing', `${typers[0]} is typing…`));
       else if (r.last) {
         const who = r.last.user.toLowerCase() === S.user.toLowerCase() ? 'You' : r.kind === 'dm' ? '' : r.last.user;
-        main.append(el('span', 'room-preview', (who ? `${who}: ` : '') + clip(r.last.text.replace(/\s+/g, ' '), 80)));
-      }
-      b.append(icon, main);
+        sub.append(el('span', 'room-preview', (who ? `${who}: ` : '') + clip(r.last.text.replace(/\s+/g, ' '), 80)));
+      } else sub.append(el('span', 'room-preview'));
       const unread = r.name === S.current && !document.hidden ? 0 : r.unread;
       if (r.mentions && unread) {
         const at = el('span', 'badge mention-badge', '@'); at.dataset.testid = 'mention-badge';
-        at.setAttribute('aria-label', `${r.mentions} mentioning you`); b.append(at);
+        at.setAttribute('aria-label', `${r.mentions} mentioning you`); sub.append(at);
       }
       if (unread) {
         const u = el('span', 'badge', unread > 99 ? '99+' : String(unread)); u.dataset.testid = 'unread-badge';
-        u.setAttribute('aria-label', `${unread} unread`); b.append(u);
+        u.setAttribute('aria-label', `${unread} unread`); sub.append(u);
         li.classList.add('unread');
       }
+      main.append(line, sub);
+      b.append(icon, main);
       if (r.mentions && unread) li.classList.add('mentioned');
       if (r.name === S.current) { li.classList.add('active'); b.setAttribute('aria-current', 'page'); }
       const x = button('leave-btn', '×', 'leave', { room: r.name, testid: 'leave-btn' });
@@ -1033,7 +1035,7 @@
     const b = $('rooms-unread');
     b.hidden = !others;
     b.textContent = others ? fmt(others) : '';
-    b.classList.toggle('mention', mentioned);
+    b.classList.toggle('has-mention', mentioned);
     $('rooms-toggle').title = others ? `Conversations: ${others} unread elsewhere` : 'Conversations';
     $('rooms-toggle').setAttribute('aria-label', $('rooms-toggle').title);
     const room = S.rooms.get(S.current);

@@ -2,10 +2,12 @@
 // conversation features of protocol 1.1. Run through ./run.sh.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
 import { Bot, newDataDir, startServer, stopServer, until } from './harness.mjs';
 import {
-  DESKTOP, PHONE, PW, fullyVisible, joinRoom, launch, newPage, pageIn, say, sel, shownMessages as shownMessagesOf,
-  signUp, waitConnected, waitMessage,
+  DESKTOP, PHONE, PW, artifact, fullyVisible, joinRoom, launch, newPage, pageIn, say, sel, shownMessages as shownMessagesOf,
+  shot, signUp, waitConnected, waitMessage,
 } from './pages.mjs';
 
 const SERVER_ARGS = ['--presence-grace', '500ms', '--rate', '1000', '--burst', '1000', '--ping-interval', '1s', '--idle-timeout', '5s'];
@@ -216,7 +218,7 @@ describe('conversations (protocol 1.1)', () => {
     await waitConversations(p, (c) => find(c, 'alpha').unread === null && !find(c, 'alpha').mention, 'alpha read');
     const shown = await shownMessagesOf(p);
     assert.equal(shown.find((m) => m.text === 'hey @uma, have a look').mentionsMe, true);
-    assert.equal(await p.locator(`${sel.msgs} .mention.me`).count(), 1);
+    assert.equal(await p.locator(`${sel.msgs} .mention.is-me`).count(), 1);
     await until(async () => (await p.title()).startsWith('(1) '), { what: 'title count 1' });
     // The server agrees: a fresh list says alpha is read.
     const again = await Bot.connect(srv.wsUrl, { user: 'uma', password: PW });
@@ -386,6 +388,77 @@ describe('conversations (protocol 1.1)', () => {
     assert.equal(got.mentionsMe, true);
     const mine = await waitMessage(eve, 'thanks @Fay.Lee for the review.');
     assert.equal(mine.mentionsMe, false, 'the author is not highlighted');
-    assert.equal(await fay.locator(`${sel.msgs} .mention.me`).textContent(), '@Fay.Lee');
+    assert.equal(await fay.locator(`${sel.msgs} .mention.is-me`).textContent(), '@Fay.Lee');
+  });
+});
+
+describe('screenshots', () => {
+  // Saved in artifacts/; with UPDATE_SCREENSHOTS=1 also as docs/screenshot-{desktop,phone}.png.
+  it('shows the conversation list with badges, a DM with an edited message, at desktop and phone width', async () => {
+    const docs = process.env.UPDATE_SCREENSHOTS === '1' ? path.resolve(import.meta.dirname, '../../docs') : null;
+    const srv = await startServer({ dataDir: newDataDir('pictures'), args: SERVER_ARGS });   // nothing from other tests
+    const bots = {};
+    for (const u of ['noah', 'olivia', 'priya']) bots[u] = await Bot.connect(srv.wsUrl, { user: u, password: PW, register: true });
+    const desk = await page(DESKTOP);
+    await signUp(desk, srv.url, 'maya');
+    await joinRoom(desk, 'design');
+    await joinRoom(desk, 'release-planning');
+    await bots.olivia.join('design');
+    await bots.priya.join('release-planning');
+    const dm = 'dm:maya+noah';
+    await bots.noah.join(dm);
+    await bots.noah.say(dm, 'Morning! Did the release notes go out?');
+    await open(desk, dm);
+    await waitMessage(desk, 'Morning! Did the release notes go out?');
+    await say(desk, 'Not yet, fixing the changelog first.');
+    const draft = desk.locator(sel.msgs).filter({ hasText: 'Not yet, fixing the changelog first.' });
+    await draft.locator('[data-testid="edit-btn"]').waitFor({ state: 'attached' });
+    await draft.hover();
+    await draft.locator('[data-testid="edit-btn"]').click();
+    await desk.locator(sel.input).fill('Not yet: fixing the changelog first, then they go out today.');
+    await desk.locator(sel.input).press('Enter');
+    await waitMessage(desk, 'Not yet: fixing the changelog first, then they go out today.');
+    await bots.noah.say(dm, 'Great. @maya can you also check the screenshots on a phone?');
+    await say(desk, 'Sure, doing that now.');
+    await waitMessage(desk, 'Sure, doing that now.', { state: 'sent' });
+    await bots.olivia.say('design', 'The new icon set is up for review.');
+    await bots.olivia.say('design', '@maya what do you think of the purple?');
+    await bots.olivia.say('design', 'Dark theme tweaks are pushed too.');
+    await bots.priya.say('release-planning', 'Freeze moves to Thursday.');
+    await bots.priya.say('release-planning', 'Please update your tickets.');
+    await bots.olivia.join('dm:maya+olivia');
+    await bots.olivia.say('dm:maya+olivia', 'Lunch at 12?');
+    await waitConversations(desk, (c) => find(c, 'design')?.unread === '3' && find(c, 'release-planning')?.unread === '2'
+      && find(c, 'dm:maya+olivia')?.unread === '1', 'badges for the picture');
+    bots.noah.send({ type: 'typing', room: dm });
+    await until(async () => (await desk.locator('[data-testid="typing"]').textContent()) === 'noah is typing…', { what: 'typing shown' });
+    await shot(desk, artifact('conversations-desktop.png'));
+    if (docs) await shot(desk, path.join(docs, 'screenshot-desktop.png'));
+
+    // The phone: the DM (news elsewhere on the ☰ button) and the conversation list, side by side.
+    const phone = await page(PHONE);
+    await signUp(phone, srv.url, 'maya', { register: false, hash: '#@noah' });
+    await waitMessage(phone, 'Sure, doing that now.');
+    await waitConversations(phone, (c) => find(c, 'design')?.unread === '3', 'badges on the phone');
+    bots.noah.send({ type: 'typing', room: dm });
+    await until(async () => (await phone.locator('[data-testid="typing"]').textContent()) !== '', { what: 'typing on the phone' });
+    const left = artifact('conversations-phone-dm.png');
+    await shot(phone, left);
+    await phone.locator('[data-testid="rooms-toggle"]').click();
+    await phone.waitForSelector('#sidebar [data-testid="room-list"]:visible');
+    const right = artifact('conversations-phone-list.png');
+    await shot(phone, right);
+    const both = await page({ width: 2 * PHONE.width + 72, height: PHONE.height + 48 });
+    const img = (f) => `data:image/png;base64,${fs.readFileSync(f).toString('base64')}`;
+    await both.setContent(`<body style="margin:0;background:#d9dce3;display:flex;gap:24px;padding:24px;box-sizing:border-box">
+      <img src="${img(left)}" style="border-radius:14px;box-shadow:0 4px 16px rgb(0 0 0/.18)">
+      <img src="${img(right)}" style="border-radius:14px;box-shadow:0 4px 16px rgb(0 0 0/.18)"></body>`);
+    await both.waitForFunction(() => [...document.images].every((i) => i.complete && i.naturalWidth > 0));
+    await both.screenshot({ path: artifact('conversations-phone.png') });
+    if (docs) await both.screenshot({ path: path.join(docs, 'screenshot-phone.png') });
+    for (const b of Object.values(bots)) await b.close();
+    assert.deepEqual(desk.errors, []);
+    assert.deepEqual(phone.errors, []);
+    await stopServer(srv, 'SIGTERM');
   });
 });
