@@ -362,6 +362,14 @@ describe('conversations (protocol 1.1)', () => {
     for (const p of [cat, dan]) {
       await until(async () => !(await shownMessagesOf(p)).some((m) => m.text === 'to be removed'), { what: 'deleted everywhere' });
     }
+    // ↑ in an empty composer edits one's last message; Esc gives up.
+    await cat.locator(sel.input).focus();
+    await cat.locator(sel.input).press('ArrowUp');
+    await cat.waitForSelector('[data-testid="edit-bar"]:visible');
+    assert.equal(await cat.locator(sel.input).inputValue(), 'the first draft');
+    await cat.locator(sel.input).press('Escape');
+    await cat.waitForSelector('[data-testid="edit-bar"]', { state: 'hidden' });
+    assert.equal(await cat.locator(sel.input).inputValue(), '');
     // After a reload the edit and the deletion are still there (replayed from the server).
     await dan.reload();
     await waitConnected(dan);
