@@ -497,6 +497,7 @@ impl Store {
         no: u32,
         between_chunks: &mut dyn FnMut(),
     ) -> Result<u64, StoreError> {
+        self.unread.forget_all();
         let mut n = 0;
         for (tree, counted) in [(&self.messages, true), (&self.events, false)] {
             loop {
@@ -770,6 +771,8 @@ impl Store {
     /// lowered) right, records cids not yet known, and keeps future ids above these. Returns
     /// how many were stored.
     pub fn insert_messages(&self, room: &str, batch: &[(u64, Message)]) -> Result<u64, StoreError> {
+        // Imported ids may fall below what unread counts already covered.
+        self.unread.forget_all();
         let mut stored = 0;
         for chunk in batch.chunks(CHUNK) {
             if let Some(max) = chunk.iter().map(|(id, _)| *id).max() {
