@@ -12,6 +12,7 @@
 
 pub mod format;
 pub mod offline;
+pub mod progress;
 pub(crate) mod socket;
 
 use std::collections::BTreeSet;
