@@ -222,6 +222,9 @@ struct RoomsPrune {
     /// print JSON
     #[argh(switch)]
     json: bool,
+    /// no progress output on standard error (errors are still reported)
+    #[argh(switch)]
+    quiet: bool,
 }
 
 /// List rooms.
@@ -355,6 +358,9 @@ struct Prune {
     /// print JSON
     #[argh(switch)]
     json: bool,
+    /// no progress output on standard error (errors are still reported)
+    #[argh(switch)]
+    quiet: bool,
 }
 
 /// Who is connected, from where, since when (needs the running server).
@@ -704,14 +710,29 @@ impl Admin {
                         ));
                     }
                     let created_before_ms = parse_time("--older-than", &c.older_than)?;
-                    query(
-                        &c.data_dir,
-                        Request::RoomsPruneEmpty {
-                            created_before_ms,
-                            dry_run: c.dry_run,
-                        },
-                        c.json,
-                    )
+                    let request = Request::RoomsPruneEmpty {
+                        created_before_ms,
+                        dry_run: c.dry_run,
+                    };
+                    if c.dry_run {
+                        // Only a scan of the room records: quick, nothing to follow.
+                        return query(&c.data_dir, request, c.json);
+                    }
+                    let mut target = offline::open(&data_dir(&c.data_dir), Need::Any, false)?;
+                    let progress =
+                        Progress::new(Mode::detect(c.quiet), "rooms prune", "rooms", None);
+                    let reply = target.run_reporting(
+                        request,
+                        &mut |_| Ok(()),
+                        Some(&|tick: &Tick| progress.apply(tick)),
+                    )?;
+                    if let Reply::Done(done) = &reply {
+                        if let Some(n) = done.details["rooms_deleted"].as_u64() {
+                            progress.set(n);
+                        }
+                    }
+                    progress.finish();
+                    print(&reply, c.json)
                 }
             },
             Command::Messages(m) => match m.command {
@@ -758,15 +779,27 @@ impl Admin {
                         "say what to prune: --older-than 30d and/or --keep-last N",
                     ));
                 }
-                query(
-                    &c.data_dir,
+                let mut target = offline::open(&data_dir(&c.data_dir), Need::Any, false)?;
+                let what = if c.dry_run {
+                    "prune (dry run)"
+                } else {
+                    "prune"
+                };
+                let progress = Progress::new(Mode::detect(c.quiet), what, "messages", None);
+                let reply = target.run_reporting(
                     Request::Prune {
                         rule,
                         room: c.room,
                         dry_run: c.dry_run,
                     },
-                    c.json,
-                )
+                    &mut |_| Ok(()),
+                    Some(&|tick: &Tick| progress.apply(tick)),
+                )?;
+                if let Reply::Pruned(report) = &reply {
+                    progress.set(report.removed);
+                }
+                progress.finish();
+                print(&reply, c.json)
             }
             Command::Online(c) => simple(
                 &data_dir(&c.data_dir),

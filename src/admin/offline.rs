@@ -102,9 +102,28 @@ impl Target {
         request: Request,
         sink: &mut dyn FnMut(Line) -> Result<(), AdminError>,
     ) -> Result<Reply, AdminError> {
+        self.run_reporting(request, sink, None)
+    }
+
+    /// Runs a command here, passing its progress to `progress` (through the server's admin
+    /// socket when one runs).
+    pub fn run_reporting(
+        &mut self,
+        request: Request,
+        sink: &mut dyn FnMut(Line) -> Result<(), AdminError>,
+        progress: Option<Report<'_>>,
+    ) -> Result<Reply, AdminError> {
         match self {
-            Target::Server(client) => client.call(&request, sink),
-            Target::Local(store) => execute(&Context { store, live: None }, request, sink),
+            Target::Server(client) => client.call(&request, sink, progress),
+            Target::Local(store) => execute(
+                &Context {
+                    store,
+                    live: None,
+                    progress,
+                },
+                request,
+                sink,
+            ),
         }
     }
 
