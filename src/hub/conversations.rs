@@ -310,7 +310,9 @@ impl Hub {
             if !seen.insert(record.no) {
                 continue;
             }
-            let upto = self.newest_id(&name)?.unwrap_or(record.last_id);
+            let upto = self
+                .loaded_room(&name)
+                .map_or(record.last_id, |room| lock(&room.state).published);
             if let Some(conversation) =
                 self.store
                     .conversation(&member.user_key, &record, &membership, upto)?

@@ -501,6 +501,7 @@ impl Store {
         no: u32,
         between_chunks: &mut dyn FnMut(),
     ) -> Result<u64, StoreError> {
+        self.unread.forget_all();
         let mut n = 0;
         for (tree, counted) in [(&self.messages, true), (&self.events, false)] {
             loop {
@@ -795,6 +796,8 @@ impl Store {
     /// lowered) right, records cids not yet known, and keeps future ids above these. Returns
     /// how many were stored.
     pub fn insert_messages(&self, room: &str, batch: &[(u64, Message)]) -> Result<u64, StoreError> {
+        // Imported ids may fall below what unread counts already covered.
+        self.unread.forget_all();
         let mut stored = 0;
         for chunk in batch.chunks(CHUNK) {
             if let Some(max) = chunk.iter().map(|(id, _)| *id).max() {
@@ -854,8 +857,13 @@ impl Store {
     }
 
     /// Copies every tree, key for key, into `target` (a fresh database): the heart of
-    /// `compact`. Returns the number of entries copied.
-    pub fn copy_into(&self, target: &Store) -> Result<u64, StoreError> {
+    /// `compact`. Returns the number of entries copied; `copied` is told the running total
+    /// after each batch.
+    pub fn copy_into(
+        &self,
+        target: &Store,
+        copied: &mut dyn FnMut(u64),
+    ) -> Result<u64, StoreError> {
         let pairs = [
             (&self.users, &target.users),
             (&self.sessions, &target.sessions),
@@ -879,10 +887,12 @@ impl Store {
                     to.apply_batch(std::mem::take(&mut batch))?;
                     n += pending;
                     pending = 0;
+                    copied(n);
                 }
             }
             to.apply_batch(batch)?;
             n += pending;
+            copied(n);
         }
         // Keep the id floor: the fresh store derived its next id from rooms only.
         let floor = be_u64(&self.meta.get(META_ID_FLOOR)?.unwrap_or_default());

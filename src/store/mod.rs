@@ -227,6 +227,8 @@ pub struct Store {
     memberships: sled::Tree,
     path: PathBuf,
     next_id: AtomicU64,
+    /// Unread counts already made, so a `rooms` request only reads what arrived since.
+    unread: conversations::UnreadCache,
 }
 
 impl std::fmt::Debug for Store {
@@ -378,6 +380,7 @@ impl Store {
             db,
             path,
             next_id: AtomicU64::new(1),
+            unread: conversations::UnreadCache::default(),
         };
         store.check_schema()?;
         // sled's files follow the umask; whatever it was, nobody else may read them.
@@ -1013,6 +1016,7 @@ impl Store {
     /// Removes the given message ids from `room`, keeping its counters right. Ids that do not
     /// exist are skipped. Returns how many were removed.
     pub fn remove_messages(&self, room: &str, ids: &[u64]) -> Result<u64, StoreError> {
+        self.unread.forget_all();
         let mut removed = 0;
         for chunk in ids.chunks(1000) {
             removed += (&self.messages, &self.rooms)
