@@ -195,7 +195,10 @@ impl Hub {
                 .transpose()?
                 .flatten()
                 .ok_or(HubError::NotFound)?;
-            if author.is_some_and(|m| user_key(&message.user) != *m.user_key) {
+            let by_someone_else = |m: &Member| {
+                user_key(&message.user) != *m.user_key || message.ts < m.account_created_ms
+            };
+            if author.is_some_and(by_someone_else) {
                 return Err(HubError::Forbidden);
             }
         }

@@ -106,6 +106,9 @@ pub struct MemberInfo {
     pub peer: SocketAddr,
     /// When it authenticated, ms since the Unix epoch.
     pub since_ms: u64,
+    /// When the account was created, ms since the Unix epoch: messages older than that were
+    /// written by an earlier account of the same name.
+    pub account_created_ms: u64,
     /// Its outbound queue.
     pub outbox: Arc<Outbox>,
 }

@@ -117,6 +117,17 @@ enum Handled {
     Done(Option<CloseRequest>),
     /// A login, which waits for password hashing: the reader runs it (with its reference).
     Authenticate(Auth, String),
+    /// Work to finish once what the frame wrote is on disk (with the frame's reference).
+    AfterFlush(Deferred, String),
+}
+
+/// What a frame still has to do once its write is durable.
+enum Deferred {
+    /// Complete a join whose room had to be put on the user's list first: `joined` confirms
+    /// the list too, so it survives a crash.
+    Join { room: Arc<Room>, since: Option<u64> },
+    /// Send a reply (`left`, once the room is off the list on disk).
+    Reply(protocol::Encoded),
 }
 
 impl From<Option<CloseRequest>> for Handled {
@@ -282,6 +293,10 @@ impl Session {
                             }))
                             .await
                         }
+                        Handled::AfterFlush(deferred, reference) => {
+                            Box::pin(self.after_flush(deferred, &reference)).await;
+                            None
+                        }
                     };
                     if handled.is_some() {
                         return handled;
@@ -394,8 +409,15 @@ impl Session {
                     .reply(protocol::encode(&ServerFrame::Pong { t: t.as_ref() }));
                 Ok(())
             }
-            Request::Join { room, since } => self.join(&member, &room, since),
-            Request::Leave { room } => self.leave(&member, &room),
+            Request::Join { room, since } => match self.join(&member, &room, since) {
+                Ok(Some(deferred)) => return Handled::AfterFlush(deferred, frame.reference),
+                Ok(None) => Ok(()),
+                Err(rejection) => Err(rejection),
+            },
+            Request::Leave { room } => match self.leave(&member, &room) {
+                Ok(left) => return Handled::AfterFlush(Deferred::Reply(left), frame.reference),
+                Err(rejection) => Err(rejection),
+            },
             Request::Send { room, text, cid } => {
                 if let Err(refused) = self.spend_send(&member, text.len(), reference) {
                     return refused;
@@ -524,7 +546,14 @@ impl Session {
             .ok_or_else(|| Rejection::new(ErrorCode::NotJoined, format!("join `{room}` first")))
     }
 
-    fn join(&mut self, member: &Member, name: &str, since: Option<u64>) -> Result<(), Rejection> {
+    /// Joins room `name`, or, if the room must first go on the user's list, writes that and
+    /// returns the rest of the join to do once it is on disk.
+    fn join(
+        &mut self,
+        member: &Member,
+        name: &str,
+        since: Option<u64>,
+    ) -> Result<Option<Deferred>, Rejection> {
         let room = match self.joined(name) {
             Ok(room) => room,
             Err(_) if self.rooms.len() >= MAX_ROOMS_PER_CONNECTION => {
@@ -535,21 +564,81 @@ impl Session {
             }
             Err(_) => self.load_room(member, name)?,
         };
+        let store = &self.state.store;
+        let listed = store
+            .membership(&member.user_key, name)
+            .map(|m| m.is_some_and(|m| m.left_at.is_none()));
+        match listed {
+            Ok(true) => self.enter(member, room, since).map(|()| None),
+            Ok(false) => {
+                let listing = self.writes_possible().and_then(|()| {
+                    store
+                        .list_room(&member.user_key, name)
+                        .map_err(|e| self.internal(e))
+                });
+                match listing {
+                    Ok(_) => Ok(Some(Deferred::Join { room, since })),
+                    Err(rejection) => {
+                        self.rooms.retain(|r| !Arc::ptr_eq(r, &room));
+                        Err(rejection)
+                    }
+                }
+            }
+            Err(e) => {
+                self.rooms.retain(|r| !Arc::ptr_eq(r, &room));
+                Err(self.internal(e))
+            }
+        }
+    }
+
+    /// The hub's part of a join: `joined`, the replay and `synced`, with the user's marker.
+    fn enter(
+        &mut self,
+        member: &Member,
+        room: Arc<Room>,
+        since: Option<u64>,
+    ) -> Result<(), Rejection> {
+        let name = room.name().to_owned();
         let read = self
             .state
             .store
-            .list_room(&member.user_key, name)
+            .list_room(&member.user_key, &name)
             .map_err(|e| self.internal(e))?;
         match self.state.hub.join(&room, member, since, read) {
             Err(HubError::Unloaded) => {
                 // Unloaded for idleness between the lookup and the join (nobody was in it).
                 self.rooms.retain(|r| !Arc::ptr_eq(r, &room));
-                let room = self.load_room(member, name)?;
+                let room = self.load_room(member, &name)?;
                 self.state.hub.join(&room, member, since, read)
             }
             other => other,
         }
-        .map_err(|e| self.hub_error(e, name))
+        .map_err(|e| self.hub_error(e, &name))
+    }
+
+    /// Finishes a frame once the write it made is durable.
+    async fn after_flush(&mut self, deferred: Deferred, reference: &str) {
+        let durable = self.durable().await;
+        let result = match (durable, deferred) {
+            (Ok(()), Deferred::Join { room, since }) => match self.member.clone() {
+                Some(member) if self.rooms.iter().any(|r| Arc::ptr_eq(r, &room)) => {
+                    self.enter(&member, room, since)
+                }
+                _ => Ok(()),
+            },
+            (Err(rejection), Deferred::Join { room, .. }) => {
+                self.rooms.retain(|r| !Arc::ptr_eq(r, &room));
+                Err(rejection)
+            }
+            // What the reply confirms happened in memory whatever the disk said.
+            (_, Deferred::Reply(frame)) => {
+                self.outbox.reply(frame);
+                Ok(())
+            }
+        };
+        if let Err(rejection) = result {
+            self.reject(rejection.with_ref(Some(reference)));
+        }
     }
 
     /// Loads (or creates, within the account's allowance) room `name` and holds it.
@@ -563,24 +652,27 @@ impl Session {
         Ok(room)
     }
 
-    fn leave(&mut self, member: &Member, name: &str) -> Result<(), Rejection> {
+    /// Leaves room `name` at once (nothing of it reaches this connection afterwards) and takes
+    /// it off the user's list; returns `left`, to send once that is on disk.
+    fn leave(&mut self, member: &Member, name: &str) -> Result<protocol::Encoded, Rejection> {
         let room = self.joined(name)?;
-        let newest = self
-            .state
-            .hub
-            .newest_id(name)
-            .map_err(|e| self.internal(e))?
-            .unwrap_or(0);
-        self.state
-            .store
-            .unlist_room(&member.user_key, name, newest)
-            .map_err(|e| self.internal(e))?;
         self.rooms.retain(|r| !Arc::ptr_eq(r, &room));
         self.typing.retain(|(r, _)| !Arc::ptr_eq(r, &room));
-        self.outbox
-            .reply(protocol::encode(&ServerFrame::Left { room: room.name() }));
+        // Parted before `left` is queued, so no message of the room can follow it.
         self.state.hub.part(&room, self.conn, true);
-        Ok(())
+        // The leave itself happened; a list that cannot be written stays as it was.
+        let unlist = || -> Result<(), StoreError> {
+            let newest = self.state.hub.newest_id(name)?.unwrap_or(0);
+            self.state.store.unlist_room(&member.user_key, name, newest)
+        };
+        let unlisted = self
+            .writes_possible()
+            .map_err(|r| r.message)
+            .and_then(|()| unlist().map_err(|e| e.to_string()));
+        if let Err(error) = unlisted {
+            tracing::warn!(peer = %self.peer, room = name, %error, "left, but the conversation list keeps the room");
+        }
+        Ok(protocol::encode(&ServerFrame::Left { room: room.name() }))
     }
 
     /// Handles `auth`; on failure that ends the session returns the close request.
@@ -735,6 +827,7 @@ impl Session {
             name: user.name.as_str().into(),
             peer: self.peer,
             since_ms: now_ms(),
+            account_created_ms: user.created_ms,
             outbox: self.outbox.clone(),
         });
         state.hub.register(&member);

@@ -264,23 +264,26 @@ impl Store {
         })
     }
 
-    /// Gives both users of a new direct-message room a membership, so it shows on their lists
-    /// once it holds a message. Does nothing for other rooms.
+    /// Gives both users of a new direct-message room a membership (not joined: `left_at` 0), so
+    /// it shows on their lists once it holds a message. Does nothing for other rooms.
     pub(super) fn add_dm_memberships(&self, room: &str) -> Result<(), StoreError> {
         let Ok(Some((a, b))) = rules::dm_participants(room) else {
             return Ok(());
         };
         for user in [a, b] {
             self.change_membership(user, room, |current| {
-                current.is_none().then(Membership::default)
+                current.is_none().then_some(Membership {
+                    read: 0,
+                    left_at: Some(0),
+                })
             })?;
         }
         Ok(())
     }
 
     /// `room` as an entry of `user_key`'s list, or `None` if it is not on the list: a room
-    /// joined and not left since; a direct-message room once it holds a message, and again
-    /// after a `leave` once a newer message arrives. `upto` is the room's newest id clients
+    /// joined and not left since; also a direct-message room with a message newer than the
+    /// user's `leave` (or any message, if the user never joined it). `upto` is the room's newest id clients
     /// can see (its published id while it is loaded).
     pub fn conversation(
         &self,
@@ -293,11 +296,10 @@ impl Store {
             .messages_before(room.no, u64::MAX, upto, 1)?
             .messages
             .pop();
-        let listed = if matches!(rules::dm_participants(&room.name), Ok(Some(_))) {
-            last.as_ref()
-                .is_some_and(|last| membership.left_at.is_none_or(|left| last.id > left))
-        } else {
-            membership.left_at.is_none()
+        let dm = matches!(rules::dm_participants(&room.name), Ok(Some(_)));
+        let listed = match membership.left_at {
+            None => true,
+            Some(left) => dm && last.as_ref().is_some_and(|last| last.id > left),
         };
         if !listed {
             return Ok(None);

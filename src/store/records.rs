@@ -157,7 +157,8 @@ pub enum Change {
 pub struct Membership {
     /// Everything up to this id is read (0: nothing).
     pub read: u64,
-    /// Set by `leave` (or a `read` of a room never joined): the room's newest id then. A room
+    /// Set by `leave`: the room's newest id then; 0 for a membership made without a join (a
+    /// `read` of a room never joined, or a new direct-message room for its other user). A room
     /// with it set is off the list until joined again; a direct-message room comes back with
     /// the first message after it.
     pub left_at: Option<u64>,
