@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use chatd::store::commit::Committer;
 use chatd::store::gate::WriteGate;
-use chatd::store::{Message, RoomRef, Store, StoreOptions};
+use chatd::store::{LogWrite, Message, RoomRef, Store, StoreOptions};
 use sled::Transactional;
 
 const ROOMS: usize = 64;
@@ -322,12 +322,12 @@ fn append(driver: &Arc<Driver>, r: usize) {
     let room = driver.rooms[r].lock().unwrap_or_else(|e| e.into_inner());
     let seq = driver.seq.fetch_add(1, Ordering::Relaxed);
     let user = format!("user{r}");
-    let message = Message {
-        user: user.clone(),
-        text: driver.text.clone(),
-        ts: seq,
-        cid: Some(format!("c{seq}")),
-    };
+    let message = LogWrite::Message(Message::new(
+        user.clone(),
+        driver.text.clone(),
+        seq,
+        Some(format!("c{seq}")),
+    ));
     let started = Instant::now();
     let next = driver.clone();
     driver.outstanding.fetch_add(1, Ordering::SeqCst);

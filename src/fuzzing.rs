@@ -19,6 +19,10 @@ pub fn client_frame(bytes: &[u8]) {
     if let Ok(envelope) = crate::protocol::envelope(text) {
         let _ = envelope.request();
     }
+    // The 1.1 text rules run on what clients send: mentions on every stored text, DM names on
+    // every room name.
+    let _ = crate::rules::mentioned_names(text).count();
+    let _ = crate::rules::dm_participants(text);
 }
 
 /// A value read back from the database under some key: every record kind, and a message with

@@ -1,4 +1,5 @@
-//! Protocol v1 frames: parsing and validating what clients send, encoding what the server sends.
+//! Protocol frames (v1 and the 1.1 additions): parsing and validating what clients send,
+//! encoding what the server sends.
 //!
 //! Parsing goes through `serde_json::Value` rather than derived structs because the protocol's
 //! error rules are finer than serde's: `null` counts as absent, unknown fields are ignored, a
@@ -9,7 +10,10 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::rules::{self, valid_room_name, TextError, MAX_ID};
+use crate::rules::{self, dm_participants, valid_room_name, TextError, MAX_ID};
+
+/// The protocol version `welcome` announces.
+pub const PROTOCOL_VERSION: &str = "1.1";
 
 /// Close codes the server uses.
 pub mod close {
@@ -56,11 +60,15 @@ pub enum ErrorCode {
     RateLimited,
     /// A server fault.
     Internal,
+    /// Not allowed to act on this (a DM room of others, a message of another author).
+    Forbidden,
+    /// No such user, room or message.
+    NotFound,
 }
 
 impl ErrorCode {
     /// Every code, for metrics.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::AuthFailed,
@@ -71,6 +79,8 @@ impl ErrorCode {
         ErrorCode::TooLong,
         ErrorCode::RateLimited,
         ErrorCode::Internal,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
     ];
 
     /// The code as it appears on the wire.
@@ -86,6 +96,8 @@ impl ErrorCode {
             ErrorCode::TooLong => "too_long",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
         }
     }
 }
@@ -190,6 +202,58 @@ pub enum Request {
         /// Echoed back.
         t: Option<Value>,
     },
+    /// `read`: the user has read `room` up to `id`.
+    Read {
+        /// Room name.
+        room: String,
+        /// Newest id read.
+        id: u64,
+    },
+    /// `rooms`: the user's conversation list.
+    Rooms,
+    /// `typing` in a joined room.
+    Typing {
+        /// Room name.
+        room: String,
+    },
+    /// `edit` of one's own message.
+    Edit {
+        /// Room name.
+        room: String,
+        /// The message's id.
+        id: u64,
+        /// The new text.
+        text: String,
+        /// Idempotency key.
+        cid: Option<String>,
+    },
+    /// `delete` of one's own message.
+    Delete {
+        /// Room name.
+        room: String,
+        /// The message's id.
+        id: u64,
+        /// Idempotency key.
+        cid: Option<String>,
+    },
+}
+
+impl Request {
+    /// The room a frame names, if it names one.
+    pub fn room(&self) -> Option<&str> {
+        match self {
+            Request::Join { room, .. }
+            | Request::Leave { room }
+            | Request::Send { room, .. }
+            | Request::History { room, .. }
+            | Request::Who { room }
+            | Request::Read { room, .. }
+            | Request::Typing { room }
+            | Request::Edit { room, .. }
+            | Request::Delete { room, .. } => Some(room),
+            Request::Auth(_) | Request::Ping { .. } | Request::Rooms => None,
+        }
+    }
 }
 
 /// A parsed frame and the `ref` its errors carry.
@@ -264,10 +328,40 @@ impl<'a> Fields<'a> {
 
     fn room(&self) -> Result<String, Rejection> {
         let room = self.str("room")?;
-        if !valid_room_name(room) {
-            return Err(self.bad("`room` must be 1 to 64 characters of a-z 0-9 _ -"));
+        match dm_participants(room) {
+            Ok(Some(_)) => {}
+            Err(_) => {
+                return Err(self.bad(
+                    "a direct-message room is `dm:` + both user names in lower case, sorted, joined by `+`",
+                ))
+            }
+            Ok(None) if !valid_room_name(room) => {
+                return Err(self.bad("`room` must be 1 to 64 characters of a-z 0-9 _ -"))
+            }
+            Ok(None) => {}
         }
         Ok(room.to_owned())
+    }
+
+    fn cid(&self) -> Result<Option<String>, Rejection> {
+        let cid = self.opt_str("cid")?;
+        if cid.is_some_and(|c| !valid_cid(c)) {
+            return Err(self.bad("`cid` must be 1 to 64 printable ASCII characters without spaces"));
+        }
+        Ok(cid.map(str::to_owned))
+    }
+
+    fn text(&self) -> Result<String, Rejection> {
+        let text = self.str("text")?;
+        if let Err((code, message)) = check_text(text) {
+            return Err(Rejection::new(code, message).with_ref(Some(self.reference)));
+        }
+        Ok(text.to_owned())
+    }
+
+    fn id(&self, name: &str) -> Result<u64, Rejection> {
+        self.opt_u64(name, MAX_ID)?
+            .ok_or_else(|| self.bad(format!("`{name}` is required")))
     }
 }
 
@@ -356,19 +450,39 @@ impl Fields<'_> {
             },
             "send" => {
                 let room = fields.room()?;
-                let cid = fields.opt_str("cid")?;
-                if cid.is_some_and(|c| !valid_cid(c)) {
-                    return Err(fields
-                        .bad("`cid` must be 1 to 64 printable ASCII characters without spaces"));
-                }
-                let text = fields.str("text")?;
-                if let Err((code, message)) = check_text(text) {
-                    return Err(Rejection::new(code, message).with_ref(Some(fields.reference)));
-                }
+                let cid = fields.cid()?;
                 Request::Send {
                     room,
-                    text: text.to_owned(),
-                    cid: cid.map(str::to_owned),
+                    text: fields.text()?,
+                    cid,
+                }
+            }
+            "read" => Request::Read {
+                room: fields.room()?,
+                id: fields.id("id")?,
+            },
+            "rooms" => Request::Rooms,
+            "typing" => Request::Typing {
+                room: fields.room()?,
+            },
+            "edit" => {
+                let room = fields.room()?;
+                let cid = fields.cid()?;
+                let id = fields.id("id")?;
+                Request::Edit {
+                    room,
+                    id,
+                    text: fields.text()?,
+                    cid,
+                }
+            }
+            "delete" => {
+                let room = fields.room()?;
+                let cid = fields.cid()?;
+                Request::Delete {
+                    room,
+                    id: fields.id("id")?,
+                    cid,
                 }
             }
             "history" => {
@@ -440,6 +554,9 @@ pub struct MessageEvent<'a> {
     /// Sender's idempotency key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cid: Option<&'a str>,
+    /// When the text was last edited, if it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edited_ts: Option<u64>,
 }
 
 impl<'a> MessageEvent<'a> {
@@ -461,7 +578,14 @@ impl<'a> MessageEvent<'a> {
             text,
             ts,
             cid,
+            edited_ts: None,
         }
+    }
+
+    /// The same event, marked as edited at `edited_ts`.
+    pub fn edited(mut self, edited_ts: Option<u64>) -> Self {
+        self.edited_ts = edited_ts;
+        self
     }
 
     /// Its length as JSON, counted without building it.
@@ -495,6 +619,8 @@ pub enum ServerFrame<'a> {
         server_time: u64,
         /// Limits in force.
         limits: Limits,
+        /// The protocol version spoken ([`PROTOCOL_VERSION`]).
+        protocol: &'static str,
     },
     /// First reply to `join`.
     Joined {
@@ -502,6 +628,8 @@ pub enum ServerFrame<'a> {
         room: &'a str,
         /// Users online in the room.
         members: Vec<&'a str>,
+        /// The user's read marker in the room.
+        read: u64,
     },
     /// End of a join replay.
     Synced {
@@ -560,12 +688,66 @@ pub enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         t: Option<&'a Value>,
     },
-    /// Extension: an admin removed a message; clients should drop it from view.
+    /// A message's text was replaced.
+    Edited {
+        /// Room.
+        room: &'a str,
+        /// The message's id.
+        id: u64,
+        /// The event's own id.
+        seq: u64,
+        /// Who edited it.
+        user: &'a str,
+        /// The new text.
+        text: &'a str,
+        /// When.
+        ts: u64,
+    },
+    /// A message was deleted (by its author, or by an admin as `[system]`).
     Deleted {
         /// Room.
         room: &'a str,
-        /// Id of the removed message.
+        /// The message's id.
         id: u64,
+        /// The event's own id.
+        seq: u64,
+        /// Who deleted it.
+        user: &'a str,
+        /// When.
+        ts: u64,
+    },
+    /// The user's read marker in force in a room (reply to `read`, and to every other
+    /// connection of the user).
+    Read {
+        /// Room.
+        room: &'a str,
+        /// The marker.
+        id: u64,
+    },
+    /// Reply to `rooms`.
+    Rooms {
+        /// The user's conversations, newest activity first.
+        rooms: Vec<RoomSummary<'a>>,
+    },
+    /// A DM or a mention in a room this connection has not joined.
+    Notify {
+        /// Room.
+        room: &'a str,
+        /// The message's id.
+        id: u64,
+        /// Its author.
+        user: &'a str,
+        /// Its text.
+        text: &'a str,
+        /// Its acceptance time.
+        ts: u64,
+    },
+    /// Someone is typing in a joined room.
+    Typing {
+        /// Room.
+        room: &'a str,
+        /// Who.
+        user: &'a str,
     },
     /// A refused frame.
     Error {
@@ -577,6 +759,23 @@ pub enum ServerFrame<'a> {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a str>,
     },
+}
+
+/// One conversation of a `rooms` reply.
+#[derive(Debug, Serialize)]
+pub struct RoomSummary<'a> {
+    /// Room name.
+    pub room: &'a str,
+    /// Newest id or seq in the room.
+    pub last_id: u64,
+    /// The user's read marker.
+    pub read: u64,
+    /// Other users' messages above the marker (capped).
+    pub unread: u64,
+    /// Those of them that mention the user.
+    pub mentions: u64,
+    /// The newest message, or `null`.
+    pub last: Option<MessageEvent<'a>>,
 }
 
 /// An encoded frame: complete WebSocket bytes, cheap to clone and share among connections.

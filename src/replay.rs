@@ -13,14 +13,18 @@
 //!   was read under the lock: messages up to `upto` are never added later (ids only grow), only
 //!   removed (admin delete, pruning), and those simply stop appearing, as they would in history.
 //! - The frames are the same as before, in the same order: `message` events ascending by id,
-//!   then `synced` (`joined` is queued by the hub before the pages).
+//!   then `synced` (`joined` is queued by the hub before the pages). A join with `since` also
+//!   replays the room's `edited` and `deleted` events, merged with the messages in id order, and
+//!   its limit counts both; messages appear in their current state either way. An edit whose
+//!   message was deleted since (its text scrubbed) is skipped: the `deleted` event follows.
 
 use std::sync::Arc;
 
-use crate::hub::message_event;
+use crate::hub::{event_frame, message_event};
 use crate::outbox::ReplyPages;
 use crate::protocol::{encode, Encoded, ServerFrame};
 use crate::store::commit::Committer;
+use crate::store::{Change, LogItem};
 
 /// Messages read from the database at a time: a page overshoots the budget by at most this many.
 const MESSAGES_PER_READ: usize = 4;
@@ -126,18 +130,36 @@ impl ReplyPages for Replay {
         let mut produced = 0;
         while self.left > 0 {
             let want = self.left.min(MESSAGES_PER_READ);
-            let page = self
-                .committer
-                .messages_after(self.room_no, self.after, self.upto, want)
-                .map_err(|e| e.to_string())?;
-            for m in &page.messages {
-                let frame = encode(&message_event(&self.room, m.id, &m.message));
+            let (items, more) = if self.since {
+                let page = self
+                    .committer
+                    .entries_after(self.room_no, self.after, self.upto, want)
+                    .map_err(|e| e.to_string())?;
+                (page.items, page.more)
+            } else {
+                let page = self
+                    .committer
+                    .messages_after(self.room_no, self.after, self.upto, want)
+                    .map_err(|e| e.to_string())?;
+                let items = page.messages.into_iter().map(LogItem::Message).collect();
+                (items, page.more)
+            };
+            for item in &items {
+                self.after = item.id();
+                let frame = match item {
+                    LogItem::Message(m) => encode(&message_event(&self.room, m.id, &m.message)),
+                    LogItem::Event { event, .. }
+                        if matches!(event.change, Change::Edited { text: None, .. }) =>
+                    {
+                        continue;
+                    }
+                    LogItem::Event { seq, event } => encode(&event_frame(&self.room, *seq, event)),
+                };
                 produced += frame.wire().len();
                 out.push(frame);
-                self.after = m.id;
                 self.left -= 1;
             }
-            if !page.more {
+            if !more {
                 break;
             }
             if self.left == 0 {

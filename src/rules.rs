@@ -30,6 +30,91 @@ pub fn valid_room_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
 }
 
+/// Prefix of direct-message room names. Ordinary room names cannot contain `:`, so the two
+/// kinds never collide.
+pub const DM_PREFIX: &str = "dm:";
+
+/// Why a name starting with [`DM_PREFIX`] is not a valid direct-message room name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadDmName;
+
+/// The two user keys of a direct-message room name (`dm:` + both names in lower case, sorted,
+/// joined by `+`): `Ok(None)` for a name without the prefix, `Err` for a malformed one (wrong
+/// order, upper case, one name, the same name twice). There is exactly one valid name per pair.
+pub fn dm_participants(name: &str) -> Result<Option<(&str, &str)>, BadDmName> {
+    let Some(pair) = name.strip_prefix(DM_PREFIX) else {
+        return Ok(None);
+    };
+    let (a, b) = pair.split_once('+').ok_or(BadDmName)?;
+    let lower_name = |n: &str| valid_user_name(n) && !n.bytes().any(|b| b.is_ascii_uppercase());
+    if lower_name(a) && lower_name(b) && a < b {
+        Ok(Some((a, b)))
+    } else {
+        Err(BadDmName)
+    }
+}
+
+/// The direct-message room of two users (their names in any case).
+pub fn dm_room_name(one: &str, other: &str) -> String {
+    let (one, other) = (one.to_ascii_lowercase(), other.to_ascii_lowercase());
+    let (a, b) = if one <= other {
+        (one, other)
+    } else {
+        (other, one)
+    };
+    format!("{DM_PREFIX}{a}+{b}")
+}
+
+/// Whether `name` is any valid room name: an ordinary one or a direct-message one.
+pub fn valid_any_room_name(name: &str) -> bool {
+    valid_room_name(name) || matches!(dm_participants(name), Ok(Some(_)))
+}
+
+/// The names `text` mentions, as written (compare case-insensitively): `@` + a name, where the
+/// `@` starts the text or follows a character that is not a letter, digit, `_`, `-` or `.`, and
+/// the name runs over letters, digits, `_`, `-` and `.`s that a letter or digit follows (so a
+/// sentence's full stop ends it). A name is only a mention if what follows it cannot continue
+/// it, which the longest such run guarantees.
+pub fn mentioned_names(text: &str) -> impl Iterator<Item = &str> {
+    let continues_word = |c: char| c.is_alphanumeric() || c == '_' || c == '-';
+    let mut previous: Option<char> = None;
+    let mut chars = text.char_indices().peekable();
+    std::iter::from_fn(move || {
+        while let Some((at, c)) = chars.next() {
+            let starts = c == '@' && !previous.is_some_and(|p| continues_word(p) || p == '.');
+            previous = Some(c);
+            if !starts {
+                continue;
+            }
+            let start = at + 1;
+            let mut end = start;
+            while let Some(&(i, c)) = chars.peek() {
+                let dot_inside = c == '.'
+                    && text[i + 1..]
+                        .chars()
+                        .next()
+                        .is_some_and(char::is_alphanumeric);
+                if !(continues_word(c) || dot_inside) {
+                    break;
+                }
+                chars.next();
+                previous = Some(c);
+                end = i + c.len_utf8();
+            }
+            if end > start {
+                return Some(&text[start..end]);
+            }
+        }
+        None
+    })
+}
+
+/// Whether `text` mentions the user whose key (lower-cased name) is `user_key`.
+pub fn mentions(text: &str, user_key: &str) -> bool {
+    // Most texts mention nobody: one scan for `@` settles them.
+    text.contains('@') && mentioned_names(text).any(|name| name.eq_ignore_ascii_case(user_key))
+}
+
 /// Whether `password` has an acceptable length (8 to 128 characters).
 pub fn valid_password(password: &str) -> bool {
     (8..=128).contains(&password.chars().count())
@@ -179,6 +264,78 @@ mod tests {
             Some("passwords are 8 to 128 characters")
         );
         assert!(password_problem(&"x".repeat(129)).is_some());
+    }
+
+    #[test]
+    fn dm_names_have_one_valid_spelling_per_pair() {
+        assert_eq!(dm_participants("general"), Ok(None));
+        assert_eq!(dm_participants("dm:alice+bob"), Ok(Some(("alice", "bob"))));
+        assert_eq!(
+            dm_participants("dm:al.ice+b_o-b"),
+            Ok(Some(("al.ice", "b_o-b")))
+        );
+        for bad in [
+            "dm:",
+            "dm:alice",
+            "dm:bob+alice",
+            "dm:Alice+bob",
+            "dm:alice+alice",
+            "dm:alice+",
+            "dm:+bob",
+            "dm:alice+bob+carol",
+            "dm:al ice+bob",
+            "dm:alice+bobé",
+        ] {
+            assert_eq!(dm_participants(bad), Err(BadDmName), "{bad}");
+        }
+        let long = format!("dm:{}+{}", "a".repeat(32), "b".repeat(32));
+        assert!(valid_any_room_name(&long));
+        assert_eq!(dm_room_name("Bob", "alice"), "dm:alice+bob");
+        assert!(!valid_any_room_name("dm:bob+alice"));
+        assert!(valid_any_room_name("general"));
+    }
+
+    #[test]
+    fn mentions_follow_the_word_rules() {
+        for yes in [
+            "@alice",
+            "hi @alice",
+            "@ALICE!",
+            "(@alice)",
+            "@alice.",
+            "@alice, hi",
+            "x:@alice",
+            "@alice...",
+            "hey @Alice?",
+            "@bob @alice",
+            "@alice's",
+        ] {
+            assert!(mentions(yes, "alice"), "{yes}");
+        }
+        for no in [
+            "alice",
+            "@alicex",
+            "@alice_",
+            "@alice-x",
+            "bob@alice",
+            "a.@alice",
+            "_@alice",
+            "-@alice",
+            "@alice.x",
+            "@alice2",
+            "é@alice",
+            "@aliceé",
+            "@ alice",
+            "@al",
+        ] {
+            assert!(!mentions(no, "alice"), "{no}");
+        }
+        assert!(mentions("@al.ice hi", "al.ice"));
+        assert!(!mentions("@al.ice hi", "al"));
+        assert_eq!(
+            mentioned_names("@a @b.c. @d-e").collect::<Vec<_>>(),
+            ["a", "b.c", "d-e"]
+        );
     }
 
     #[test]

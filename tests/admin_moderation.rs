@@ -98,10 +98,20 @@ fn deleted_messages_disappear_from_live_screens_and_history() {
     bob.expect("message");
     let spam = id_of(&ack2);
     admin(dir, &["messages", "delete", &spam.to_string()]).ok();
+    let mut seqs = Vec::new();
     for c in [&mut alice, &mut bob] {
         let (ev, _) = c.wait_for(T, |v| v["type"] == "deleted");
-        assert_eq!(ev, json!({"type":"deleted","room":"general","id":spam}));
+        // A sequenced event of protocol 1.1: its own seq after the message, by [system].
+        assert_eq!(
+            (&ev["room"], &ev["id"], &ev["user"]),
+            (&json!("general"), &json!(spam), &json!("[system]")),
+            "{ev}"
+        );
+        assert!(ev["seq"].as_u64().unwrap() > spam, "{ev}");
+        assert!(ev["ts"].as_u64().is_some(), "{ev}");
+        seqs.push(ev["seq"].clone());
     }
+    assert_eq!(seqs[0], seqs[1], "one event, seen by both");
     let h = alice.history(json!({"type":"history","room":"general"}));
     let ids = message_ids(&h);
     assert_eq!(ids, [id_of(&ack1)]);

@@ -370,9 +370,12 @@ impl From<crate::hub::HubError> for AdminError {
                 AdminError::failed("the room was deleted while the command ran")
             }
             crate::hub::HubError::Store(e) => e.into(),
-            e @ (crate::hub::HubError::Unloaded | crate::hub::HubError::TooManyRooms { .. }) => {
-                AdminError::failed(e.to_string())
+            e @ crate::hub::HubError::NotFound => {
+                AdminError::new(ErrorKind::NotFound, e.to_string())
             }
+            e @ (crate::hub::HubError::Unloaded
+            | crate::hub::HubError::TooManyRooms { .. }
+            | crate::hub::HubError::Forbidden) => AdminError::failed(e.to_string()),
         }
     }
 }
@@ -413,6 +416,32 @@ impl Context<'_> {
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
+    }
+}
+
+/// Deletes messages `ids` of `room` as sequenced `deleted` events by `[system]`: through the hub
+/// when a server runs (so members see them at once, in order with chat traffic), else straight
+/// into the store. Returns how many were deleted; durable after the next [`Context::sync`].
+fn delete_messages_as_admin(ctx: &Context, room: &str, ids: &[u64]) -> Result<u64, AdminError> {
+    match ctx.live {
+        Some(state) => {
+            let mut deleted = 0;
+            for &id in ids {
+                match state.hub.delete_as_admin(room, id) {
+                    Ok(_) => deleted += 1,
+                    Err(crate::hub::HubError::NotFound) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(deleted)
+        }
+        None => Ok(ctx.store.delete_as_events(
+            room,
+            ids,
+            crate::hub::SYSTEM_AUTHOR,
+            crate::hub::now_ms(),
+            &mut ctx.breather(),
+        )?),
     }
 }
 
@@ -670,19 +699,11 @@ pub fn execute(
             };
             let mut removed = 0;
             if delete_messages {
-                let per_room = store.remove_user_messages(&user.name, &mut ctx.breather())?;
-                ctx.sync()?;
-                for (room, ids) in per_room {
-                    removed += ids.len();
-                    if let Some(state) = ctx.live {
-                        for id in ids {
-                            state.hub.announce_deleted(&room, id);
-                        }
-                    }
+                for (room, ids) in store.user_message_ids(&user.name)? {
+                    removed += delete_messages_as_admin(ctx, &room, &ids)?;
                 }
-            } else {
-                ctx.sync()?;
             }
+            ctx.sync()?;
             let what = if delete_messages {
                 format!("{removed} message(s) deleted")
             } else {
@@ -819,14 +840,9 @@ pub fn execute(
             }
             let mut removed = 0;
             for (room, id) in &targets {
-                removed += store.remove_messages(room, &[*id])?;
+                removed += delete_messages_as_admin(ctx, room, &[*id])?;
             }
             ctx.sync()?;
-            if let Some(state) = ctx.live {
-                for (room, id) in &targets {
-                    state.hub.announce_deleted(room, *id);
-                }
-            }
             done(
                 format!("deleted {removed} message(s)"),
                 serde_json::json!({"deleted": targets.iter().map(|(r, id)| serde_json::json!({"room": r, "id": id})).collect::<Vec<_>>()}),

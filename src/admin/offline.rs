@@ -194,12 +194,12 @@ pub fn generate(
             }
             text.push_str(WORDS[(seed % WORDS.len() as u64) as usize]);
         }
-        let message = Message {
-            user: users[(seed >> 32) as usize % users.len()].clone(),
+        let message = Message::new(
+            users[(seed >> 32) as usize % users.len()].clone(),
             text,
-            ts: start + (i as f64 * step) as u64,
-            cid: None,
-        };
+            start + (i as f64 * step) as u64,
+            None,
+        );
         pending[r].push((first_id + i, message));
         if pending[r].len() == CHUNK {
             written += store.insert_messages(&rooms[r], &std::mem::take(&mut pending[r]))?;

@@ -59,6 +59,34 @@ pub fn decode<R: Record>(bytes: &[u8], key: &[u8]) -> Result<R, StoreError> {
     Ok(value)
 }
 
+/// Decodes a value written either by [`encode`] at `R`'s layout or at an older layout `Old`,
+/// converting the old one.
+pub fn decode_upgrading<R: Record, Old: Record + Into<R>>(
+    bytes: &[u8],
+    key: &[u8],
+) -> Result<R, StoreError> {
+    match bytes.first() {
+        Some(&version) if version == Old::VERSION => decode::<Old>(bytes, key).map(Into::into),
+        _ => decode::<R>(bytes, key),
+    }
+}
+
+/// The first two string fields of a value without decoding (or copying) the rest: for scans
+/// that look at many messages' authors and texts. `None` if the value is damaged.
+pub fn decode_head(bytes: &[u8]) -> Option<(&str, &str)> {
+    #[derive(serde::Deserialize)]
+    struct Head<'a> {
+        first: &'a str,
+        second: &'a str,
+    }
+    let (head, _) = bincode::serde::borrow_decode_from_slice::<Head, _>(
+        bytes.get(1..)?,
+        bincode::config::standard().with_limit::<MAX_DECODED_BYTES>(),
+    )
+    .ok()?;
+    Some((head.first, head.second))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,8 +50,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::gate::{Condition, WriteGate, CHECK_INTERVAL};
-use super::log::{Applied, LogBackend, NewMessage, RoomRef};
-use super::{cid_key, Appended, CidEntry, Message, Page, StoreError};
+use super::log::{Applied, LogBackend, LogWrite, NewEntry, RoomRef};
+use super::{cid_key, Appended, CidEntry, EntryPage, Message, Page, StoreError};
 
 /// What a continuation learns: whether its write (and the flush that covered it) succeeded.
 pub type FlushResult = Result<(), Arc<StoreError>>;
@@ -71,9 +71,9 @@ pub type FlushObserver = Box<dyn Fn(Duration, bool) + Send + Sync>;
 const DELIVERY_BACKLOG: usize = 2;
 
 enum Work {
-    /// A message to store, with its key in the in-flight cid set.
+    /// A message or event to store, with its key in the in-flight cid set.
     Write {
-        message: NewMessage,
+        entry: NewEntry,
         cid_key: Option<Vec<u8>>,
     },
     /// A repeated cid whose original was still in flight when the repeat came: acknowledge
@@ -227,7 +227,7 @@ impl Committer {
         &self.shared.gate
     }
 
-    /// Queues `message` for `room` and returns at once what happens to it: a new id, or, if
+    /// Queues `write` for `room` and returns at once what happens to it: a new id, or, if
     /// `user_key` already used its cid (in any room, queued or stored), the original. `then`
     /// runs on the delivery thread after the batch holding the write is durable, or failed.
     ///
@@ -238,10 +238,10 @@ impl Committer {
         &self,
         room: &RoomRef,
         user_key: &str,
-        message: Message,
+        write: LogWrite,
         then: AppendContinuation,
     ) -> Result<Appended, StoreError> {
-        let cid_key = message.cid.as_deref().map(|c| cid_key(user_key, c));
+        let cid_key = write.cid().map(|c| cid_key(user_key, c));
         let user_key: Arc<str> = Arc::from(user_key);
         // Before the cid lookup: a backend that failed a write may fail reads too.
         self.shared.gate.admit_flush_waiter()?;
@@ -249,7 +249,7 @@ impl Committer {
         if queue.stopping {
             return Err(StoreError::Stopped);
         }
-        if let (Some(key), Some(cid)) = (&cid_key, &message.cid) {
+        if let (Some(key), Some(cid)) = (&cid_key, write.cid()) {
             // Both lookups under the queue's mutex: two rooms cannot both accept one cid, and an
             // entry leaves the in-flight set only once the backend shows it.
             let repeat = match queue.in_flight.get(key) {
@@ -261,7 +261,7 @@ impl Committer {
                 let work = if in_flight {
                     Work::Repeat {
                         user_key,
-                        cid: cid.clone(),
+                        cid: cid.to_owned(),
                         original: original.id,
                     }
                 } else {
@@ -278,9 +278,9 @@ impl Committer {
                 return Ok(appended);
             }
         }
-        self.shared.gate.admit_message(message.text.len())?;
+        self.shared.gate.admit_message(write.text_len())?;
         let id = self.backend.take_id();
-        let ts = message.ts;
+        let ts = write.ts();
         if let Some(key) = &cid_key {
             queue.in_flight.insert(
                 key.clone(),
@@ -295,11 +295,11 @@ impl Committer {
             queue,
             Item {
                 work: Work::Write {
-                    message: NewMessage {
+                    entry: NewEntry {
                         room: room.clone(),
                         id,
                         user_key,
-                        message,
+                        write,
                     },
                     cid_key,
                 },
@@ -307,6 +307,16 @@ impl Committer {
             },
         );
         Ok(Appended::New(id))
+    }
+
+    /// Whether `user_key` already used `cid` (in a write queued or stored).
+    pub fn used_cid(&self, user_key: &str, cid: &str) -> Result<bool, StoreError> {
+        let queue = self.shared.lock();
+        if queue.in_flight.contains_key(&cid_key(user_key, cid)) {
+            return Ok(true);
+        }
+        drop(queue);
+        Ok(self.backend.cid(user_key, cid)?.is_some())
     }
 
     /// Runs `continuation` after the next flush that covers every write made before this call
@@ -365,6 +375,23 @@ impl Committer {
         limit: usize,
     ) -> Result<Page, StoreError> {
         self.backend.messages_before(room_no, before, upto, limit)
+    }
+
+    /// Messages and events of `room_no` after `after`, up to `upto` (see
+    /// [`LogBackend::entries_after`]).
+    pub fn entries_after(
+        &self,
+        room_no: u32,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<EntryPage, StoreError> {
+        self.backend.entries_after(room_no, after, upto, limit)
+    }
+
+    /// Message `id` of `room_no` if the room holds it (see [`LogBackend::message`]).
+    pub fn message(&self, room_no: u32, id: u64) -> Result<Option<Message>, StoreError> {
+        self.backend.message(room_no, id)
     }
 
     /// Applies and flushes what is queued, runs the remaining continuations, and stops the
@@ -435,10 +462,10 @@ fn commit_loop(
         if items.is_empty() {
             return; // stopping, and everything queued before is delivered or on its way
         }
-        let writes: Vec<&NewMessage> = items
+        let writes: Vec<&NewEntry> = items
             .iter()
             .filter_map(|item| match &item.work {
-                Work::Write { message, .. } => Some(message),
+                Work::Write { entry, .. } => Some(entry),
                 _ => None,
             })
             .collect();
@@ -576,14 +603,19 @@ fn outcomes(
         .into_iter()
         .map(|item| {
             let result = match item.work {
-                Work::Write { message, .. } => {
+                Work::Write { entry, .. } => {
                     let at = position;
                     position += 1;
                     match applied {
                         Err(e) => Err(e.clone()),
                         Ok(a) if a.room_gone.binary_search(&at).is_ok() => {
                             Err(Arc::new(StoreError::RoomGone {
-                                room: message.room.name.to_string(),
+                                room: entry.room.name.to_string(),
+                            }))
+                        }
+                        Ok(a) if a.target_gone.binary_search(&at).is_ok() => {
+                            Err(Arc::new(StoreError::MessageGone {
+                                room: entry.room.name.to_string(),
                             }))
                         }
                         Ok(_) => flushed.clone(),
@@ -667,7 +699,7 @@ mod tests {
         fn cid(&self, user_key: &str, cid: &str) -> Result<Option<CidEntry>, StoreError> {
             LogBackend::cid(&*self.store, user_key, cid)
         }
-        fn apply(&self, batch: &[&NewMessage]) -> Result<Applied, StoreError> {
+        fn apply(&self, batch: &[&NewEntry]) -> Result<Applied, StoreError> {
             let hold = self.hold.lock().unwrap().take();
             if let Some((started, release)) = hold {
                 started.send(()).unwrap();
@@ -700,6 +732,12 @@ mod tests {
         }
         fn messages_before(&self, n: u32, b: u64, u: u64, l: usize) -> Result<Page, StoreError> {
             LogBackend::messages_before(&*self.store, n, b, u, l)
+        }
+        fn entries_after(&self, n: u32, a: u64, u: u64, l: usize) -> Result<EntryPage, StoreError> {
+            LogBackend::entries_after(&*self.store, n, a, u, l)
+        }
+        fn message(&self, n: u32, id: u64) -> Result<Option<Message>, StoreError> {
+            LogBackend::message(&*self.store, n, id)
         }
     }
 
@@ -765,12 +803,12 @@ mod tests {
             cid: Option<&str>,
         ) -> (Appended, mpsc::Receiver<Outcome>) {
             let (tx, rx) = mpsc::channel();
-            let message = Message {
-                user: user.into(),
-                text: text.into(),
-                ts: 7,
-                cid: cid.map(Into::into),
-            };
+            let message = LogWrite::Message(Message::new(
+                user.into(),
+                text.into(),
+                7,
+                cid.map(Into::into),
+            ));
             let appended = self
                 .committer
                 .append(
@@ -820,12 +858,12 @@ mod tests {
         f.committer.append(
             &f.room("a"),
             "alice",
-            Message {
-                user: "alice".into(),
-                text: text.into(),
-                ts: 7,
-                cid: cid.map(Into::into),
-            },
+            LogWrite::Message(Message::new(
+                "alice".into(),
+                text.into(),
+                7,
+                cid.map(Into::into),
+            )),
             Box::new(|_, _| {}),
         )
     }
@@ -1220,12 +1258,7 @@ mod tests {
         let late = f.committer.append(
             &f.room("a"),
             "alice",
-            Message {
-                user: "alice".into(),
-                text: "late".into(),
-                ts: 1,
-                cid: None,
-            },
+            LogWrite::Message(Message::new("alice".into(), "late".into(), 1, None)),
             Box::new(|_, _| panic!("never runs")),
         );
         assert!(matches!(late, Err(StoreError::Stopped)), "{late:?}");

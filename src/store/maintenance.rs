@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 use sled::Transactional;
 
 use super::{
-    abort, be_u64, cid_key, codec, message_key, split_message_key, tx_error, user_key, CidEntry,
-    Message, Record, Room, Session, Store, StoreError, StoredMessage, User, META_ID_FLOOR,
+    abort, be_u64, cid_key, codec, message_key, split_message_key, tx_error, user_key, Change,
+    CidEntry, Event, LogBackend, LogWrite, Message, NewEntry, Record, Room, RoomRef, Session,
+    Store, StoreError, StoredMessage, User, META_ID_FLOOR,
 };
 
 /// A message ready for writing: id, value, and its cid key and value if it has one.
@@ -368,7 +369,7 @@ impl Store {
                 break; // appended after we started: never a candidate
             }
             let over_count = excess > 0;
-            let ts = codec::decode::<Message>(&v, &k)?.ts;
+            let ts = super::decode_message(&k, &v)?.message.ts;
             let too_old = rule.before_ms.is_some_and(|b| ts < b);
             if !over_count && !too_old {
                 if rule
@@ -407,33 +408,75 @@ impl Store {
         Ok(report)
     }
 
-    /// Removes every message `user` wrote (matched by name, any case), in chunks. Returns the
-    /// removed ids per room.
-    pub fn remove_user_messages(
-        &self,
-        user: &str,
-        between_chunks: &mut dyn FnMut(),
-    ) -> Result<Vec<(String, Vec<u64>)>, StoreError> {
-        let key = user_key(user);
+    /// The ids of every message `user` wrote (matched by name, any case), per room.
+    pub fn user_message_ids(&self, user: &str) -> Result<Vec<(String, Vec<u64>)>, StoreError> {
         let mut out = Vec::new();
         let rooms: Vec<Room> = self.rooms().collect::<Result<_, _>>()?;
         for room in rooms {
             let mut ids = Vec::new();
-            for m in self.room_messages(room.no) {
-                let m = m?;
-                if user_key(&m.message.user) == key {
-                    ids.push(m.id);
+            for kv in self.messages.scan_prefix(room.no.to_be_bytes()) {
+                let (k, v) = kv?;
+                let author = codec::decode_head(&v).map(|(author, _)| author);
+                match author {
+                    Some(author) if author.eq_ignore_ascii_case(user) => {
+                        ids.push(super::decode_message(&k, &v)?.id)
+                    }
+                    Some(_) => {}
+                    // Decoding it whole names the damaged value.
+                    None => drop(super::decode_message(&k, &v)?),
                 }
-            }
-            for chunk in ids.chunks(CHUNK) {
-                self.remove_messages(&room.name, chunk)?;
-                between_chunks();
             }
             if !ids.is_empty() {
                 out.push((room.name, ids));
             }
         }
         Ok(out)
+    }
+
+    /// Deletes messages `ids` of `room` as sequenced `deleted` events by `user` (an admin's
+    /// deletions while no server runs; a running server's go through its hub). Ids that are not
+    /// messages of the room are skipped. Returns how many were deleted; durable with the next
+    /// flush.
+    pub fn delete_as_events(
+        &self,
+        room: &str,
+        ids: &[u64],
+        user: &str,
+        ts: u64,
+        between_chunks: &mut dyn FnMut(),
+    ) -> Result<u64, StoreError> {
+        let Some(record) = self.room(room)? else {
+            return Ok(0);
+        };
+        let room_ref = RoomRef {
+            name: room.into(),
+            no: record.no,
+        };
+        let mut deleted = 0;
+        for chunk in ids.chunks(CHUNK) {
+            let entries: Vec<NewEntry> = chunk
+                .iter()
+                .map(|&target| NewEntry {
+                    room: room_ref.clone(),
+                    id: self.take_id(),
+                    user_key: "".into(),
+                    write: LogWrite::Event {
+                        event: Event {
+                            target,
+                            user: user.to_owned(),
+                            ts,
+                            change: Change::Deleted,
+                        },
+                        cid: None,
+                    },
+                })
+                .collect();
+            let batch: Vec<&NewEntry> = entries.iter().collect();
+            let applied = self.apply(&batch)?;
+            deleted += (chunk.len() - applied.target_gone.len() - applied.room_gone.len()) as u64;
+            between_chunks();
+        }
+        Ok(deleted)
     }
 
     /// Deletes a room's record first (so no new message can be stored in it and its name is
@@ -447,27 +490,34 @@ impl Store {
         Ok(Some(room))
     }
 
-    /// Removes the messages stored under room number `no` (after [`Store::remove_room_record`]).
+    /// Removes the messages and events stored under room number `no` (after
+    /// [`Store::remove_room_record`]). Returns how many messages went.
     pub fn purge_room_messages(
         &self,
         no: u32,
         between_chunks: &mut dyn FnMut(),
     ) -> Result<u64, StoreError> {
+        self.unread.forget_all();
         let mut n = 0;
-        loop {
-            let mut batch = sled::Batch::default();
-            let mut pending = 0;
-            for kv in self.messages.scan_prefix(no.to_be_bytes()).take(CHUNK * 10) {
-                batch.remove(kv?.0);
-                pending += 1;
+        for (tree, counted) in [(&self.messages, true), (&self.events, false)] {
+            loop {
+                let mut batch = sled::Batch::default();
+                let mut pending = 0;
+                for kv in tree.scan_prefix(no.to_be_bytes()).take(CHUNK * 10) {
+                    batch.remove(kv?.0);
+                    pending += 1;
+                }
+                if pending == 0 {
+                    break;
+                }
+                tree.apply_batch(batch)?;
+                if counted {
+                    n += pending;
+                }
+                between_chunks();
             }
-            if pending == 0 {
-                return Ok(n);
-            }
-            self.messages.apply_batch(batch)?;
-            n += pending;
-            between_chunks();
         }
+        Ok(n)
     }
 
     /// Removes every session of `user` (any case) and the cids the user sent; returns how
@@ -670,12 +720,7 @@ impl Store {
                                 ..
                             } => Some((
                                 *id,
-                                Message {
-                                    user: user.clone(),
-                                    text: text.clone(),
-                                    ts: *ts,
-                                    cid: cid.clone(),
-                                },
+                                Message::new(user.clone(), text.clone(), *ts, cid.clone()),
                             )),
                             _ => None,
                         })
@@ -726,6 +771,8 @@ impl Store {
     /// lowered) right, records cids not yet known, and keeps future ids above these. Returns
     /// how many were stored.
     pub fn insert_messages(&self, room: &str, batch: &[(u64, Message)]) -> Result<u64, StoreError> {
+        // Imported ids may fall below what unread counts already covered.
+        self.unread.forget_all();
         let mut stored = 0;
         for chunk in batch.chunks(CHUNK) {
             if let Some(max) = chunk.iter().map(|(id, _)| *id).max() {
@@ -792,9 +839,11 @@ impl Store {
             (&self.sessions, &target.sessions),
             (&self.rooms, &target.rooms),
             (&self.messages, &target.messages),
+            (&self.events, &target.events),
             (&self.cids, &target.cids),
             (&self.meta, &target.meta),
             (&self.skeletons, &target.skeletons),
+            (&self.memberships, &target.memberships),
         ];
         let mut n = 0;
         for (from, to) in pairs {

@@ -8,6 +8,8 @@
 //! | `sessions` | SHA-256 of the token (32 bytes)       | [`Session`]      |
 //! | `rooms`    | room name                             | [`Room`]         |
 //! | `messages` | room no (u32 BE) ++ message id (u64 BE) | [`Message`]    |
+//! | `events`   | room no (u32 BE) ++ seq (u64 BE)      | [`Event`]        |
+//! | `memberships` | user key ++ 0x00 ++ room name      | [`Membership`]   |
 //! | `cids`     | user key ++ 0x00 ++ cid               | [`CidEntry`]     |
 //! | `meta`     | `schema`, `next_room_no`, `id_floor`, `users` | u32/u64 BE |
 //! | `meta`     | `presence` (only between a shutdown and the next start) | [`PresenceSnapshot`] |
@@ -28,6 +30,7 @@
 
 mod codec;
 pub mod commit;
+mod conversations;
 pub mod gate;
 pub mod log;
 pub mod maintenance;
@@ -44,8 +47,13 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 pub use codec::Record;
-pub use log::{Applied, LogBackend, NewMessage, RoomRef};
-pub use records::{CidEntry, Message, PresenceSnapshot, Room, RoomPresence, Session, User};
+pub use conversations::{Conversation, UNREAD_CAP};
+pub use log::{Applied, EntryPage, LogBackend, LogItem, LogWrite, NewEntry, RoomRef};
+use records::MessageV1;
+pub use records::{
+    Change, CidEntry, Event, Membership, Message, PresenceSnapshot, Room, RoomPresence, Session,
+    User,
+};
 
 /// The on-disk schema this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -117,6 +125,12 @@ pub enum StoreError {
     /// A message was queued for a room that an admin deleted before the write was applied.
     #[error("room `{room}` was deleted before the message was stored")]
     RoomGone {
+        /// The room's name.
+        room: String,
+    },
+    /// An edit or deletion was queued for a message that an earlier write deleted.
+    #[error("the message in `{room}` was deleted before the change was stored")]
+    MessageGone {
         /// The room's name.
         room: String,
     },
@@ -206,11 +220,15 @@ pub struct Store {
     sessions: sled::Tree,
     rooms: sled::Tree,
     messages: sled::Tree,
+    events: sled::Tree,
     cids: sled::Tree,
     meta: sled::Tree,
     skeletons: sled::Tree,
+    memberships: sled::Tree,
     path: PathBuf,
     next_id: AtomicU64,
+    /// Unread counts already made, so a `rooms` request only reads what arrived since.
+    unread: conversations::UnreadCache,
 }
 
 impl std::fmt::Debug for Store {
@@ -232,7 +250,8 @@ fn tx_error(e: TransactionError<StoreError>) -> StoreError {
     }
 }
 
-/// A message of a batch, encoded: its key and value, and its cid key and value if it has one.
+/// A write of a batch, encoded: its key, its value (for an event, the event's), and its cid key
+/// and value if it has one.
 type EncodedWrite = ([u8; 12], Vec<u8>, Option<(Vec<u8>, Vec<u8>)>);
 
 /// The `messages` key of a message.
@@ -295,8 +314,17 @@ fn decode_message(key: &[u8], value: &[u8]) -> Result<StoredMessage, StoreError>
     })?;
     Ok(StoredMessage {
         id,
-        message: codec::decode(value, key)?,
+        message: codec::decode_upgrading::<Message, MessageV1>(value, key)?,
     })
+}
+
+fn decode_event(key: &[u8], value: &[u8]) -> Result<(u64, Event), StoreError> {
+    let (_, seq) = split_message_key(key).ok_or_else(|| StoreError::Corrupt {
+        kind: Event::KIND,
+        key: format!("{key:?}"),
+        detail: "key is not room no + seq".into(),
+    })?;
+    Ok((seq, codec::decode(value, key)?))
 }
 
 /// Decodes `bytes` as every kind of stored value, and as a message under a key taken from its
@@ -309,9 +337,13 @@ pub(crate) fn decode_any(bytes: &[u8]) {
     let _ = codec::decode::<Room>(bytes, key);
     let _ = codec::decode::<Message>(bytes, key);
     let _ = codec::decode::<CidEntry>(bytes, key);
+    let _ = codec::decode::<Event>(bytes, key);
+    let _ = codec::decode::<Membership>(bytes, key);
+    let _ = codec::decode_head(bytes);
     let _ = codec::decode::<PresenceSnapshot>(bytes, key);
     if let Some((key, value)) = bytes.split_at_checked(16) {
         let _ = decode_message(key, value);
+        let _ = decode_event(key, value);
     }
 }
 
@@ -340,12 +372,15 @@ impl Store {
             sessions: open("sessions")?,
             rooms: open("rooms")?,
             messages: open("messages")?,
+            events: open("events")?,
             cids: open("cids")?,
             meta: open("meta")?,
             skeletons: open("skeletons")?,
+            memberships: open("memberships")?,
             db,
             path,
             next_id: AtomicU64::new(1),
+            unread: conversations::UnreadCache::default(),
         };
         store.check_schema()?;
         // sled's files follow the umask; whatever it was, nobody else may read them.
@@ -647,7 +682,10 @@ impl Store {
             None as Option<&[u8]>,
             Some(codec::encode(&room)),
         )? {
-            Ok(()) => Ok(room),
+            Ok(()) => {
+                self.add_dm_memberships(name)?;
+                Ok(room)
+            }
             // Created concurrently: the other one wins, our number stays unused.
             Err(current) => codec::decode(&current.current.unwrap_or_default(), name.as_bytes()),
         }
@@ -672,39 +710,45 @@ impl Store {
     // ----- messages -----
 
     /// Applies one durable batch (see [`LogBackend::apply`]) as a single sled transaction over
-    /// `messages`, `cids` and `rooms`: one `apply_batch` per tree plus one read-modify-write of
-    /// each touched room record. Atomic, so a crash leaves messages, cids and counters agreeing.
-    fn apply_messages(&self, batch: &[&NewMessage]) -> Result<Applied, StoreError> {
+    /// `messages`, `events`, `cids` and `rooms`: one `apply_batch` for the new messages and one
+    /// for the cids, a read-modify-write per message an event changes, and one per touched room
+    /// record. Atomic, so a crash leaves messages, events, cids and counters agreeing.
+    fn apply_entries(&self, batch: &[&NewEntry]) -> Result<Applied, StoreError> {
         // Encode outside the transaction: sled may run its body more than once.
         let encoded: Vec<EncodedWrite> = batch
             .iter()
-            .map(|m| {
-                let cid = m.message.cid.as_deref().map(|c| {
+            .map(|w| {
+                let cid = w.write.cid().map(|c| {
                     let entry = CidEntry {
-                        room: m.room.name.to_string(),
-                        id: m.id,
-                        ts: m.message.ts,
+                        room: w.room.name.to_string(),
+                        id: w.id,
+                        ts: w.write.ts(),
                     };
-                    (cid_key(&m.user_key, c), codec::encode(&entry))
+                    (cid_key(&w.user_key, c), codec::encode(&entry))
                 });
-                (message_key(m.room.no, m.id), codec::encode(&m.message), cid)
+                let value = match &w.write {
+                    LogWrite::Message(message) => codec::encode(message),
+                    LogWrite::Event { event, .. } => codec::encode(event),
+                };
+                (message_key(w.room.no, w.id), value, cid)
             })
             .collect();
-        // Per room (name and number as the writes know them): newest id, positions. A name can
-        // come with two numbers if an admin deleted and recreated the room while writes were
-        // queued; only the group matching the current record is stored.
-        let mut touched: BTreeMap<(&str, u32), (u64, Vec<usize>)> = BTreeMap::new();
-        for (i, m) in batch.iter().enumerate() {
-            let slot = touched.entry((&m.room.name, m.room.no)).or_default();
-            slot.0 = slot.0.max(m.id);
-            slot.1.push(i);
+        // Per room (name and number as the writes know them): positions in queue order. A name
+        // can come with two numbers if an admin deleted and recreated the room while writes
+        // were queued; only the group matching the current record is stored.
+        let mut touched: BTreeMap<(&str, u32), Vec<usize>> = BTreeMap::new();
+        for (i, w) in batch.iter().enumerate() {
+            touched
+                .entry((&w.room.name, w.room.no))
+                .or_default()
+                .push(i);
         }
-        (&self.messages, &self.cids, &self.rooms)
-            .transaction(|(messages, cids, rooms)| {
+        (&self.messages, &self.events, &self.cids, &self.rooms)
+            .transaction(|(messages, events, cids, rooms)| {
                 let mut applied = Applied::default();
                 let mut message_batch = sled::Batch::default();
                 let mut cid_batch = sled::Batch::default();
-                for ((name, no), (last_id, positions)) in &touched {
+                for ((name, no), positions) in &touched {
                     let current = rooms.get(name.as_bytes())?;
                     let record = match current.map(|v| codec::decode::<Room>(&v, name.as_bytes())) {
                         Some(Ok(record)) if record.no == *no => Some(record),
@@ -719,20 +763,77 @@ impl Store {
                     };
                     for &i in positions {
                         let (key, value, cid) = &encoded[i];
-                        message_batch.insert(&key[..], value.as_slice());
+                        match &batch[i].write {
+                            LogWrite::Message(_) => {
+                                message_batch.insert(&key[..], value.as_slice());
+                                record.count += 1;
+                            }
+                            LogWrite::Event { event, .. } => {
+                                let target = message_key(*no, event.target);
+                                let Some(stored) = messages.get(target)? else {
+                                    applied.target_gone.push(i);
+                                    continue;
+                                };
+                                let mut message = match decode_message(&target, &stored) {
+                                    Ok(m) => m.message,
+                                    Err(e) => return abort(e),
+                                };
+                                match &event.change {
+                                    Change::Edited { text, .. } => {
+                                        // The text replaced is the one in force when the batch
+                                        // is applied, not when the edit was queued.
+                                        let stored_event = Event {
+                                            change: Change::Edited {
+                                                text: text.clone(),
+                                                replaced: Some(std::mem::replace(
+                                                    &mut message.text,
+                                                    text.clone().unwrap_or_default(),
+                                                )),
+                                            },
+                                            ..event.clone()
+                                        };
+                                        message.edited_ts = Some(event.ts);
+                                        message.edits.push(batch[i].id);
+                                        messages.insert(&target[..], codec::encode(&message))?;
+                                        events.insert(&key[..], codec::encode(&stored_event))?;
+                                    }
+                                    Change::Deleted => {
+                                        for &seq in &message.edits {
+                                            let edit_key = message_key(*no, seq);
+                                            let Some(edit) = events.get(edit_key)? else {
+                                                continue;
+                                            };
+                                            let mut edit: Event =
+                                                match codec::decode(&edit, &edit_key) {
+                                                    Ok(edit) => edit,
+                                                    Err(e) => return abort(e),
+                                                };
+                                            edit.change = Change::Edited {
+                                                text: None,
+                                                replaced: None,
+                                            };
+                                            events.insert(&edit_key[..], codec::encode(&edit))?;
+                                        }
+                                        messages.remove(&target[..])?;
+                                        record.count = record.count.saturating_sub(1);
+                                        events.insert(&key[..], value.as_slice())?;
+                                    }
+                                }
+                            }
+                        }
                         if let Some((key, value)) = cid {
                             cid_batch.insert(key.as_slice(), value.as_slice());
                         }
+                        // Never from an in-memory copy: admin maintenance changes `count` in
+                        // its own transactions while the server runs.
+                        record.last_id = record.last_id.max(batch[i].id);
                     }
-                    // Never from an in-memory copy: admin maintenance changes `count` in its own
-                    // transactions while the server runs.
-                    record.last_id = record.last_id.max(*last_id);
-                    record.count += positions.len() as u64;
                     rooms.insert(name.as_bytes(), codec::encode(&record))?;
                 }
                 messages.apply_batch(&message_batch)?;
                 cids.apply_batch(&cid_batch)?;
                 applied.room_gone.sort_unstable();
+                applied.target_gone.sort_unstable();
                 Ok(applied)
             })
             .map_err(tx_error)
@@ -804,6 +905,85 @@ impl Store {
         Ok(page)
     }
 
+    /// Events of room `room_no` with `after < seq <= upto`, oldest first, at most `limit`.
+    pub fn events_after(
+        &self,
+        room_no: u32,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Event)>, StoreError> {
+        if after >= upto {
+            return Ok(Vec::new());
+        }
+        let range = message_key(room_no, after + 1)..=message_key(room_no, upto);
+        self.events
+            .range(range)
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode_event(&k, &v)
+            })
+            .collect()
+    }
+
+    /// Every event of room `room_no` that changed message `target`, oldest first. Events are
+    /// few, so this scans the room's events.
+    pub fn events_of(&self, room_no: u32, target: u64) -> Result<Vec<(u64, Event)>, StoreError> {
+        let mut found = Vec::new();
+        for kv in self
+            .events
+            .range(message_key(room_no, target)..=message_key(room_no, u64::MAX))
+        {
+            let (k, v) = kv?;
+            let (seq, event) = decode_event(&k, &v)?;
+            if event.target == target {
+                found.push((seq, event));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Messages and events of room `room_no` with `after < id <= upto`, merged in id order, at
+    /// most `limit` items (see [`LogBackend::entries_after`]).
+    pub fn entries_after(
+        &self,
+        room_no: u32,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<EntryPage, StoreError> {
+        // One more of each than asked: if either source has more, one of them is left over.
+        let read = limit.saturating_add(1);
+        let messages = self.messages_after(room_no, after, upto, read)?.messages;
+        let events = self.events_after(room_no, after, upto, read)?;
+        let mut messages = messages.into_iter().peekable();
+        let mut events = events.into_iter().peekable();
+        let mut page = EntryPage::default();
+        loop {
+            let next_is_message = match (messages.peek(), events.peek()) {
+                (None, None) => break,
+                (Some(m), Some((seq, _))) => m.id < *seq,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+            };
+            if page.items.len() == limit {
+                page.more = true;
+                break;
+            }
+            page.items.push(
+                match (next_is_message, messages.next_if(|_| next_is_message)) {
+                    (true, Some(message)) => LogItem::Message(message),
+                    _ => match events.next() {
+                        Some((seq, event)) => LogItem::Event { seq, event },
+                        None => break,
+                    },
+                },
+            );
+        }
+        Ok(page)
+    }
+
     /// One message by room and id.
     pub fn message(&self, room_no: u32, id: u64) -> Result<Option<StoredMessage>, StoreError> {
         let key = message_key(room_no, id);
@@ -827,6 +1007,7 @@ impl Store {
     /// Removes the given message ids from `room`, keeping its counters right. Ids that do not
     /// exist are skipped. Returns how many were removed.
     pub fn remove_messages(&self, room: &str, ids: &[u64]) -> Result<u64, StoreError> {
+        self.unread.forget_all();
         let mut removed = 0;
         for chunk in ids.chunks(1000) {
             removed += (&self.messages, &self.rooms)
@@ -867,8 +1048,8 @@ impl LogBackend for Store {
             .transpose()
     }
 
-    fn apply(&self, batch: &[&NewMessage]) -> Result<Applied, StoreError> {
-        self.apply_messages(batch)
+    fn apply(&self, batch: &[&NewEntry]) -> Result<Applied, StoreError> {
+        self.apply_entries(batch)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -902,6 +1083,20 @@ impl LogBackend for Store {
     ) -> Result<Page, StoreError> {
         Store::messages_before(self, room_no, before, upto, limit)
     }
+
+    fn entries_after(
+        &self,
+        room_no: u32,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<EntryPage, StoreError> {
+        Store::entries_after(self, room_no, after, upto, limit)
+    }
+
+    fn message(&self, room_no: u32, id: u64) -> Result<Option<Message>, StoreError> {
+        Ok(Store::message(self, room_no, id)?.map(|m| m.message))
+    }
 }
 
 #[cfg(test)]
@@ -921,26 +1116,21 @@ mod tests {
         }
         let record = store.room(room).unwrap().unwrap();
         let id = store.take_id();
-        let write = NewMessage {
+        let write = NewEntry {
             room: RoomRef {
                 name: room.into(),
                 no: record.no,
             },
             id,
             user_key: user_key.into(),
-            message: message.clone(),
+            write: LogWrite::Message(message.clone()),
         };
         assert_eq!(store.apply(&[&write]).unwrap(), Applied::default());
         Appended::New(id)
     }
 
     fn msg(text: &str, cid: Option<&str>) -> Message {
-        Message {
-            user: "Alice".into(),
-            text: text.into(),
-            ts: 1,
-            cid: cid.map(Into::into),
-        }
+        Message::new("Alice".into(), text.into(), 1, cid.map(Into::into))
     }
 
     #[test]

@@ -63,19 +63,107 @@ impl Record for Room {
 }
 
 /// A chat message. Keyed by room number (u32 big-endian) + id (u64 big-endian) in `messages`.
+/// Layout 2 added `edited_ts` and `edits`; layout-1 values ([`MessageV1`]) are read as unedited
+/// messages, so databases from before protocol 1.1 need no rewrite.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Message {
     /// The author's name as displayed.
     pub user: String,
-    /// The text exactly as sent.
+    /// The text now in force: as sent, or as last edited.
     pub text: String,
     /// Acceptance time, ms since the Unix epoch.
     pub ts: u64,
     /// The sender's idempotency key, if any.
     pub cid: Option<String>,
+    /// When it was last edited, if ever.
+    pub edited_ts: Option<u64>,
+    /// The seqs of its `edited` events, oldest first: a deletion scrubs their texts.
+    pub edits: Vec<u64>,
 }
 impl Record for Message {
     const KIND: &'static str = "message";
+    const VERSION: u8 = 2;
+}
+
+impl Message {
+    /// A message as sent, never edited.
+    pub fn new(user: String, text: String, ts: u64, cid: Option<String>) -> Message {
+        Message {
+            user,
+            text,
+            ts,
+            cid,
+            edited_ts: None,
+            edits: Vec::new(),
+        }
+    }
+}
+
+/// Layout 1 of [`Message`], written before protocol 1.1. Only read.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct MessageV1 {
+    user: String,
+    text: String,
+    ts: u64,
+    cid: Option<String>,
+}
+impl Record for MessageV1 {
+    const KIND: &'static str = "message";
+    const VERSION: u8 = 1;
+}
+
+impl From<MessageV1> for Message {
+    fn from(old: MessageV1) -> Message {
+        Message::new(old.user, old.text, old.ts, old.cid)
+    }
+}
+
+/// A change to a message, sequenced in its room like a message: keyed by room number + the
+/// event's own id (its seq) in `events`, so a resuming client replays changes in order.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Event {
+    /// The id of the message changed.
+    pub target: u64,
+    /// Who changed it, as displayed (`[system]` for an admin).
+    pub user: String,
+    /// When, ms since the Unix epoch.
+    pub ts: u64,
+    /// What changed.
+    pub change: Change,
+}
+impl Record for Event {
+    const KIND: &'static str = "event";
+    const VERSION: u8 = 1;
+}
+
+/// What an [`Event`] did.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum Change {
+    /// The text was replaced. Both texts are `None` once the message was deleted: a deletion
+    /// takes back every version of what was written.
+    Edited {
+        /// The new text.
+        text: Option<String>,
+        /// The text it replaced.
+        replaced: Option<String>,
+    },
+    /// The message was removed.
+    Deleted,
+}
+
+/// A user's standing in one room: the read marker and whether the room is on the user's
+/// conversation list. Keyed by user key + 0x00 + room name in `memberships`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct Membership {
+    /// Everything up to this id is read (0: nothing).
+    pub read: u64,
+    /// Set by `leave` (or a `read` of a room never joined): the room's newest id then. A room
+    /// with it set is off the list until joined again; a direct-message room comes back with
+    /// the first message after it.
+    pub left_at: Option<u64>,
+}
+impl Record for Membership {
+    const KIND: &'static str = "membership";
     const VERSION: u8 = 1;
 }
 

@@ -11,6 +11,10 @@
 //! - `join`: add the member, queue `joined` and a [`Replay`] of the messages up to `published`,
 //!   which the member's writer reads from sled a page at a time, outside the lock.
 //!
+//! Conversations (protocol 1.1: edits and deletions, read markers, the list, notifications,
+//! typing) build on the same paths and live in [`conversations`]: an edit or deletion is an
+//! append like a message, under the same lock, so it takes its place in the room's id order.
+//!
 //! Rooms nobody is in and nothing happened in for `--room-unload-after` are dropped from
 //! memory ([`Hub::unload_idle_rooms`]); their data stays on disk and the next join loads them.
 //! An unloaded room object is marked so that a join or append that raced with the unloading
@@ -22,6 +26,11 @@
 //! later one live, with no gap and no duplicate, and never sees a message before it is durable.
 //! Nothing under a room lock waits on a client: outboxes never block, and sections that fan out
 //! run [`corked`], so the socket writes themselves happen after the lock is released.
+
+mod conversations;
+
+use conversations::Notices;
+pub use conversations::SYSTEM_AUTHOR;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -37,7 +46,10 @@ use crate::protocol::{
 };
 use crate::replay::Replay;
 use crate::store::commit::Committer;
-use crate::store::{Appended, Message, PresenceSnapshot, RoomPresence, RoomRef, Store, StoreError};
+use crate::store::{
+    Appended, Change, Event, LogWrite, Message, PresenceSnapshot, RoomPresence, RoomRef, Store,
+    StoreError,
+};
 use crate::sync::lock;
 
 /// Messages a `history` request reads from the database at a time.
@@ -60,6 +72,7 @@ pub(crate) fn message_event<'a>(room: &'a str, id: u64, message: &'a Message) ->
         message.ts,
         message.cid.as_deref(),
     )
+    .edited(message.edited_ts)
 }
 
 /// One authenticated connection, as the hub knows it: a shared handle, because the connection,
@@ -148,6 +161,12 @@ pub enum HubError {
         /// The limit.
         per_hour: u32,
     },
+    /// No such message (or not one this caller may see).
+    #[error("no such message")]
+    NotFound,
+    /// Only the message's author may change it.
+    #[error("only its author may change a message")]
+    Forbidden,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -233,6 +252,20 @@ struct Allowance {
     updated_ms: u64,
 }
 
+/// Every authenticated connection, by id and by user: notifications and read markers reach all
+/// of a user's connections without a scan of everyone's.
+#[derive(Default)]
+struct Connections {
+    by_conn: HashMap<u64, Member>,
+    by_user: HashMap<Arc<str>, Vec<Member>>,
+}
+
+impl Connections {
+    fn of_user(&self, user_key: &str) -> &[Member] {
+        self.by_user.get(user_key).map_or(&[], Vec::as_slice)
+    }
+}
+
 /// Who is connected and which rooms exist in memory.
 pub struct Hub {
     store: Arc<Store>,
@@ -240,7 +273,7 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     executor: Arc<smol::Executor<'static>>,
     rooms: Mutex<HashMap<String, Arc<Room>>>,
-    connections: Mutex<HashMap<u64, Member>>,
+    connections: Arc<Mutex<Connections>>,
     presence_grace: Duration,
     replay_limit: usize,
     room_limits: RoomLimits,
@@ -264,7 +297,7 @@ impl Hub {
             metrics,
             executor,
             rooms: Mutex::new(HashMap::new()),
-            connections: Mutex::new(HashMap::new()),
+            connections: Arc::new(Mutex::new(Connections::default())),
             presence_grace,
             replay_limit,
             room_limits: RoomLimits::default(),
@@ -457,19 +490,35 @@ impl Hub {
 
     // ----- connections -----
 
-    /// Records an authenticated connection (for `online`, kicks and bans).
+    /// Records an authenticated connection (for `online`, kicks and bans, and whatever goes to
+    /// all of a user's connections).
     pub fn register(&self, member: &Member) {
-        lock(&self.connections).insert(member.conn, member.clone());
+        let mut connections = lock(&self.connections);
+        connections.by_conn.insert(member.conn, member.clone());
+        connections
+            .by_user
+            .entry(member.user_key.clone())
+            .or_default()
+            .push(member.clone());
     }
 
     /// Forgets a connection.
     pub fn unregister(&self, conn: u64) {
-        lock(&self.connections).remove(&conn);
+        let mut connections = lock(&self.connections);
+        let Some(member) = connections.by_conn.remove(&conn) else {
+            return;
+        };
+        if let Some(of_user) = connections.by_user.get_mut(&member.user_key) {
+            of_user.retain(|m| m.conn != conn);
+            if of_user.is_empty() {
+                connections.by_user.remove(&member.user_key);
+            }
+        }
     }
 
     /// Every authenticated connection.
     pub fn online(&self) -> Vec<Member> {
-        let mut all: Vec<Member> = lock(&self.connections).values().cloned().collect();
+        let mut all: Vec<Member> = lock(&self.connections).by_conn.values().cloned().collect();
         all.sort_by_key(|m| m.since_ms);
         all
     }
@@ -482,9 +531,9 @@ impl Hub {
         notice: Option<Encoded>,
         close: CloseRequest,
     ) -> usize {
-        let conns = lock(&self.connections);
+        let connections = lock(&self.connections);
         let mut n = 0;
-        for member in conns.values().filter(|m| &*m.user_key == user_key) {
+        for member in connections.of_user(user_key) {
             if let Some(notice) = &notice {
                 member.outbox.reply(notice.clone());
             }
@@ -498,15 +547,17 @@ impl Hub {
 
     /// Joins `member` to `room` and queues `joined`, the replay and `synced` to it, announcing
     /// the user as online to the others if this is their first connection in the room.
+    /// `read` is the user's read marker there, for `joined`.
     pub fn join(
         &self,
         room: &Arc<Room>,
         member: &Member,
         since: Option<u64>,
+        read: u64,
     ) -> Result<(), HubError> {
         // Corked: the joiner's replay and everyone's presence event are written after the room
         // lock is released, one write per socket.
-        corked(|| self.join_locked(room, member, since))
+        corked(|| self.join_locked(room, member, since, read))
     }
 
     fn join_locked(
@@ -514,6 +565,7 @@ impl Hub {
         room: &Arc<Room>,
         member: &Member,
         since: Option<u64>,
+        read: u64,
     ) -> Result<(), HubError> {
         let mut state = lock(&room.state);
         room.check_live()?;
@@ -546,6 +598,7 @@ impl Hub {
         let joined = encode(&ServerFrame::Joined {
             room: &room.name,
             members: Room::member_names(&state),
+            read,
         });
         let replay = Replay::new(
             self.committer.clone(),
@@ -730,44 +783,55 @@ impl Hub {
         text: String,
         cid: Option<String>,
     ) -> Result<(), HubError> {
-        let message = Message {
-            user: member.name.to_string(),
-            text,
-            ts: now_ms(),
-            cid,
-        };
-        self.append(room, &member.user_key, message, Some(member.outbox.clone()))
-            .map(drop)
+        let message = Message::new(member.name.to_string(), text, now_ms(), cid);
+        self.append(
+            room,
+            &member.user_key,
+            LogWrite::Message(message),
+            Some(member.outbox.clone()),
+        )
+        .map(drop)
     }
 
-    /// The one way messages enter a room. Under the room lock: check the cid, take the next id
-    /// and queue the message with the committer (no disk write here). Once the batch holding it
-    /// is durable, on the delivery thread: ack it to `sender` (if any), raise the room's
-    /// published id, and broadcast it. Because announcements are queued under the room lock,
-    /// they run in id order. A repeated cid stores nothing; the sender gets the original ack
-    /// once the original is durable.
+    /// The one way messages and events enter a room. Under the room lock: check the cid, take
+    /// the next id and queue the write with the committer (no disk write here). Once the batch
+    /// holding it is durable, on the delivery thread: ack it to `sender` (if any), raise the
+    /// room's published id, and broadcast it. Because announcements are queued under the room
+    /// lock, they run in id order. A repeated cid stores nothing; the sender gets the original
+    /// ack once the original is durable.
     fn append(
         &self,
         room: &Arc<Room>,
         user_key: &str,
-        message: Message,
+        write: LogWrite,
         sender: Option<Arc<Outbox>>,
     ) -> Result<Appended, HubError> {
         let state = lock(&room.state);
         room.check_live()?;
+        self.append_locked(room, user_key, write, sender)
+            .inspect(|_| drop(state))
+    }
+
+    /// [`Hub::append`] for a caller that holds the room lock (and checked the room is live).
+    fn append_locked(
+        &self,
+        room: &Arc<Room>,
+        user_key: &str,
+        write: LogWrite,
+        sender: Option<Arc<Outbox>>,
+    ) -> Result<Appended, HubError> {
         room.touch();
         let announced = room.clone();
-        let metrics = self.metrics.clone();
+        let notices = self.notices();
         // The log keeps one copy to write, the announcement the other to build the frame.
         let appended = self.committer.append(
             &room.log_ref,
             user_key,
-            message.clone(),
+            write.clone(),
             Box::new(move |appended, result| {
-                announce(&announced, appended, message, result, sender, &metrics)
+                announce(&announced, appended, write, result, sender, &notices)
             }),
         )?;
-        drop(state);
         Ok(appended)
     }
 
@@ -831,42 +895,32 @@ impl Hub {
             more,
         }))
     }
-
-    /// Tells the live members of `room` that message `id` was removed (moderation extension).
-    pub fn announce_deleted(&self, room: &str, id: u64) {
-        if let Some(room) = self.loaded_room(room) {
-            let frame = encode(&ServerFrame::Deleted {
-                room: &room.name,
-                id,
-            });
-            corked(|| {
-                let state = lock(&room.state);
-                room.fan_out(&state, &frame, None, &self.metrics);
-            });
-        }
-    }
 }
 
-/// What happens to an appended message once the batch holding it is durable, or failed: runs
-/// on the committer's delivery thread, in queue order.
+/// What happens to an appended message or event once the batch holding it is durable, or
+/// failed: runs on the committer's delivery thread, in queue order.
 fn announce(
     room: &Room,
     appended: Appended,
-    message: Message,
+    write: LogWrite,
     result: Result<(), Arc<StoreError>>,
     sender: Option<Arc<Outbox>>,
-    metrics: &Metrics,
+    notices: &Notices,
 ) {
+    let metrics = &notices.metrics;
     if let Err(e) = result {
         let Some(sender) = sender else {
             return;
         };
-        // No ack: the message is not (known to be) on disk.
+        // No ack: the write is not (known to be) on disk.
         let error = match &*e {
             StoreError::RoomGone { .. } => Rejection::new(
                 ErrorCode::NotJoined,
                 format!("`{}` was deleted; join it again", room.name),
             ),
+            StoreError::MessageGone { .. } => {
+                Rejection::new(ErrorCode::NotFound, "that message was deleted")
+            }
             StoreError::Unavailable { condition } => {
                 metrics.error(ErrorCode::Internal);
                 Rejection::new(ErrorCode::Internal, condition.refusal())
@@ -881,39 +935,73 @@ fn announce(
                 )
             }
         };
-        sender.reply(
-            error
-                .with_ref(message.cid.as_deref().or(Some("send")))
-                .encode(),
-        );
+        let fallback = match &write {
+            LogWrite::Message(_) => "send",
+            LogWrite::Event { event, .. } => match event.change {
+                Change::Edited { .. } => "edit",
+                Change::Deleted => "delete",
+            },
+        };
+        sender.reply(error.with_ref(write.cid().or(Some(fallback))).encode());
         return;
     }
     match appended {
         Appended::New(id) => {
-            metrics.messages_stored.inc();
-            let frame = encode(&message_event(&room.name, id, &message));
+            let frame = match &write {
+                LogWrite::Message(message) => {
+                    metrics.messages_stored.inc();
+                    encode(&message_event(&room.name, id, message))
+                }
+                LogWrite::Event { event, .. } => encode(&event_frame(&room.name, id, event)),
+            };
             let mut state = lock(&room.state);
             state.published = state.published.max(id);
             if let Some(sender) = &sender {
                 sender.reply(encode(&ServerFrame::Ack {
                     room: &room.name,
-                    cid: message.cid.as_deref(),
+                    cid: write.cid(),
                     id,
-                    ts: message.ts,
+                    ts: write.ts(),
                 }));
             }
             room.fan_out(&state, &frame, None, metrics);
+            drop(state);
+            if let LogWrite::Message(message) = &write {
+                notices.notify(room, id, message);
+            }
         }
         Appended::Duplicate(original) => {
             if let Some(sender) = sender {
                 sender.reply(encode(&ServerFrame::Ack {
                     room: &original.room,
-                    cid: message.cid.as_deref(),
+                    cid: write.cid(),
                     id: original.id,
                     ts: original.ts,
                 }));
             }
         }
+    }
+}
+
+/// The `edited` or `deleted` frame of an event; `None` text (an edit scrubbed by a deletion)
+/// is never broadcast, only skipped in replays.
+pub(crate) fn event_frame<'a>(room: &'a str, seq: u64, event: &'a Event) -> ServerFrame<'a> {
+    match &event.change {
+        Change::Edited { text, .. } => ServerFrame::Edited {
+            room,
+            id: event.target,
+            seq,
+            user: &event.user,
+            text: text.as_deref().unwrap_or_default(),
+            ts: event.ts,
+        },
+        Change::Deleted => ServerFrame::Deleted {
+            room,
+            id: event.target,
+            seq,
+            user: &event.user,
+            ts: event.ts,
+        },
     }
 }
 
@@ -930,12 +1018,7 @@ impl Hub {
         author: &str,
         text: String,
     ) -> Result<u64, HubError> {
-        let message = Message {
-            user: author.to_owned(),
-            text,
-            ts: now_ms(),
-            cid: None,
-        };
+        let message = LogWrite::Message(Message::new(author.to_owned(), text, now_ms(), None));
         let appended = match self.append(&self.room(name)?, "", message.clone(), None) {
             // Unloaded for idleness just now: the next lookup loads it afresh.
             Err(HubError::Unloaded) => self.append(&self.room(name)?, "", message, None),

@@ -16,6 +16,8 @@
 //! writer then sends the Close frame and the reader waits for the peer's reply, each bounded by
 //! [`CLOSE_LINGER`]: a peer that vanished cannot keep a connection alive.
 
+mod conversations;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -101,6 +103,8 @@ struct Session {
     /// This connection's place in the connection limits, the account's once logged in.
     slot: Slot,
     rooms: Vec<Arc<Room>>,
+    /// When this connection last relayed `typing`, per room (see `conversations`).
+    typing: Vec<(Arc<Room>, Instant)>,
     sends: TokenBucket,
     frames: TokenBucket,
     /// Refused frames a connection may accumulate before it counts as abuse (1008).
@@ -155,6 +159,7 @@ pub async fn login(
         member: None,
         slot,
         rooms: Vec::new(),
+        typing: Vec::new(),
         sends: TokenBucket::new(rate, burst),
         // Other frames are bounded generously: they are cheap, but not free.
         frames: TokenBucket::new((rate * 5.0).max(50.0), (burst * 5.0).max(200.0)),
@@ -373,6 +378,12 @@ impl Session {
                 }
             };
         };
+        if let Some(room) = frame.request.room() {
+            if let Err(rejection) = self.check_room_access(&member, room) {
+                self.reject(rejection.with_ref(reference));
+                return Handled::Done(None);
+            }
+        }
         let result = match frame.request {
             Request::Auth(_) => Err(Rejection::new(
                 ErrorCode::BadRequest,
@@ -384,25 +395,10 @@ impl Session {
                 Ok(())
             }
             Request::Join { room, since } => self.join(&member, &room, since),
-            Request::Leave { room } => self.leave(&room),
+            Request::Leave { room } => self.leave(&member, &room),
             Request::Send { room, text, cid } => {
-                if !self.sends.take() {
-                    self.reject(
-                        Rejection::new(ErrorCode::RateLimited, "sending too fast")
-                            .with_ref(reference),
-                    );
-                    return self.strike().into();
-                }
-                if let Err(refused) =
-                    self.state
-                        .account_limits
-                        .charge(&member.user_key, text.len(), now_ms())
-                {
-                    self.reject(
-                        Rejection::new(ErrorCode::RateLimited, refused.message())
-                            .with_ref(reference),
-                    );
-                    return self.strike().into();
+                if let Err(refused) = self.spend_send(&member, text.len(), reference) {
+                    return refused;
                 }
                 self.joined(&room).and_then(|room| {
                     self.state
@@ -423,11 +419,59 @@ impl Session {
             Request::Who { room } => self.joined(&room).map(|room| {
                 self.outbox.reply(self.state.hub.members(&room));
             }),
+            Request::Read { room, id } => self.mark_read(&member, &room, id),
+            Request::Rooms => self.conversations(&member),
+            Request::Typing { room } => self.typing(&member, &room),
+            Request::Edit {
+                room,
+                id,
+                text,
+                cid,
+            } => {
+                if let Err(refused) = self.spend_send(&member, text.len(), reference) {
+                    return refused;
+                }
+                self.edit(&member, &room, id, text, cid)
+            }
+            Request::Delete { room, id, cid } => {
+                if let Err(refused) = self.spend_send(&member, 0, reference) {
+                    return refused;
+                }
+                self.delete(&member, &room, id, cid)
+            }
         };
         if let Err(rejection) = result {
             self.reject(rejection.with_ref(reference));
         }
         Handled::Done(None)
+    }
+
+    /// Spends one send from the connection's rate and `bytes` from the account's allowance
+    /// (sends, edits and deletions alike); refused, the frame is answered and counted as a
+    /// strike.
+    fn spend_send(
+        &mut self,
+        member: &Member,
+        bytes: usize,
+        reference: Option<&str>,
+    ) -> Result<(), Handled> {
+        if !self.sends.take() {
+            self.reject(
+                Rejection::new(ErrorCode::RateLimited, "sending too fast").with_ref(reference),
+            );
+            return Err(self.strike().into());
+        }
+        if let Err(refused) = self
+            .state
+            .account_limits
+            .charge(&member.user_key, bytes, now_ms())
+        {
+            self.reject(
+                Rejection::new(ErrorCode::RateLimited, refused.message()).with_ref(reference),
+            );
+            return Err(self.strike().into());
+        }
+        Ok(())
     }
 
     fn internal(&self, error: impl std::fmt::Display) -> Rejection {
@@ -457,6 +501,14 @@ impl Session {
                 ErrorCode::RateLimited,
                 format!("`{room}` does not exist and this account may create at most {per_hour} rooms per hour; try again later"),
             ),
+            HubError::NotFound => Rejection::new(
+                ErrorCode::NotFound,
+                format!("`{room}` holds no message with that id"),
+            ),
+            HubError::Forbidden => Rejection::new(
+                ErrorCode::Forbidden,
+                "only the author may edit or delete a message",
+            ),
             error @ HubError::Unloaded => self.internal(error),
             HubError::Store(e) => self.internal(e),
         }
@@ -483,12 +535,17 @@ impl Session {
             }
             Err(_) => self.load_room(member, name)?,
         };
-        match self.state.hub.join(&room, member, since) {
+        let read = self
+            .state
+            .store
+            .list_room(&member.user_key, name)
+            .map_err(|e| self.internal(e))?;
+        match self.state.hub.join(&room, member, since, read) {
             Err(HubError::Unloaded) => {
                 // Unloaded for idleness between the lookup and the join (nobody was in it).
                 self.rooms.retain(|r| !Arc::ptr_eq(r, &room));
                 let room = self.load_room(member, name)?;
-                self.state.hub.join(&room, member, since)
+                self.state.hub.join(&room, member, since, read)
             }
             other => other,
         }
@@ -506,9 +563,20 @@ impl Session {
         Ok(room)
     }
 
-    fn leave(&mut self, name: &str) -> Result<(), Rejection> {
+    fn leave(&mut self, member: &Member, name: &str) -> Result<(), Rejection> {
         let room = self.joined(name)?;
+        let newest = self
+            .state
+            .hub
+            .newest_id(name)
+            .map_err(|e| self.internal(e))?
+            .unwrap_or(0);
+        self.state
+            .store
+            .unlist_room(&member.user_key, name, newest)
+            .map_err(|e| self.internal(e))?;
         self.rooms.retain(|r| !Arc::ptr_eq(r, &room));
+        self.typing.retain(|(r, _)| !Arc::ptr_eq(r, &room));
         self.outbox
             .reply(protocol::encode(&ServerFrame::Left { room: room.name() }));
         self.state.hub.part(&room, self.conn, true);
@@ -688,6 +756,7 @@ impl Session {
                 rate_per_sec: config.rate_per_sec,
                 rate_burst: config.rate_burst,
             },
+            protocol: protocol::PROTOCOL_VERSION,
         }));
         None
     }
@@ -779,6 +848,7 @@ impl Session {
 
     /// The connection ended: leaves every room (presence grace applies), forgets it, logs why.
     fn end(&mut self, reason: CloseRequest) {
+        self.typing.clear();
         for room in std::mem::take(&mut self.rooms) {
             self.state.hub.part(&room, self.conn, false);
         }

@@ -1,0 +1,129 @@
+//! The protocol 1.1 frames of a connection: access to direct-message rooms, `read`, `rooms`,
+//! `typing`, `edit` and `delete`.
+//!
+//! Every frame that names a room passes [`Session::check_room_access`] first, so the checks run
+//! in the order the protocol fixes: the name's syntax (already checked when parsing), then for
+//! a DM room whether the caller is one of its two users (`forbidden`) and whether the other one
+//! exists (`not_found`), and only then whether the connection joined it (`not_joined`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Session;
+use crate::hub::Member;
+use crate::protocol::{ErrorCode, Rejection};
+use crate::rules::dm_participants;
+
+/// A connection relays `typing` for a room at most this often; clients send it every 3 s.
+const TYPING_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Session {
+    /// Whether `member` may name room `name` at all (see the module doc).
+    pub(super) fn check_room_access(
+        &mut self,
+        member: &Member,
+        name: &str,
+    ) -> Result<(), Rejection> {
+        let Ok(Some((a, b))) = dm_participants(name) else {
+            return Ok(());
+        };
+        let other = if *member.user_key == *a {
+            b
+        } else if *member.user_key == *b {
+            a
+        } else {
+            return Err(Rejection::new(
+                ErrorCode::Forbidden,
+                format!("`{name}` is a conversation between two other users"),
+            ));
+        };
+        // A joined DM room had its other user when it was joined.
+        if self.rooms.iter().any(|r| r.name() == name) {
+            return Ok(());
+        }
+        match self.state.store.user(other) {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(Rejection::new(
+                ErrorCode::NotFound,
+                format!("there is no user `{other}`"),
+            )),
+            Err(e) => Err(self.internal(e)),
+        }
+    }
+
+    /// `read`: moves the user's marker forward; the echo comes once it is on disk.
+    pub(super) fn mark_read(
+        &mut self,
+        member: &Member,
+        room: &str,
+        id: u64,
+    ) -> Result<(), Rejection> {
+        self.writes_possible()?;
+        match self.state.hub.mark_read(member, room, id) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Rejection::new(
+                ErrorCode::NotFound,
+                format!("there is no room `{room}`"),
+            )),
+            Err(e) => Err(self.internal(e)),
+        }
+    }
+
+    /// `rooms`: the user's conversation list.
+    pub(super) fn conversations(&mut self, member: &Member) -> Result<(), Rejection> {
+        let reply = self
+            .state
+            .hub
+            .conversations(member)
+            .map_err(|e| self.internal(e))?;
+        self.outbox.reply(reply);
+        Ok(())
+    }
+
+    /// `typing`: relayed to the room's other users, at most once per [`TYPING_INTERVAL`].
+    pub(super) fn typing(&mut self, member: &Member, name: &str) -> Result<(), Rejection> {
+        let room = self.joined(name)?;
+        let now = Instant::now();
+        let rooms = &self.rooms;
+        self.typing
+            .retain(|(r, _)| rooms.iter().any(|joined| Arc::ptr_eq(joined, r)));
+        match self.typing.iter_mut().find(|(r, _)| Arc::ptr_eq(r, &room)) {
+            Some((_, last)) if now.duration_since(*last) < TYPING_INTERVAL => return Ok(()),
+            Some((_, last)) => *last = now,
+            None => self.typing.push((room.clone(), now)),
+        }
+        self.state.hub.typing(&room, member);
+        Ok(())
+    }
+
+    /// `edit` of the user's own message: acked and broadcast once durable.
+    pub(super) fn edit(
+        &mut self,
+        member: &Member,
+        name: &str,
+        id: u64,
+        text: String,
+        cid: Option<String>,
+    ) -> Result<(), Rejection> {
+        let room = self.joined(name)?;
+        self.state
+            .hub
+            .edit(&room, member, id, text, cid)
+            .map_err(|e| self.hub_error(e, name))
+    }
+
+    /// `delete` of the user's own message: acked and broadcast once durable.
+    pub(super) fn delete(
+        &mut self,
+        member: &Member,
+        name: &str,
+        id: u64,
+        cid: Option<String>,
+    ) -> Result<(), Rejection> {
+        let room = self.joined(name)?;
+        self.state
+            .hub
+            .delete(&room, member, id, cid)
+            .map_err(|e| self.hub_error(e, name))
+    }
+}
