@@ -385,18 +385,23 @@ fn dm_rooms_behave_as_ordinary_rooms() {
     assert_eq!(bob.wait_type("message").0["id"], ack3["id"]);
 }
 
-#[test]
-fn admin_commands_list_and_prune_dm_rooms_like_any_room() {
-    use admin_common::{admin, admin_json};
-    let s = TestServer::start(V11_FAST);
-    let dm = "dm:alice+bob";
+/// A DM room with three messages by alice; returns their ids.
+fn dm_with_three_messages(s: &TestServer, dm: &str) -> (Client, Vec<u64>) {
     let mut alice = s.register("alice");
     let _bob = s.register("bob");
     alice.join11(dm);
-    let mut ids = Vec::new();
-    for i in 0..3 {
-        ids.push(id_of(&alice.say(dm, &format!("dm {i}")).0));
-    }
+    let ids = (0..3)
+        .map(|i| id_of(&alice.say(dm, &format!("dm {i}")).0))
+        .collect();
+    (alice, ids)
+}
+
+#[test]
+fn admin_commands_list_dm_rooms_like_any_room() {
+    use admin_common::admin_json;
+    let s = TestServer::start(V11_FAST);
+    let dm = "dm:alice+bob";
+    let (_alice, ids) = dm_with_three_messages(&s, dm);
     let rooms = admin_json(s.data_dir(), &["rooms", "list"]);
     let entry = rooms
         .as_array()
@@ -407,7 +412,22 @@ fn admin_commands_list_and_prune_dm_rooms_like_any_room() {
         .clone();
     assert_eq!(entry["messages"], 3, "{entry}");
     assert_eq!(entry["last_id"], ids[2], "{entry}");
+    let listed = admin_json(s.data_dir(), &["messages", "list", "--room", dm]);
+    let listed: Vec<u64> = listed
+        .as_array()
+        .unwrap_or_else(|| panic!("messages list --json is an array: {listed}"))
+        .iter()
+        .map(id_of)
+        .collect();
+    assert_eq!(listed, [ids[2], ids[1], ids[0]], "newest first");
+}
 
+#[test]
+fn admin_commands_prune_dm_rooms_like_any_room() {
+    use admin_common::admin;
+    let s = TestServer::start(V11_FAST);
+    let dm = "dm:alice+bob";
+    let (mut alice, ids) = dm_with_three_messages(&s, dm);
     admin(s.data_dir(), &["prune", "--keep-last", "1", "--room", dm]).ok();
     let h = alice.history(json!({"type":"history","room":dm}));
     assert_eq!(

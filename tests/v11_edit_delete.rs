@@ -110,6 +110,7 @@ fn delete_is_acked_with_its_own_seq_then_broadcast_to_every_member() {
     }
     let (next, _) = a1.say("r", "next");
     assert!(id_of(&next) > seq);
+    assert_eq!(bob.expect("message")["id"], next["id"]);
     // Gone from history.
     let h = bob.history(json!({"type":"history","room":"r"}));
     assert_eq!(message_ids(&h), [id_of(&next)]);
@@ -267,6 +268,7 @@ fn malformed_edits_and_deletes_are_refused() {
     let text = format!("  {}\n", "é".repeat(3997));
     let (ack, ev) = alice.edit_and_echo("r", id, &text);
     assert_eq!(ev["text"], text.as_str());
+    assert_eq!(bob.expect("edited"), ev);
     let h = bob.history(json!({"type":"history","room":"r"}));
     assert_eq!(h["messages"][0], current(&m, &text, Some(ts_of(&ack))));
 }
@@ -773,6 +775,7 @@ fn admin_deletion_is_a_sequenced_deleted_event_from_system() {
     // Replays and history: the message and its edit are gone, the deletion is replayed.
     let mut carol = s.register("carol");
     let j = carol.join11_since("r", 0);
+    alice.expect("presence");
     assert_eq!(
         j.items,
         [m1.clone(), ev.clone()],

@@ -62,6 +62,7 @@ fn a_dm_notifies_a_user_who_never_joined_it() {
     let j = alice.join11_since(DM, 0);
     assert_eq!(j.message_ids(), [id_of(&ack)]);
     alice.assert_quiet("the notify is not repeated by the join");
+    bob.expect("presence");
     let ack2 = send(&mut bob, DM, "now joined");
     assert_eq!(alice.expect("message")["id"], ack2["id"]);
     alice.assert_quiet("a joined connection gets no notify");

@@ -331,10 +331,6 @@ fn a_dm_is_on_the_other_users_list_only_once_it_holds_a_message() {
     let mut bob = s.register("bob");
     let dm = "dm:alice+bob";
     alice.join11(dm);
-    // alice joined it: on her list, empty.
-    let list = alice.rooms();
-    assert_eq!(list.len(), 1, "{list:?}");
-    assert_empty_entry(&list[0], dm, 0);
     // bob never joined it and it holds no message: not on his list.
     assert!(bob.rooms().is_empty());
 
@@ -357,6 +353,23 @@ fn a_dm_is_on_the_other_users_list_only_once_it_holds_a_message() {
     // Nobody else's list has it.
     let mut carol = s.register("carol");
     assert!(carol.rooms().is_empty());
+}
+
+/// "every room this user has ever joined and not since left": a DM room is a room, so the user
+/// who joined it has it on the list before anything was said in it.
+#[test]
+fn an_empty_dm_room_the_user_joined_is_on_their_list() {
+    let s = TestServer::start(V11_FAST);
+    let mut alice = s.register("alice");
+    let mut bob = s.register("bob");
+    let dm = "dm:alice+bob";
+    alice.join11(dm);
+    alice.join11("general");
+    let list = alice.rooms();
+    assert_eq!(list.len(), 2, "both joined rooms are listed: {list:?}");
+    assert_empty_entry(&list[0], dm, 0);
+    assert_empty_entry(&list[1], "general", 0);
+    assert!(bob.rooms().is_empty(), "bob joined nothing");
 }
 
 #[test]
