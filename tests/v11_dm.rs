@@ -436,3 +436,62 @@ fn admin_commands_prune_dm_rooms_like_any_room() {
         "prune --keep-last 1 on the DM: {h}"
     );
 }
+
+#[test]
+fn once_the_other_user_is_deleted_frames_naming_the_dm_are_not_found() {
+    use admin_common::admin;
+    let s = TestServer::start(V11_FAST);
+    let dm = "dm:alice+bob";
+    let mut alice = s.register("alice");
+    let mut bob = s.register("bob");
+    alice.join11(dm);
+    bob.join11(dm);
+    alice.expect("presence");
+    let (ack, _) = alice.say(dm, "bye bob");
+    bob.expect("message");
+    admin(s.data_dir(), &["users", "delete", "bob", "--keep-messages"]).ok();
+    let (_, end) = bob.read_until_end(T);
+    assert!(matches!(end, Event::Closed(Some(1008))), "{end:?}");
+    // The name's other user no longer exists: not_found, before not_joined, for every frame.
+    let mut wrong = Vec::new();
+    for f in [
+        json!({"type":"send","room":dm,"text":"hello?","cid":"gone-1"}),
+        json!({"type":"history","room":dm}),
+        json!({"type":"who","room":dm}),
+        json!({"type":"typing","room":dm}),
+        json!({"type":"read","room":dm,"id":id_of(&ack)}),
+        json!({"type":"edit","room":dm,"id":id_of(&ack),"text":"x","cid":"gone-2"}),
+        json!({"type":"delete","room":dm,"id":id_of(&ack),"cid":"gone-3"}),
+        json!({"type":"join","room":dm}),
+        json!({"type":"leave","room":dm}),
+    ] {
+        alice.send_json(&f);
+        // The reply: an error, or what the frame gets when it is accepted.
+        let accepted = match f["type"].as_str().unwrap() {
+            "send" | "edit" | "delete" => "ack",
+            "history" => "history",
+            "who" => "members",
+            "read" => "read",
+            "join" => "synced",
+            "leave" => "left",
+            _ => "",
+        };
+        let got = if accepted.is_empty() {
+            alice.barrier() // typing: no reply when accepted
+        } else {
+            let (v, mut before) =
+                alice.wait_for(T, |v| v["type"] == "error" || v["type"] == accepted);
+            before.push(v);
+            before
+        };
+        let last = got.last().cloned().unwrap_or_default();
+        if !(last["type"] == "error" && last["code"] == "not_found") {
+            wrong.push(format!("{f} -> {got:?}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "frames naming a DM whose other user was deleted must get not_found:\n{}",
+        wrong.join("\n")
+    );
+}

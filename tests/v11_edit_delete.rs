@@ -823,3 +823,293 @@ fn edit_and_delete_in_a_dm_room() {
     );
     assert_eq!(j.items[0], ev);
 }
+
+#[test]
+fn a_change_queued_behind_the_deletion_of_its_message_is_not_found() {
+    let s = TestServer::start(V11_FAST);
+    let (mut alice, mut bob) = pair(&s);
+    let m1 = say(&mut alice, &mut bob, "one");
+    let m2 = say(&mut alice, &mut bob, "two");
+    // delete then edit, back to back: the edit is refused and stored nowhere.
+    alice.send_json(&json!({"type":"delete","room":"r","id":id_of(&m1),"cid":"q-d"}));
+    alice.send_json(&json!({"type":"edit","room":"r","id":id_of(&m1),"text":"late","cid":"q-e"}));
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.push(alice.recv_json(T));
+    }
+    let ack = got
+        .iter()
+        .find(|v| v["type"] == "ack")
+        .unwrap_or_else(|| panic!("the delete is acked: {got:?}"))
+        .clone();
+    assert_eq!(ack["cid"], "q-d", "{got:?}");
+    assert!(
+        got.iter()
+            .any(|v| v["type"] == "deleted" && v["seq"] == ack["id"]),
+        "{got:?}"
+    );
+    assert!(
+        got.iter()
+            .any(|v| v["type"] == "error" && v["code"] == "not_found" && v["ref"] == "q-e"),
+        "the edit behind the deletion is not_found: {got:?}"
+    );
+    alice.assert_quiet("no edited event");
+    let ev = bob.expect("deleted");
+    assert_eq!(seq_of(&ev), id_of(&ack));
+    bob.assert_quiet("only the deletion is broadcast");
+    // edit then delete, back to back: both acked, and a replay shows only the deletion.
+    alice.send_json(&json!({"type":"edit","room":"r","id":id_of(&m2),"text":"two v2"}));
+    alice.send_json(&json!({"type":"delete","room":"r","id":id_of(&m2)}));
+    let (mut acks, mut events) = (Vec::new(), Vec::new());
+    while acks.len() < 2 || events.len() < 2 {
+        let v = alice.recv_json(T);
+        match v["type"].as_str() {
+            Some("ack") => acks.push(v),
+            Some("edited") | Some("deleted") => events.push(v),
+            _ => panic!("unexpected {v}"),
+        }
+    }
+    assert_eq!(events[0]["type"], "edited");
+    assert_eq!(events[1]["type"], "deleted");
+    let mut carol = s.register("carol");
+    let j = carol.join11_since("r", 0);
+    let outline = j.outline();
+    assert_eq!(
+        outline,
+        [
+            ("deleted".to_string(), id_of(&m1), id_of(&ack)),
+            ("deleted".to_string(), id_of(&m2), seq_of(&events[1])),
+        ],
+        "the edit of a message deleted since is not replayed"
+    );
+}
+
+#[test]
+fn every_member_sees_messages_and_events_in_one_increasing_order() {
+    let s = TestServer::start(V11_FAST);
+    let (mut a1, mut bob) = pair(&s);
+    let mut a2 = s.login("alice", PASSWORD);
+    a2.join11("r");
+    let mut targets = Vec::new();
+    for i in 0..20 {
+        targets.push(id_of(&say(&mut a1, &mut bob, &format!("target {i}"))));
+        assert_eq!(a2.expect("message")["id"], *targets.last().unwrap());
+    }
+    let n = 100;
+    // a1 sends messages while a2 edits the targets, both pipelined.
+    let sender = std::thread::spawn(move || {
+        for i in 0..n {
+            a1.send_json(&json!({"type":"send","room":"r","text":format!("new {i}")}));
+        }
+        let mut acks = 0;
+        while acks < n {
+            if a1.recv_json(T)["type"] == "ack" {
+                acks += 1;
+            }
+        }
+        a1
+    });
+    let t2 = targets.clone();
+    let editor = std::thread::spawn(move || {
+        for i in 0..n {
+            a2.send_json(&json!({"type":"edit","room":"r","id":t2[i % t2.len()],
+                "text":format!("edit {i}")}));
+        }
+        let mut acks = 0;
+        while acks < n {
+            let v = a2.recv_json(T);
+            if v["type"] == "ack" {
+                acks += 1;
+            } else if v["type"] == "error" {
+                panic!("edit refused: {v}");
+            }
+        }
+        a2
+    });
+    let mut live = Vec::new();
+    while live.len() < 2 * n {
+        let v = bob.recv_json(T);
+        match v["type"].as_str() {
+            Some("message") | Some("edited") => live.push(v),
+            _ => panic!("unexpected {v}"),
+        }
+    }
+    let _a1 = sender.join().expect("sender");
+    let _a2 = editor.join().expect("editor");
+    let positions: Vec<u64> = live.iter().map(position_of).collect();
+    assert_strictly_increasing(&positions, "bob's live stream of messages and events");
+    // A replay gives the same order.
+    let mut carol = s.register("carol");
+    let j = carol.join11_since("r", targets[19]);
+    let replayed: Vec<(String, u64, u64)> = j.outline();
+    let live_outline: Vec<(String, u64, u64)> = live
+        .iter()
+        .map(|v| {
+            (
+                v["type"].as_str().unwrap().to_string(),
+                id_of(v),
+                v["seq"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(replayed, live_outline, "a replay is the order members saw");
+}
+
+#[test]
+fn a_join_with_since_meets_the_live_stream_of_messages_and_events_exactly() {
+    let s = TestServer::start(V11_FAST);
+    let mut alice = s.register("alice");
+    alice.join11("r");
+    let (first, _) = alice.say("r", "first");
+    let first = id_of(&first);
+    let n = 150;
+    let writer = std::thread::spawn(move || {
+        // The next frame of type `ty`; bob's presence may come in between.
+        fn next(c: &mut Client, ty: &str) -> Value {
+            let (v, skipped) = c.wait_type(ty);
+            assert!(
+                skipped.iter().all(|f| f["type"] == "presence"),
+                "{skipped:?}"
+            );
+            v
+        }
+        // Pairs of a message and an edit of it, then an end marker.
+        for i in 0..n {
+            alice.send_json(&json!({"type":"send","room":"r","text":format!("m{i}")}));
+            let ack = next(&mut alice, "ack");
+            next(&mut alice, "message");
+            alice.send_json(
+                &json!({"type":"edit","room":"r","id":id_of(&ack),"text":format!("m{i}!")}),
+            );
+            next(&mut alice, "ack");
+            next(&mut alice, "edited");
+        }
+        alice.send_json(&json!({"type":"send","room":"r","text":"end"}));
+        let end = next(&mut alice, "ack");
+        (alice, end)
+    });
+    let mut bob = s.register("bob");
+    // Join while the writer is busy, from the first message.
+    let j = bob.join11_since("r", first);
+    let mut seen: Vec<(String, u64, u64)> = j.outline();
+    loop {
+        let v = bob.recv_json(T);
+        match v["type"].as_str() {
+            Some("message") | Some("edited") => {
+                seen.push((
+                    v["type"].as_str().unwrap().to_string(),
+                    id_of(&v),
+                    v["seq"].as_u64().unwrap_or(0),
+                ));
+                if v["text"] == "end" {
+                    break;
+                }
+            }
+            _ => panic!("unexpected {v}"),
+        }
+    }
+    let (_alice, end) = writer.join().expect("writer");
+    let pos: Vec<u64> = seen
+        .iter()
+        .map(|(_, id, seq)| if *seq == 0 { *id } else { *seq })
+        .collect();
+    assert_strictly_increasing(&pos, "replay then live: each item once, in order");
+    let mut carol = s.register("carol");
+    let all = carol.join11_since("r", first);
+    assert_eq!(all.outline(), seen, "nothing missed, nothing doubled");
+    assert_eq!(all.last_id(), id_of(&end));
+}
+
+#[test]
+fn deleting_a_user_with_their_messages_gives_sequenced_system_deletions() {
+    let s = TestServer::start(V11_FAST);
+    let (mut alice, mut bob) = pair(&s);
+    let m1 = say(&mut alice, &mut bob, "alice one");
+    let (_, b1) = bob.say("r", "bob one");
+    alice.expect("message");
+    let m2 = say(&mut alice, &mut bob, "alice two");
+    admin_common::admin(
+        s.data_dir(),
+        &["users", "delete", "alice", "--delete-messages"],
+    )
+    .ok();
+    let mut events = Vec::new();
+    while events.len() < 2 {
+        let (ev, _) = bob.wait_type("deleted");
+        events.push(ev);
+    }
+    events.sort_by_key(seq_of);
+    let mut deleted_ids: Vec<u64> = events.iter().map(id_of).collect();
+    deleted_ids.sort();
+    assert_eq!(deleted_ids, [id_of(&m1), id_of(&m2)]);
+    for ev in &events {
+        assert_eq!(
+            keys_of(ev),
+            ["id", "room", "seq", "ts", "type", "user"],
+            "{ev}"
+        );
+        assert_eq!(ev["user"], "[system]", "{ev}");
+        assert!(seq_of(ev) > id_of(&m2), "{ev}");
+    }
+    let j = bob.join11_since("r", 0);
+    let mut want = vec![b1.clone()];
+    want.extend(events.iter().cloned());
+    assert_eq!(j.items, want, "bob's message and the two deletions remain");
+    assert_eq!(j.last_id(), seq_of(&events[1]));
+}
+
+#[test]
+fn an_admin_deletion_while_the_server_is_stopped_is_a_sequenced_event_too() {
+    let mut s = TestServer::start(V11_FAST);
+    let (mut alice, mut bob) = pair(&s);
+    let m1 = say(&mut alice, &mut bob, "keep");
+    let m2 = say(&mut alice, &mut bob, "remove offline");
+    s.sigterm();
+    assert!(s.wait_exit(T).success());
+    admin_common::admin(
+        s.data_dir(),
+        &["messages", "delete", &id_of(&m2).to_string()],
+    )
+    .ok();
+    s.restart();
+    let mut bob = s.login("bob", PASSWORD);
+    // A client resuming from the last id it saw learns of the deletion.
+    let j = bob.join11_since("r", id_of(&m2));
+    assert_eq!(j.items.len(), 1, "{:?}", j.items);
+    let ev = &j.items[0];
+    assert_eq!(ev["type"], "deleted", "{ev}");
+    assert_eq!(ev["user"], "[system]", "{ev}");
+    assert_eq!(id_of(ev), id_of(&m2));
+    assert!(seq_of(ev) > id_of(&m2));
+    assert_eq!(j.last_id(), seq_of(ev));
+    let j = bob.join11("r");
+    assert_eq!(j.items, [m1]);
+    // (alice is still online from before the graceful restart: no presence for her join.)
+    let mut alice = s.login("alice", PASSWORD);
+    alice.join11("r");
+    let (ack, _) = alice.say("r", "after");
+    assert!(id_of(&ack) > seq_of(ev));
+}
+
+#[test]
+fn announcements_are_nobody_s_to_edit_or_delete() {
+    let s = TestServer::start(V11_FAST);
+    let (mut alice, mut bob) = pair(&s);
+    admin_common::admin(
+        s.data_dir(),
+        &["announce", "--room", "r", "maintenance", "at", "noon"],
+    )
+    .ok();
+    let m = alice.expect("message");
+    assert_eq!(m["user"], "[system]", "{m}");
+    bob.expect("message");
+    alice.refused(
+        json!({"type":"edit","room":"r","id":id_of(&m),"text":"no maintenance"}),
+        "forbidden",
+    );
+    alice.refused(
+        json!({"type":"delete","room":"r","id":id_of(&m)}),
+        "forbidden",
+    );
+    bob.assert_quiet("nothing changed");
+}

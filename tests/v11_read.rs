@@ -289,3 +289,54 @@ fn a_marker_survives_kill_9_once_its_echo_was_received() {
         "{e}"
     );
 }
+
+#[test]
+fn two_devices_marking_at_once_never_see_the_marker_move_backwards() {
+    let s = TestServer::start(V11_FAST);
+    let (a1, mut bob, ids) = room_with_messages(&s, "r", 60);
+    let a2 = s.login("alice", PASSWORD);
+    let mut a3 = s.login("alice", PASSWORD); // only watches
+    let rounds = 60;
+    // a1 marks the even messages, a2 the odd ones, both upwards, pipelined, at the same time.
+    let run = |mut c: Client, marks: Vec<u64>| {
+        std::thread::spawn(move || {
+            for id in &marks {
+                c.send_json(&json!({"type":"read","room":"r","id":id}));
+            }
+            // Each connection gets an echo of every read of the user: its own and the other's.
+            let mut seen = Vec::new();
+            while seen.len() < 2 * marks.len() {
+                let v = c.recv_json(T);
+                assert_eq!(v["type"], "read", "{v}");
+                seen.push(id_of(&v));
+            }
+            seen
+        })
+    };
+    let even: Vec<u64> = ids.iter().step_by(2).copied().collect();
+    let odd: Vec<u64> = ids.iter().skip(1).step_by(2).copied().collect();
+    let h1 = run(a1, even);
+    let h2 = run(a2, odd);
+    let mut watched = Vec::new();
+    while watched.len() < rounds {
+        let v = a3.recv_json(T);
+        assert_eq!(v["type"], "read", "{v}");
+        watched.push(id_of(&v));
+    }
+    for (who, seen) in [
+        ("a1", h1.join().expect("a1")),
+        ("a2", h2.join().expect("a2")),
+        ("a3", watched),
+    ] {
+        for w in seen.windows(2) {
+            assert!(
+                w[0] <= w[1],
+                "{who} saw the marker move backwards: {} then {} ({seen:?})",
+                w[0],
+                w[1]
+            );
+        }
+        assert_eq!(*seen.last().unwrap(), ids[rounds - 1], "{who}: {seen:?}");
+    }
+    bob.assert_quiet("another user's markers");
+}

@@ -542,3 +542,20 @@ fn the_list_survives_a_restart() {
     let mut bob = s.login("bob", PASSWORD);
     assert_eq!(bob.room_names(), ["x", "dm:alice+bob", "z"], "bob left y");
 }
+
+#[test]
+fn last_carries_the_message_fields_including_its_cid() {
+    let s = TestServer::start(V11_FAST);
+    let mut alice = s.register("alice");
+    let mut bob = s.register("bob");
+    let dm = "dm:alice+bob";
+    alice.join11(dm);
+    let (ack, m) = alice.say_cid(dm, "with a cid", "last-1");
+    assert_eq!(m["cid"], "last-1");
+    let e = bob.room_entry(dm).expect("the DM holds a message");
+    assert_eq!(
+        e,
+        entry(dm, id_of(&ack), 0, 1, 0, &m),
+        "`last` is the message as broadcast"
+    );
+}
