@@ -257,3 +257,56 @@ fn notify_is_not_replayed_and_the_message_is_durable_when_it_arrives() {
     let e = alice.room_entry(DM).expect("the DM is on alice's list");
     assert_eq!(e["unread"], 1, "{e}");
 }
+
+#[test]
+fn a_dm_left_with_leave_still_notifies_its_next_message() {
+    let s = TestServer::start(V11_FAST);
+    let mut alice = s.register("alice");
+    let mut bob = s.register("bob");
+    alice.join11(DM);
+    bob.join11(DM);
+    alice.expect("presence");
+    send(&mut alice, DM, "first");
+    bob.expect("message");
+    bob.leave(DM);
+    alice.expect("presence");
+    // Any message stored in a DM notifies the other user's connections outside it.
+    let ack = send(&mut alice, DM, "are you still there?");
+    assert_eq!(
+        bob.expect("notify"),
+        notify_for(&ack, "alice", "are you still there?")
+    );
+    bob.assert_quiet("one notify");
+}
+
+#[test]
+fn a_room_left_on_one_connection_no_longer_notifies_the_others() {
+    let s = TestServer::start(V11_FAST);
+    let mut a1 = s.register("alice");
+    let mut a2 = s.login("alice", PASSWORD);
+    let mut a3 = s.login("alice", PASSWORD); // never joins anything
+    let mut bob = s.register("bob");
+    a1.join11("general");
+    a2.join11("general");
+    bob.join11("general");
+    bob.join11(DM);
+    a1.expect("presence");
+    a2.expect("presence");
+    let ack = send(&mut bob, "general", "@alice one");
+    assert_eq!(a3.expect("notify"), notify_for(&ack, "bob", "@alice one"));
+    assert_eq!(a1.expect("message")["id"], ack["id"]);
+    // a1 leaves: general is off alice's list, though a2 stays joined.
+    a1.leave("general");
+    let ack = send(&mut bob, "general", "@alice two");
+    let marker = send(&mut bob, DM, "marker");
+    assert_eq!(
+        a3.expect("notify"),
+        notify_for(&marker, "bob", "marker"),
+        "no notify for a mention in a room off the list ({})",
+        ack["id"]
+    );
+    assert_eq!(a1.expect("notify"), notify_for(&marker, "bob", "marker"));
+    // a2 is still joined: it gets the message itself.
+    let (_, before) = a2.wait_for(T, |v| v["type"] == "message" && v["id"] == ack["id"]);
+    assert!(before.iter().all(|v| v["type"] == "message"), "{before:?}");
+}

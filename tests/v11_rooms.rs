@@ -1,5 +1,6 @@
 //! PROTOCOL-1.1.md "The conversation list" (`rooms`) and the list and mention rules of "Precise
 //! rules": contents, order, unread and mentions, leave and join, DM rooms, `last`, the cap.
+mod admin_common;
 mod common;
 use common::*;
 use serde_json::{json, Value};
@@ -558,4 +559,132 @@ fn last_carries_the_message_fields_including_its_cid() {
         entry(dm, id_of(&ack), 0, 1, 0, &m),
         "`last` is the message as broadcast"
     );
+}
+
+/// (unread, mentions) of `room` on `c`'s list.
+fn counts(c: &mut Client, room: &str) -> (u64, u64) {
+    let e = c
+        .room_entry(room)
+        .unwrap_or_else(|| panic!("{room} is on the list"));
+    (
+        e["unread"].as_u64().unwrap(),
+        e["mentions"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn counts_follow_deletions_by_the_author_by_an_admin_and_by_pruning() {
+    let s = TestServer::start(V11_FAST);
+    let mut alice = s.register("alice");
+    let mut bob = s.register("bob");
+    let mut carol = s.register("carol");
+    alice.join11("r");
+    bob.join11("r");
+    carol.join11("r");
+    bob.expect("presence");
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let text = if i % 2 == 0 {
+            format!("@alice {i}")
+        } else {
+            format!("{i}")
+        };
+        ids.push(id_of(&bob.say("r", &text).0));
+    }
+    // Asked repeatedly: the same answer.
+    assert_eq!(counts(&mut alice, "r"), (8, 4));
+    assert_eq!(counts(&mut alice, "r"), (8, 4));
+    assert_eq!(counts(&mut carol, "r"), (8, 0));
+    // The author deletes one mention.
+    bob.delete_msg("r", ids[0], None);
+    assert_eq!(
+        counts(&mut alice, "r"),
+        (7, 3),
+        "after bob deleted a mention"
+    );
+    assert_eq!(counts(&mut carol, "r"), (7, 0));
+    // An admin deletes one mention and one plain message.
+    admin_common::admin(
+        s.data_dir(),
+        &[
+            "messages",
+            "delete",
+            &ids[2].to_string(),
+            &ids[3].to_string(),
+        ],
+    )
+    .ok();
+    assert_eq!(counts(&mut alice, "r"), (5, 2), "after an admin deletion");
+    assert_eq!(counts(&mut carol, "r"), (5, 0));
+    // Pruning keeps the newest 3: ids[5] (plain), ids[6] (mention), ids[7] (plain).
+    admin_common::admin(s.data_dir(), &["prune", "--keep-last", "3", "--room", "r"]).ok();
+    assert_eq!(counts(&mut alice, "r"), (3, 1), "after pruning");
+    assert_eq!(counts(&mut carol, "r"), (3, 0));
+    // Deleting the author's account with its messages leaves nothing unread.
+    admin_common::admin(
+        s.data_dir(),
+        &["users", "delete", "bob", "--delete-messages"],
+    )
+    .ok();
+    assert_eq!(
+        counts(&mut alice, "r"),
+        (0, 0),
+        "after bob's messages were removed"
+    );
+    assert_eq!(counts(&mut carol, "r"), (0, 0));
+}
+
+/// `mentions` counts messages whose text contains the mention: the text a message has now.
+#[test]
+fn mentions_follow_edits() {
+    let s = TestServer::start(V11_FAST);
+    let mut alice = s.register("alice");
+    let mut bob = s.register("bob");
+    alice.join11("r");
+    bob.join11("r");
+    let (ack, _) = bob.say("r", "@alice look");
+    assert_eq!(counts(&mut alice, "r"), (1, 1));
+    bob.edit_and_echo("r", id_of(&ack), "never mind");
+    assert_eq!(
+        counts(&mut alice, "r"),
+        (1, 0),
+        "the mention was edited away"
+    );
+    let (ack2, _) = bob.say("r", "plain");
+    assert_eq!(counts(&mut alice, "r"), (2, 0));
+    bob.edit_and_echo("r", id_of(&ack2), "plain, @ALICE");
+    assert_eq!(counts(&mut alice, "r"), (2, 1), "a mention edited in");
+}
+
+#[test]
+fn the_capped_window_follows_deletions() {
+    let s = TestServer::start(V11_FAST);
+    let mut alice = s.register("alice");
+    alice.join11("big");
+    alice.close(); // no leave: `big` stays on the list
+    let mut bob = s.register("bob");
+    bob.join11("big");
+    let texts: Vec<String> = (0..1001)
+        .map(|i| match i {
+            0 => "@alice oldest".to_string(),
+            1000 => "@alice newest".to_string(),
+            _ => format!("filler {i}"),
+        })
+        .collect();
+    let ids = fill(&mut bob, "big", &texts);
+    let mut alice = s.login("alice", PASSWORD);
+    // 1001 unread: the newest 1000 are counted, and only the newest mention is among them.
+    assert_eq!(counts(&mut alice, "big"), (1000, 1));
+    let mut delete = |id: u64| {
+        bob.send_json(&json!({"type":"delete","room":"big","id":id}));
+        let (ack, _) = bob.wait_type("ack");
+        assert_eq!(ack["room"], "big", "{ack}");
+    };
+    // Without the newest, exactly 1000 remain: the oldest mention is counted now.
+    delete(ids[1000]);
+    assert_eq!(counts(&mut alice, "big"), (1000, 1));
+    delete(ids[500]);
+    assert_eq!(counts(&mut alice, "big"), (999, 1));
+    delete(ids[0]);
+    assert_eq!(counts(&mut alice, "big"), (998, 0));
 }
