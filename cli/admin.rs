@@ -5,10 +5,11 @@
 use std::io::{BufRead, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use argh::FromArgs;
 use chatd::admin::offline::{self, GenerateSpec, Need, Target};
+use chatd::admin::progress::{Mode, Progress, Tick};
 use chatd::admin::{format, AdminError, ErrorKind, Reply, Request};
 use chatd::store::maintenance::{validate_line, Imported, Line, PruneRule, Search};
 
@@ -221,6 +222,9 @@ struct RoomsPrune {
     /// print JSON
     #[argh(switch)]
     json: bool,
+    /// no progress output on standard error (errors are still reported)
+    #[argh(switch)]
+    quiet: bool,
 }
 
 /// List rooms.
@@ -354,6 +358,9 @@ struct Prune {
     /// print JSON
     #[argh(switch)]
     json: bool,
+    /// no progress output on standard error (errors are still reported)
+    #[argh(switch)]
+    quiet: bool,
 }
 
 /// Who is connected, from where, since when (needs the running server).
@@ -414,6 +421,9 @@ struct Export {
     /// data directory (default ./data, or CHATD_DATA_DIR)
     #[argh(option)]
     data_dir: Option<String>,
+    /// no progress output on standard error (errors are still reported)
+    #[argh(switch)]
+    quiet: bool,
 }
 
 /// Restore an export into this database, idempotently (what exists is kept).
@@ -429,6 +439,9 @@ struct Import {
     /// print JSON
     #[argh(switch)]
     json: bool,
+    /// no progress output on standard error (errors are still reported)
+    #[argh(switch)]
+    quiet: bool,
 }
 
 /// Fill a database with synthetic users, rooms and messages (server stopped; for benchmarks).
@@ -453,6 +466,9 @@ struct Generate {
     /// data directory (default ./data, or CHATD_DATA_DIR)
     #[argh(option)]
     data_dir: Option<String>,
+    /// no progress output on standard error (errors are still reported)
+    #[argh(switch)]
+    quiet: bool,
 }
 
 /// Rewrite the database compactly and swap it in (server stopped): reclaims space sled keeps
@@ -466,6 +482,9 @@ struct Compact {
     /// print JSON
     #[argh(switch)]
     json: bool,
+    /// no progress output on standard error (errors are still reported)
+    #[argh(switch)]
+    quiet: bool,
 }
 
 fn data_dir(flag: &Option<String>) -> PathBuf {
@@ -691,14 +710,29 @@ impl Admin {
                         ));
                     }
                     let created_before_ms = parse_time("--older-than", &c.older_than)?;
-                    query(
-                        &c.data_dir,
-                        Request::RoomsPruneEmpty {
-                            created_before_ms,
-                            dry_run: c.dry_run,
-                        },
-                        c.json,
-                    )
+                    let request = Request::RoomsPruneEmpty {
+                        created_before_ms,
+                        dry_run: c.dry_run,
+                    };
+                    if c.dry_run {
+                        // Only a scan of the room records: quick, nothing to follow.
+                        return query(&c.data_dir, request, c.json);
+                    }
+                    let mut target = offline::open(&data_dir(&c.data_dir), Need::Any, false)?;
+                    let progress =
+                        Progress::new(Mode::detect(c.quiet), "rooms prune", "rooms", None);
+                    let reply = target.run_reporting(
+                        request,
+                        &mut |_| Ok(()),
+                        Some(&|tick: &Tick| progress.apply(tick)),
+                    )?;
+                    if let Reply::Done(done) = &reply {
+                        if let Some(n) = done.details["rooms_deleted"].as_u64() {
+                            progress.set(n);
+                        }
+                    }
+                    progress.finish();
+                    print(&reply, c.json)
                 }
             },
             Command::Messages(m) => match m.command {
@@ -745,15 +779,27 @@ impl Admin {
                         "say what to prune: --older-than 30d and/or --keep-last N",
                     ));
                 }
-                query(
-                    &c.data_dir,
+                let mut target = offline::open(&data_dir(&c.data_dir), Need::Any, false)?;
+                let what = if c.dry_run {
+                    "prune (dry run)"
+                } else {
+                    "prune"
+                };
+                let progress = Progress::new(Mode::detect(c.quiet), what, "messages", None);
+                let reply = target.run_reporting(
                     Request::Prune {
                         rule,
                         room: c.room,
                         dry_run: c.dry_run,
                     },
-                    c.json,
-                )
+                    &mut |_| Ok(()),
+                    Some(&|tick: &Tick| progress.apply(tick)),
+                )?;
+                if let Reply::Pruned(report) = &reply {
+                    progress.set(report.removed);
+                }
+                progress.finish();
+                print(&reply, c.json)
             }
             Command::Online(c) => simple(
                 &data_dir(&c.data_dir),
@@ -788,7 +834,10 @@ impl Admin {
             Command::Compact(c) => {
                 let dir = data_dir(&c.data_dir);
                 drop(offline::open(&dir, Need::Offline("compact"), false)?);
-                let done = offline::compact(&dir)?;
+                let progress = Progress::new(Mode::detect(c.quiet), "compact", "entries", None);
+                let done = offline::compact(&dir, &|tick: &Tick| progress.apply(tick))?;
+                progress.set(done.entries);
+                progress.finish();
                 if c.json {
                     println!(
                         "{}",
@@ -835,11 +884,32 @@ fn export(c: Export) -> Result<(), AdminError> {
         }
         None => (Box::new(BufWriter::new(std::io::stdout().lock())), None),
     };
+    let mode = if paths.is_some() {
+        Mode::detect(c.quiet)
+    } else {
+        Mode::detect_streaming(c.quiet)
+    };
+    // Room lines come before message lines and carry each room's count: their sum is the
+    // total by the time the first message arrives.
+    let progress = Progress::new(mode, "export", "messages", None);
+    let mut in_rooms = 0u64;
+    let mut counting = true;
     let result = target.run(
         Request::Export {
             with_secrets: c.with_secrets,
         },
         &mut |line: Line| {
+            match &line {
+                Line::Room { count, .. } => in_rooms += count,
+                Line::Message { .. } => {
+                    if counting {
+                        counting = false;
+                        progress.set_total(Some(in_rooms));
+                    }
+                    progress.inc(1);
+                }
+                _ => {}
+            }
             let mut bytes = serde_json::to_vec(&line)
                 .map_err(|e| AdminError::failed(format!("cannot encode a line: {e}")))?;
             bytes.push(b'\n');
@@ -866,6 +936,7 @@ fn export(c: Export) -> Result<(), AdminError> {
             .and_then(|()| std::fs::rename(partial, path))
             .map_err(|e| io_failed("cannot finish", path, e))?;
     }
+    progress.finish();
     let summary = format::human(&reply);
     let consistency = if target.is_server() {
         " (taken from the running server: as of the start of the export)"
@@ -896,8 +967,11 @@ fn import(c: Import) -> Result<(), AdminError> {
             std::fs::File::open(path).map_err(|e| io_failed("cannot open", path, e))?,
         ))
     };
+    let mode = Mode::detect(c.quiet);
+    let reading = Progress::new(mode, "import", "lines read", None);
     let mut lines: Vec<(Line, usize)> = Vec::new();
     for (n, text) in reader.lines().enumerate() {
+        reading.inc(1);
         let text = text.map_err(|e| AdminError::failed(format!("cannot read {}: {e}", c.file)))?;
         if text.trim().is_empty() {
             continue;
@@ -924,10 +998,14 @@ fn import(c: Import) -> Result<(), AdminError> {
         }
         lines.push((line, text.len()));
     }
+    reading.finish_quietly();
     if lines.is_empty() {
         return Err(AdminError::usage(format!("{} is empty", c.file)));
     }
     let mut target = offline::open(&dir, Need::Any, true)?;
+    let is_message = |line: &Line| matches!(line, Line::Message { .. });
+    let messages = lines.iter().filter(|(line, _)| is_message(line)).count() as u64;
+    let progress = Progress::new(mode, "import", "messages", Some(messages));
     let mut total = Imported::default();
     let mut batch = Vec::new();
     let mut bytes = 0;
@@ -936,6 +1014,7 @@ fn import(c: Import) -> Result<(), AdminError> {
         batch.push(line);
         bytes += size;
         if batch.len() == IMPORT_BATCH_LINES || bytes >= IMPORT_BATCH_BYTES || i + 1 == count {
+            let in_batch = batch.iter().filter(|line| is_message(line)).count() as u64;
             let reply = target.run(
                 Request::Import {
                     lines: std::mem::take(&mut batch),
@@ -954,8 +1033,10 @@ fn import(c: Import) -> Result<(), AdminError> {
                 total.messages += r.messages;
                 total.messages_skipped += r.messages_skipped;
             }
+            progress.inc(in_batch);
         }
     }
+    progress.finish();
     total.touched_rooms.clear();
     let without = total.users_without_password.clone();
     print(&Reply::Imported(total), c.json)?;
@@ -995,13 +1076,14 @@ fn generate(c: Generate) -> Result<(), AdminError> {
         ));
     };
     let started = std::time::Instant::now();
-    let mut last_report = started;
-    offline::generate(&store, &spec, &mut |n| {
-        if last_report.elapsed() > Duration::from_secs(2) {
-            last_report = std::time::Instant::now();
-            eprintln!("  {n} messages written…");
-        }
-    })?;
+    let progress = Progress::new(
+        Mode::detect(c.quiet),
+        "generate",
+        "messages",
+        Some(spec.messages),
+    );
+    offline::generate(&store, &spec, &mut |n| progress.set(n))?;
+    progress.finish();
     println!(
         "generated {} user(s), {} room(s), {} message(s) in {:.1} s",
         spec.users,

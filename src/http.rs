@@ -3,7 +3,7 @@
 //! tungstenite refuses plain GETs before any callback runs, so chatd reads the request head
 //! itself (httparse), answers ordinary requests, and for `/ws` writes the 101 response and hands
 //! the socket, with any bytes read past the head, to the WebSocket session. Every response
-//! closes the connection: browsers open one WebSocket and fetch three small files, so
+//! closes the connection: browsers open one WebSocket and fetch a few small files, so
 //! keep-alive would buy little and cost a parser state machine.
 
 use std::net::SocketAddr;
@@ -29,9 +29,64 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// for it; it grows while a large message is read.
 const WS_READ_BUFFER: usize = 256;
 
-const INDEX_HTML: &str = include_str!("../web/index.html");
-const APP_JS: &str = include_str!("../web/app.js");
-const STYLE_CSS: &str = include_str!("../web/style.css");
+/// The web client's files: path, content type, body. `/` is `/index.html`.
+const STATIC_FILES: &[(&str, &str, &[u8])] = &[
+    (
+        "/index.html",
+        "text/html; charset=utf-8",
+        include_bytes!("../web/index.html"),
+    ),
+    (
+        "/app.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../web/app.js"),
+    ),
+    (
+        "/style.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../web/style.css"),
+    ),
+    (
+        "/sw.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../web/sw.js"),
+    ),
+    (
+        "/manifest.webmanifest",
+        "application/manifest+json",
+        include_bytes!("../web/manifest.webmanifest"),
+    ),
+    (
+        "/favicon.svg",
+        "image/svg+xml",
+        include_bytes!("../web/icons/favicon.svg"),
+    ),
+    (
+        "/favicon.ico",
+        "image/x-icon",
+        include_bytes!("../web/icons/favicon.ico"),
+    ),
+    (
+        "/icon-192.png",
+        "image/png",
+        include_bytes!("../web/icons/icon-192.png"),
+    ),
+    (
+        "/icon-512.png",
+        "image/png",
+        include_bytes!("../web/icons/icon-512.png"),
+    ),
+    (
+        "/icon-maskable-512.png",
+        "image/png",
+        include_bytes!("../web/icons/icon-maskable-512.png"),
+    ),
+    (
+        "/apple-touch-icon.png",
+        "image/png",
+        include_bytes!("../web/icons/apple-touch-icon.png"),
+    ),
+];
 
 /// What was asked for, as far as routing cares.
 pub(crate) struct Head {
@@ -147,21 +202,6 @@ pub async fn serve(
             not_found(&mut stream, is_head).await
         }
         "/ws" => return upgrade(stream, head, rest, peer, &state).await,
-        "/" | "/index.html" => {
-            static_file(&mut stream, "text/html; charset=utf-8", INDEX_HTML, is_head).await
-        }
-        "/app.js" => {
-            static_file(
-                &mut stream,
-                "text/javascript; charset=utf-8",
-                APP_JS,
-                is_head,
-            )
-            .await
-        }
-        "/style.css" => {
-            static_file(&mut stream, "text/css; charset=utf-8", STYLE_CSS, is_head).await
-        }
         "/healthz" => {
             let body = state.health_json();
             let status = if state.healthy() {
@@ -191,7 +231,12 @@ pub async fn serve(
             )
             .await
         }
-        _ => not_found(&mut stream, is_head).await,
+        _ => match static_path(path) {
+            Some((content_type, body)) => {
+                static_file(&mut stream, content_type, body, is_head).await
+            }
+            None => not_found(&mut stream, is_head).await,
+        },
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "writing HTTP response failed");
@@ -373,10 +418,19 @@ async fn not_found(stream: &mut Socket, head_only: bool) -> std::io::Result<()> 
     .await
 }
 
+/// The content type and body of the web client's file at `path`, if it is one.
+fn static_path(path: &str) -> Option<(&'static str, &'static [u8])> {
+    let path = if path == "/" { "/index.html" } else { path };
+    STATIC_FILES
+        .iter()
+        .find(|(p, _, _)| *p == path)
+        .map(|&(_, content_type, body)| (content_type, body))
+}
+
 async fn static_file(
     stream: &mut Socket,
     content_type: &str,
-    body: &str,
+    body: &[u8],
     head_only: bool,
 ) -> std::io::Result<()> {
     respond(
@@ -391,7 +445,7 @@ async fn static_file(
             ),
             ("Referrer-Policy", "no-referrer"),
         ],
-        body.as_bytes(),
+        body,
         head_only,
     )
     .await

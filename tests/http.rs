@@ -217,6 +217,32 @@ fn assets_referenced_by_the_page_are_served() {
 }
 
 #[test]
+fn installable_client_files_are_served() {
+    // The service worker, the favicon browsers ask for unprompted, and every icon the manifest
+    // names (the page's own links are covered above).
+    let s = TestServer::start(&[]);
+    let sw = s.get("/sw.js");
+    assert_eq!(sw.status, 200);
+    let ct = sw.header("content-type").unwrap_or_default().to_string();
+    assert!(ct.contains("javascript"), "sw.js content-type {ct:?}");
+    let ico = s.get("/favicon.ico");
+    assert_eq!(ico.status, 200);
+    assert_eq!(ico.header("content-type"), Some("image/x-icon"));
+    let manifest = s.get("/manifest.webmanifest");
+    assert_eq!(manifest.status, 200);
+    let m = manifest.json();
+    let icons = m["icons"].as_array().expect("manifest icons");
+    assert!(!icons.is_empty());
+    for icon in icons {
+        let src = icon["src"].as_str().expect("icon src");
+        let r = s.get(src);
+        assert_eq!(r.status, 200, "icon {src}");
+        let ct = r.header("content-type").unwrap_or_default();
+        assert!(ct.starts_with("image/"), "icon {src} content-type {ct:?}");
+    }
+}
+
+#[test]
 fn websocket_upgrade_on_an_unknown_path_is_404() {
     let s = TestServer::start(&[]);
     let r = http_request(

@@ -12,6 +12,7 @@
 
 pub mod format;
 pub mod offline;
+pub mod progress;
 pub(crate) mod socket;
 
 use std::collections::BTreeSet;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use self::progress::{Report, Tick};
 use crate::hub::now_ms;
 use crate::outbox::CloseRequest;
 use crate::protocol::{close, ErrorCode, Rejection};
@@ -386,6 +388,8 @@ pub struct Context<'a> {
     pub store: &'a Store,
     /// The running server, when the command arrived over its admin socket.
     pub live: Option<&'a State>,
+    /// Receives progress of the long commands (`prune`, `rooms prune`), when someone watches.
+    pub progress: Option<Report<'a>>,
 }
 
 impl Context<'_> {
@@ -396,6 +400,17 @@ impl Context<'_> {
             Some(state) => smol::block_on(state.hub.committer().barrier())
                 .map_err(|e| AdminError::failed(format!("writing to disk failed: {e}"))),
             None => self.store.flush().map_err(Into::into),
+        }
+    }
+
+    /// Reports progress, if someone watches.
+    fn tick(&self, done: u64, total: Option<u64>, note: impl FnOnce() -> Option<String>) {
+        if let Some(report) = self.progress {
+            report(&Tick {
+                done,
+                total,
+                note: note(),
+            });
         }
     }
 
@@ -784,12 +799,15 @@ pub fn execute(
             let mut deleted = 0u64;
             if !dry_run {
                 let mut breathe = ctx.breather();
-                for name in &names {
+                let total = Some(names.len() as u64);
+                ctx.tick(0, total, || None);
+                for (i, name) in names.iter().enumerate() {
                     let removed = match ctx.live {
                         Some(state) => state.hub.delete_room(name, &mut breathe)?,
                         None => store.remove_room_record(name)?.map(|room| (room, 0)),
                     };
                     deleted += u64::from(removed.is_some());
+                    ctx.tick(i as u64 + 1, total, || None);
                 }
                 ctx.sync()?;
             }
@@ -981,19 +999,41 @@ pub fn prune(
         removed: 0,
         rooms: Vec::new(),
     };
+    // What will go is known in advance only for --keep-last alone (from the rooms' counters);
+    // a time rule needs the scan itself.
+    let total = match (ctx.progress, rule.before_ms, rule.keep_last) {
+        (Some(_), None, Some(keep)) => {
+            let mut excess = 0;
+            for name in &names {
+                if let Some(record) = ctx.store.room(name)? {
+                    excess += record.count.saturating_sub(keep);
+                }
+            }
+            Some(excess)
+        }
+        _ => None,
+    };
+    let rooms = names.len();
     let mut breather = ctx.breather();
-    for name in names {
+    ctx.tick(0, total, || None);
+    for (i, name) in names.into_iter().enumerate() {
         // Fresh record: the counters and last_id as of now.
         let Some(record) = ctx.store.room(&name)? else {
             continue;
         };
-        let pruned = ctx
-            .store
-            .prune_room(&record, rule, dry_run, &mut breather)?;
+        let note = || (rooms > 1).then(|| format!("room {} of {rooms}", i + 1));
+        // `prune_room` calls back after each full chunk of CHUNK messages removed.
+        let mut in_room = 0;
+        let pruned = ctx.store.prune_room(&record, rule, dry_run, &mut || {
+            breather();
+            in_room += crate::store::maintenance::CHUNK as u64;
+            ctx.tick(report.removed + in_room, total, note);
+        })?;
         if pruned.removed > 0 {
             report.removed += pruned.removed;
             report.rooms.push(pruned);
         }
+        ctx.tick(report.removed, total, note);
     }
     if !dry_run && report.removed > 0 {
         ctx.sync()?;
@@ -1017,6 +1057,7 @@ pub fn retention(state: &State) -> Result<Option<PruneReport>, AdminError> {
     let ctx = Context {
         store: &state.store,
         live: Some(state),
+        progress: None,
     };
     prune(&ctx, rule, None, false).map(Some)
 }

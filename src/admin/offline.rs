@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::progress::{Report, Tick};
 use super::socket::{socket_path, Client};
 use super::{execute, AdminError, Context, ErrorKind, Reply, Request};
 use crate::hub::now_ms;
@@ -101,9 +102,28 @@ impl Target {
         request: Request,
         sink: &mut dyn FnMut(Line) -> Result<(), AdminError>,
     ) -> Result<Reply, AdminError> {
+        self.run_reporting(request, sink, None)
+    }
+
+    /// Runs a command here, passing its progress to `progress` (through the server's admin
+    /// socket when one runs).
+    pub fn run_reporting(
+        &mut self,
+        request: Request,
+        sink: &mut dyn FnMut(Line) -> Result<(), AdminError>,
+        progress: Option<Report<'_>>,
+    ) -> Result<Reply, AdminError> {
         match self {
-            Target::Server(client) => client.call(&request, sink),
-            Target::Local(store) => execute(&Context { store, live: None }, request, sink),
+            Target::Server(client) => client.call(&request, sink, progress),
+            Target::Local(store) => execute(
+                &Context {
+                    store,
+                    live: None,
+                    progress,
+                },
+                request,
+                sink,
+            ),
         }
     }
 
@@ -247,7 +267,11 @@ fn exchange(_: &Path, _: &Path) -> io::Result<()> {
 /// complete, flushed and verified; the swap is one atomic `renameat2(RENAME_EXCHANGE)` on
 /// Linux (elsewhere two renames, the old one kept as `db.compact-old` until the second
 /// succeeded). A crash at any point leaves `db` a complete database.
-pub fn compact(data_dir: &Path) -> Result<Compacted, AdminError> {
+///
+/// `progress` gets entries copied, out of an estimate from the counters (users, rooms,
+/// messages; sessions and cids are not counted in advance), then notes for the phases after
+/// the copy.
+pub fn compact(data_dir: &Path, progress: Report<'_>) -> Result<Compacted, AdminError> {
     let db = db_path(data_dir);
     if !db.exists() {
         return Err(AdminError::new(
@@ -269,10 +293,20 @@ pub fn compact(data_dir: &Path) -> Result<Compacted, AdminError> {
         }
     }
     let bytes_before = dir_size(&db);
+    let estimate = store.user_count()? + store.rooms().count() as u64 + store.message_count()?;
+    let tick = |done: u64, note: Option<&str>| {
+        progress(&Tick {
+            done,
+            total: Some(estimate),
+            note: note.map(str::to_owned),
+        })
+    };
+    tick(0, None);
     let fresh = Store::open(&fresh_path, &StoreOptions::default())?;
-    let entries = store.copy_into(&fresh)?;
+    let entries = store.copy_into(&fresh, &mut |copied| tick(copied, None))?;
     drop(fresh);
     // Verify before swapping, reading the copy back from disk.
+    tick(entries, Some("verifying the copy"));
     let fresh = Store::open(&fresh_path, &StoreOptions::default())?;
     let same = fresh.user_count()? == store.user_count()?
         && fresh.message_count()? == store.message_count()?
@@ -285,6 +319,7 @@ pub fn compact(data_dir: &Path) -> Result<Compacted, AdminError> {
             "the compacted copy does not match the original; nothing was changed (please report this)",
         ));
     }
+    tick(entries, Some("swapping it in"));
     match exchange(&db, &fresh_path) {
         Ok(()) => {
             // `db` is the new database; `fresh_path` now holds the old one.

@@ -3,6 +3,12 @@
 //! lines) and then one `{"ok": Reply}` or `{"err": AdminError}` line out. A connection may carry
 //! any number of requests, one after the other.
 //!
+//! A request line may also carry `"progress": true` next to its `cmd`. The server then sends
+//! `{"progress": Tick}` frames (see [`super::progress`]) before the reply, at most one every
+//! [`PROGRESS_EVERY`], while a long command (`prune`, `rooms prune`) runs. The key is outside
+//! [`Request`], so a server that predates it ignores it (serde skips unknown keys) and simply
+//! sends none; a client that does not ask never gets one.
+//!
 //! Commands run on the blocking pool (`smol::unblock`), never on the executor threads, so a
 //! long scan or prune does not stall chat. A malformed or oversized request gets an error
 //! reply; a command that panics gets an error reply; the server keeps serving either way.
@@ -18,6 +24,7 @@ use futures_lite::{AsyncBufReadExt, AsyncWriteExt};
 use serde::{Deserialize, Serialize};
 use smol::{Async, Executor};
 
+use super::progress::Tick;
 use super::{execute, AdminError, Context, ErrorKind, Reply, Request, MAX_REQUEST_BYTES};
 use crate::state::State;
 use crate::store::maintenance::Line;
@@ -36,10 +43,23 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 pub enum Frame {
     /// An export line.
     Line(Line),
+    /// How far the command has got (only when the request asked for it).
+    Progress(Tick),
     /// The command succeeded.
     Ok(Reply),
     /// The command failed.
     Err(AdminError),
+}
+
+/// Least time between two progress frames.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// Options a request line may carry next to the request itself.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Options {
+    /// Send progress frames.
+    #[serde(default)]
+    progress: bool,
 }
 
 fn encode(frame: &Frame) -> Vec<u8> {
@@ -175,14 +195,29 @@ async fn handle(stream: Async<UnixStream>, state: Arc<State>) -> io::Result<()> 
                 continue;
             }
         };
+        let wants_progress = serde_json::from_slice::<Options>(&buf).is_ok_and(|o| o.progress);
         let name = request.name();
         tracing::info!(command = name, "admin command");
         let (tx, rx) = async_channel::bounded::<Vec<u8>>(256);
         let job_state = state.clone();
         let job = smol::unblock(move || {
+            let progress_tx = tx.clone();
+            let last_sent = std::cell::Cell::new(None::<std::time::Instant>);
+            let report = move |tick: &Tick| {
+                let now = std::time::Instant::now();
+                if last_sent
+                    .get()
+                    .is_none_or(|last| now.duration_since(last) >= PROGRESS_EVERY)
+                {
+                    last_sent.set(Some(now));
+                    // A client that went away is noticed when the reply is written.
+                    let _ = progress_tx.try_send(encode(&Frame::Progress(tick.clone())));
+                }
+            };
             let ctx = Context {
                 store: &job_state.store,
                 live: Some(&job_state),
+                progress: wants_progress.then_some(&report as &dyn Fn(&Tick)),
             };
             let mut sink = |line: Line| {
                 tx.send_blocking(encode(&Frame::Line(line)))
@@ -270,11 +305,13 @@ impl Client {
         }
     }
 
-    /// Sends `request` and waits for its reply, passing export lines to `sink`.
+    /// Sends `request` and waits for its reply, passing export lines to `sink` and, when
+    /// `progress` is given, asking for progress frames and passing them to it.
     pub fn call(
         &mut self,
         request: &Request,
         sink: &mut dyn FnMut(Line) -> Result<(), AdminError>,
+        progress: Option<super::progress::Report<'_>>,
     ) -> Result<Reply, AdminError> {
         let gone = |e: io::Error| {
             match e.kind() {
@@ -287,7 +324,12 @@ impl Client {
             )),
         }
         };
-        let mut bytes = serde_json::to_vec(request)
+        let mut value = serde_json::to_value(request)
+            .map_err(|e| AdminError::failed(format!("cannot encode the request: {e}")))?;
+        if let (Some(_), Some(fields)) = (progress, value.as_object_mut()) {
+            fields.insert("progress".into(), serde_json::Value::Bool(true));
+        }
+        let mut bytes = serde_json::to_vec(&value)
             .map_err(|e| AdminError::failed(format!("cannot encode the request: {e}")))?;
         bytes.push(b'\n');
         self.writer.write_all(&bytes).map_err(gone)?;
@@ -308,9 +350,65 @@ impl Client {
             })?;
             match frame {
                 Frame::Line(l) => sink(l)?,
+                Frame::Progress(tick) => {
+                    if let Some(report) = progress {
+                        report(&tick);
+                    }
+                }
                 Frame::Ok(reply) => return Ok(reply),
                 Frame::Err(e) => return Err(e),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::maintenance::PruneRule;
+
+    #[test]
+    fn the_progress_key_is_ignored_by_the_request_parser() {
+        // What a server that predates progress frames does with a new client's request line:
+        // it parses the request and ignores the key, so it simply sends no progress.
+        let requests = [
+            Request::Prune {
+                rule: PruneRule {
+                    before_ms: Some(5),
+                    keep_last: None,
+                },
+                room: Some("general".into()),
+                dry_run: false,
+            },
+            Request::RoomsPruneEmpty {
+                created_before_ms: 7,
+                dry_run: true,
+            },
+        ];
+        for request in requests {
+            let mut value = serde_json::to_value(&request).unwrap();
+            value
+                .as_object_mut()
+                .unwrap()
+                .insert("progress".into(), true.into());
+            let line = serde_json::to_vec(&value).unwrap();
+            assert_eq!(serde_json::from_slice::<Request>(&line).unwrap(), request);
+            assert!(serde_json::from_slice::<Options>(&line).unwrap().progress);
+            let plain = serde_json::to_vec(&request).unwrap();
+            assert!(!serde_json::from_slice::<Options>(&plain).unwrap().progress);
+        }
+    }
+
+    #[test]
+    fn progress_frames_are_one_json_line() {
+        let frame = Frame::Progress(Tick {
+            done: 2_000,
+            total: Some(16_000),
+            note: Some("room 1 of 4".into()),
+        });
+        assert_eq!(
+            encode(&frame),
+            b"{\"progress\":{\"done\":2000,\"total\":16000,\"note\":\"room 1 of 4\"}}\n"
+        );
     }
 }

@@ -832,8 +832,13 @@ impl Store {
     }
 
     /// Copies every tree, key for key, into `target` (a fresh database): the heart of
-    /// `compact`. Returns the number of entries copied.
-    pub fn copy_into(&self, target: &Store) -> Result<u64, StoreError> {
+    /// `compact`. Returns the number of entries copied; `copied` is told the running total
+    /// after each batch.
+    pub fn copy_into(
+        &self,
+        target: &Store,
+        copied: &mut dyn FnMut(u64),
+    ) -> Result<u64, StoreError> {
         let pairs = [
             (&self.users, &target.users),
             (&self.sessions, &target.sessions),
@@ -857,10 +862,12 @@ impl Store {
                     to.apply_batch(std::mem::take(&mut batch))?;
                     n += pending;
                     pending = 0;
+                    copied(n);
                 }
             }
             to.apply_batch(batch)?;
             n += pending;
+            copied(n);
         }
         // Keep the id floor: the fresh store derived its next id from rooms only.
         let floor = be_u64(&self.meta.get(META_ID_FLOOR)?.unwrap_or_default());

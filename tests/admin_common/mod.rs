@@ -51,12 +51,19 @@ impl Out {
 
 /// `chatd admin ARGS --data-dir DIR`, with `stdin` piped in (or none), bounded by a deadline.
 pub fn admin_in(dir: &Path, args: &[&str], stdin: Option<&str>) -> Out {
+    admin_env(dir, args, stdin, &[])
+}
+
+/// Like [`admin_in`], with extra environment variables.
+pub fn admin_env(dir: &Path, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Out {
     let mut cmd = Command::new(BIN);
     cmd.arg("admin")
         .args(args)
         .arg("--data-dir")
         .arg(dir)
         .env_remove("CHATD_DATA_DIR")
+        .env_remove("CHATD_PROGRESS_EVERY")
+        .envs(env.iter().copied())
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Browser tests for the chatd web client: headless Debian Chromium driven by playwright-core.
-# Installs what it needs (idempotent), builds chatd, runs chat.spec.mjs with node's test runner.
+# Installs what it needs (idempotent), builds chatd, runs chat.spec.mjs and client.spec.mjs with node's test runner.
 # Env: CHATD_BIN=path to use a prebuilt server instead of `cargo build`; CHROMIUM=browser path.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -38,4 +38,4 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 mkdir -p artifacts
-node --test --test-reporter=spec chat.spec.mjs
+node --test --test-reporter=spec chat.spec.mjs client.spec.mjs
