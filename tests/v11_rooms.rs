@@ -688,3 +688,44 @@ fn the_capped_window_follows_deletions() {
     delete(ids[0]);
     assert_eq!(counts(&mut alice, "big"), (998, 0));
 }
+
+/// "a room leaves the user's list when the user sends leave for it on any connection (other
+/// connections stay joined)": the connection that left is out of the room at once, even though
+/// the user is still in it elsewhere (so no presence marks the moment).
+#[test]
+fn a_connection_that_left_gets_nothing_more_while_another_of_the_user_stays() {
+    let s = TestServer::start(V11_FAST);
+    let mut a1 = s.register("alice");
+    let mut a2 = s.login("alice", PASSWORD);
+    let mut bob = s.register("bob");
+    bob.join11("general");
+    bob.join11("dm:alice+bob");
+    a2.join11("general");
+    bob.expect("presence");
+    let mut leaks = Vec::new();
+    for i in 0..100 {
+        a1.join11("general");
+        let (before, _) = bob.say("general", &format!("before {i}"));
+        assert_eq!(a1.expect("message")["id"], before["id"]);
+        a1.leave("general");
+        // Sent after a1 received `left`.
+        let (after, _) = bob.say("general", &format!("after {i}"));
+        let (marker, _) = bob.say("dm:alice+bob", &format!("marker {i}"));
+        let (_, got) = a1.wait_for(T, |v| v["type"] == "notify" && v["id"] == marker["id"]);
+        if !got.is_empty() {
+            leaks.push(format!(
+                "round {i}: message {} after left: {got:?}",
+                after["id"]
+            ));
+        }
+    }
+    assert!(
+        leaks.is_empty(),
+        "{} of 100 rounds delivered a message to a connection that had left:\n{}",
+        leaks.len(),
+        leaks.join("\n")
+    );
+    // a2 got everything.
+    let (_, got) = a2.wait_for(T, |v| v["text"] == "after 99");
+    assert_eq!(got.len(), 199, "a2 stayed joined");
+}
