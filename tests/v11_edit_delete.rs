@@ -1113,3 +1113,171 @@ fn announcements_are_nobody_s_to_edit_or_delete() {
     );
     bob.assert_quiet("nothing changed");
 }
+
+#[test]
+fn repeated_edit_and_delete_cids_get_their_acks_after_a_crash() {
+    let mut s = TestServer::start(V11_FAST);
+    let mut alice = s.register("alice");
+    alice.join11("r");
+    let (_, m1) = alice.say("r", "one");
+    let (_, m2) = alice.say("r", "two");
+    let edit_ack = alice.edit_msg("r", id_of(&m1), "one v2", Some("crash-e"));
+    alice.expect("edited");
+    let del_ack = alice.delete_msg("r", id_of(&m2), Some("crash-d"));
+    alice.expect("deleted");
+    s.kill9();
+    s.restart();
+    let mut alice = s.login("alice", PASSWORD);
+    alice.join11("r");
+    alice.send_json(
+        &json!({"type":"edit","room":"r","id":id_of(&m1),"text":"one v2","cid":"crash-e"}),
+    );
+    assert_eq!(
+        alice.expect("ack"),
+        edit_ack,
+        "the edit's cid survives a crash"
+    );
+    alice.send_json(&json!({"type":"delete","room":"r","id":id_of(&m2),"cid":"crash-d"}));
+    assert_eq!(
+        alice.expect("ack"),
+        del_ack,
+        "the delete's cid survives a crash"
+    );
+    alice.assert_quiet("repeats are not broadcast");
+    let j = alice.join11_since("r", 0);
+    assert_eq!(
+        j.outline(),
+        [
+            ("message".to_string(), id_of(&m1), 0),
+            ("edited".to_string(), id_of(&m1), id_of(&edit_ack)),
+            ("deleted".to_string(), id_of(&m2), id_of(&del_ack)),
+        ],
+        "stored once"
+    );
+}
+
+/// Replays are read from the database page by page (`--reply-buffer`); events must come out
+/// in order across page boundaries as messages do.
+#[test]
+fn replays_with_events_are_complete_across_small_reply_pages() {
+    let s = TestServer::start(&[
+        "--rate",
+        "100000",
+        "--burst",
+        "100000",
+        "--reply-buffer",
+        "16384",
+    ]);
+    let mut alice = s.register("alice");
+    alice.join11("r");
+    let filler = "x".repeat(600);
+    let mut msgs: Vec<Value> = Vec::new();
+    let mut events: Vec<Value> = Vec::new();
+    let mut deleted = Vec::new();
+    for i in 0..120 {
+        msgs.push(alice.say("r", &format!("{i} {filler}")).1);
+        if i % 3 == 2 {
+            let target = id_of(&msgs[i - 1]);
+            events.push(
+                alice
+                    .edit_and_echo("r", target, &format!("{i} edited {filler}"))
+                    .1,
+            );
+        }
+        if i % 5 == 4 {
+            let target = id_of(&msgs[i - 3]);
+            if !deleted.contains(&target) {
+                events.push(alice.delete_and_echo("r", target).1);
+                deleted.push(target);
+            }
+        }
+    }
+    // The model: visible messages in their current state, events except edits of deleted ones.
+    let mut now: Vec<Value> = Vec::new();
+    for m in &msgs {
+        let id = id_of(m);
+        if deleted.contains(&id) {
+            continue;
+        }
+        let last_edit = events
+            .iter()
+            .filter(|e| e["type"] == "edited" && id_of(e) == id)
+            .next_back();
+        now.push(match last_edit {
+            Some(e) => current(m, e["text"].as_str().unwrap(), Some(ts_of(e))),
+            None => m.clone(),
+        });
+    }
+    let mut want: Vec<Value> = now.clone();
+    want.extend(
+        events
+            .iter()
+            .filter(|e| !(e["type"] == "edited" && deleted.contains(&id_of(e))))
+            .cloned(),
+    );
+    want.sort_by_key(position_of);
+    assert!(want.len() > 100);
+
+    let mut bob = s.register("bob");
+    let j = bob.join11_since("r", 0);
+    assert_eq!(j.items.len(), want.len());
+    assert_eq!(j.items, want, "the whole replay, in order, across pages");
+    let mid = position_of(&want[want.len() / 2]);
+    let j = bob.join11_since("r", mid);
+    let tail: Vec<Value> = want
+        .iter()
+        .filter(|v| position_of(v) > mid)
+        .cloned()
+        .collect();
+    assert_eq!(j.items, tail);
+    let j = bob.join11("r");
+    assert_eq!(
+        j.items,
+        now[now.len() - 50..].to_vec(),
+        "the newest 50, current state"
+    );
+}
+
+#[test]
+fn an_unloaded_room_comes_back_with_its_events_and_sequence() {
+    let s = TestServer::start(&[
+        "--rate",
+        "100000",
+        "--burst",
+        "100000",
+        "--room-unload-after",
+        "300ms",
+        "--presence-grace",
+        "100ms",
+    ]);
+    let mut alice = s.register("alice");
+    alice.join11("r");
+    let st = story(&mut alice);
+    alice.close();
+    poll_until(
+        std::time::Duration::from_secs(20),
+        "the idle room unloaded",
+        || (s.metric("chatd_rooms_loaded") == 0.0).then_some(()),
+    );
+    let mut alice = s.login("alice", PASSWORD);
+    let e = alice.room_entry("r").expect("still on the list");
+    assert_eq!(e["last_id"], st.e9, "{e}");
+    assert_eq!(e["last"], st.now[2], "{e}");
+    let j = alice.join11_since("r", 0);
+    assert_eq!(
+        j.items,
+        st.replay_after(0),
+        "events replay after the reload"
+    );
+    assert_eq!(j.last_id(), st.e9);
+    let (ack, _) = alice.edit_and_echo("r", st.m3, "three v3");
+    assert!(
+        id_of(&ack) > st.e9,
+        "the sequence continues after the reload"
+    );
+    alice.refused(
+        json!({"type":"edit","room":"r","id":st.m2,"text":"x"}),
+        "not_found",
+    );
+    alice.refused(json!({"type":"delete","room":"r","id":st.e4}), "not_found");
+}

@@ -729,3 +729,47 @@ fn a_connection_that_left_gets_nothing_more_while_another_of_the_user_stays() {
     let (_, got) = a2.wait_for(T, |v| v["text"] == "after 99");
     assert_eq!(got.len(), 199, "a2 stayed joined");
 }
+
+/// The list is server state the user changed with acknowledged frames (`joined`, `left`): like
+/// the read markers it shares its records with, it must not roll back in a crash.
+#[test]
+fn a_leave_on_the_list_survives_kill_9() {
+    let mut s = TestServer::start(V11_FAST);
+    let mut alice = s.register("alice");
+    for r in ["a", "b", "c"] {
+        alice.join11(r);
+        alice.say(r, &format!("in {r}"));
+    }
+    alice.leave("b");
+    let before = alice.room_names();
+    assert_eq!(before, ["c", "a"]);
+    s.kill9();
+    s.restart();
+    let mut alice = s.login("alice", PASSWORD);
+    assert_eq!(
+        alice.room_names(),
+        before,
+        "the list as it was when `left` was received"
+    );
+}
+
+#[test]
+fn a_join_on_the_list_survives_kill_9() {
+    let mut s = TestServer::start(V11_FAST);
+    let mut bob = s.register("bob");
+    bob.join11("busy");
+    bob.say("busy", "something");
+    let mut alice = s.register("alice");
+    alice.join11("quiet"); // a new, empty room
+    alice.join11("busy"); // an existing one
+    let before = alice.room_names();
+    assert_eq!(before, ["busy", "quiet"]);
+    s.kill9();
+    s.restart();
+    let mut alice = s.login("alice", PASSWORD);
+    assert_eq!(
+        alice.room_names(),
+        before,
+        "the list as it was when `joined` was received"
+    );
+}
