@@ -1201,8 +1201,7 @@ fn replays_with_events_are_complete_across_small_reply_pages() {
         }
         let last_edit = events
             .iter()
-            .filter(|e| e["type"] == "edited" && id_of(e) == id)
-            .next_back();
+            .rfind(|e| e["type"] == "edited" && id_of(e) == id);
         now.push(match last_edit {
             Some(e) => current(m, e["text"].as_str().unwrap(), Some(ts_of(e))),
             None => m.clone(),
