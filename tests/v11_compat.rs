@@ -280,3 +280,42 @@ fn clients_that_use_none_of_1_1_see_no_1_1_frames() {
         }
     }
 }
+
+#[test]
+fn the_new_frames_follow_v1_session_rules() {
+    let s = TestServer::start(&[]);
+    let mut c = s.connect();
+    // Before auth: unauthorized, the connection stays open.
+    for f in [
+        json!({"type":"rooms"}),
+        json!({"type":"read","room":"r","id":1}),
+        json!({"type":"typing","room":"r"}),
+        json!({"type":"edit","room":"r","id":1,"text":"x"}),
+        json!({"type":"delete","room":"r","id":1}),
+        json!({"type":"join","room":"dm:alice+bob"}),
+    ] {
+        c.refused(f, "unauthorized");
+    }
+    c.auth_ok(json!({"type":"auth","user":"alice","password":PASSWORD,"register":true}));
+    // Unknown fields are ignored and null counts as absent, on new frames too.
+    c.send_json(&json!({"type":"rooms","extra":{"x":1},"room":null}));
+    assert_eq!(c.expect("rooms"), json!({"type":"rooms","rooms":[]}));
+    c.join11("r");
+    let (_, m) = c.say("r", "hello");
+    let ack = c.edit_msg("r", id_of(&m), "hello!", None);
+    c.expect("edited");
+    c.send_json(
+        &json!({"type":"edit","room":"r","id":id_of(&m),"text":"hello!!","cid":null,"x":[]}),
+    );
+    let ack2 = c.expect("ack");
+    assert!(ack2.get("cid").is_none(), "a null cid is no cid: {ack2}");
+    assert!(id_of(&ack2) > id_of(&ack));
+    c.expect("edited");
+    c.send_json(&json!({"type":"read","room":"r","id":id_of(&m),"unknown":true}));
+    assert_eq!(
+        c.expect("read"),
+        json!({"type":"read","room":"r","id":id_of(&m)})
+    );
+    c.send_json(&json!({"type":"typing","room":"r","text":"ignored"}));
+    c.assert_quiet("typing alone in a room: nothing to anyone");
+}

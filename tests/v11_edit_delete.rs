@@ -1280,3 +1280,23 @@ fn an_unloaded_room_comes_back_with_its_events_and_sequence() {
     );
     alice.refused(json!({"type":"delete","room":"r","id":st.e4}), "not_found");
 }
+
+#[test]
+fn an_edited_message_keeps_its_cid_user_and_ts_in_history_and_replays() {
+    let s = TestServer::start(V11_FAST);
+    let (mut alice, mut bob) = pair(&s);
+    let (_, m) = alice.say_cid("r", "with cid", "keep-cid");
+    bob.expect("message");
+    let (ack, _) = alice.edit_and_echo("r", id_of(&m), "with cid, edited");
+    bob.expect("edited");
+    let want = current(&m, "with cid, edited", Some(ts_of(&ack)));
+    assert_eq!(want["cid"], "keep-cid");
+    let h = bob.history(json!({"type":"history","room":"r"}));
+    assert_eq!(
+        h["messages"],
+        json!([want]),
+        "id, user, ts and cid are the original's"
+    );
+    assert_eq!(bob.join11("r").items, [want.clone()]);
+    assert_eq!(bob.join11_since("r", 0).items[0], want);
+}
