@@ -69,6 +69,7 @@ enum UsersCommand {
     Ban(UsersBan),
     Unban(UsersUnban),
     Delete(UsersDelete),
+    Reads(UsersReads),
 }
 
 /// List accounts.
@@ -185,6 +186,55 @@ struct UsersDelete {
     json: bool,
 }
 
+/// Show a user's read markers (room, marker, the room's newest id, unread, listed), or set
+/// them back with `users reads reset USER`.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "reads")]
+struct UsersReads {
+    /// user name
+    #[argh(positional)]
+    name: Option<String>,
+    /// only this room
+    #[argh(option)]
+    room: Option<String>,
+    /// data directory (default ./data, or CHATD_DATA_DIR)
+    #[argh(option)]
+    data_dir: Option<String>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+    #[argh(subcommand)]
+    command: Option<ReadsCommand>,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum ReadsCommand {
+    Reset(ReadsReset),
+}
+
+/// Set a user's read markers back, in one room or all (the only way a marker moves
+/// backwards); with a server running, the user's connections get the new marker at once.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "reset")]
+struct ReadsReset {
+    /// user name
+    #[argh(positional)]
+    name: Option<String>,
+    /// only this room (default: every room the user has a marker in)
+    #[argh(option)]
+    room: Option<String>,
+    /// the marker to set (default 0: nothing read); lowered to each room's newest id
+    #[argh(option, default = "0")]
+    to: u64,
+    /// data directory (default ./data, or CHATD_DATA_DIR)
+    #[argh(option)]
+    data_dir: Option<String>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
 /// Manage rooms.
 #[derive(FromArgs)]
 #[argh(subcommand, name = "rooms")]
@@ -216,6 +266,9 @@ struct RoomsPrune {
     /// only count them
     #[argh(switch)]
     dry_run: bool,
+    /// only direct-message rooms (dm:USER+USER)
+    #[argh(switch)]
+    dm: bool,
     /// data directory (default ./data, or CHATD_DATA_DIR)
     #[argh(option)]
     data_dir: Option<String>,
@@ -227,10 +280,13 @@ struct RoomsPrune {
     quiet: bool,
 }
 
-/// List rooms.
+/// List rooms (direct-message rooms with their two users).
 #[derive(FromArgs)]
 #[argh(subcommand, name = "list")]
 struct RoomsList {
+    /// only direct-message rooms (dm:USER+USER)
+    #[argh(switch)]
+    dm: bool,
     /// data directory (default ./data, or CHATD_DATA_DIR)
     #[argh(option)]
     data_dir: Option<String>,
@@ -281,7 +337,26 @@ struct Messages {
 #[argh(subcommand)]
 enum MessagesCommand {
     List(MessagesList),
+    Show(MessagesShow),
     Delete(MessagesDelete),
+}
+
+/// Show one message: its current state and its edit and delete history.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "show")]
+struct MessagesShow {
+    /// room name
+    #[argh(positional)]
+    room: String,
+    /// message id
+    #[argh(positional)]
+    id: u64,
+    /// data directory (default ./data, or CHATD_DATA_DIR)
+    #[argh(option)]
+    data_dir: Option<String>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
 }
 
 /// List messages, newest first.
@@ -694,9 +769,12 @@ impl Admin {
                         c.json,
                     )
                 }
+                UsersCommand::Reads(c) => reads(c),
             },
             Command::Rooms(r) => match r.command {
-                RoomsCommand::List(c) => query(&c.data_dir, Request::RoomsList, c.json),
+                RoomsCommand::List(c) => {
+                    query(&c.data_dir, Request::RoomsList { dm: c.dm }, c.json)
+                }
                 RoomsCommand::Show(c) => {
                     query(&c.data_dir, Request::RoomsShow { name: c.name }, c.json)
                 }
@@ -713,6 +791,7 @@ impl Admin {
                     let request = Request::RoomsPruneEmpty {
                         created_before_ms,
                         dry_run: c.dry_run,
+                        dm: c.dm,
                     };
                     if c.dry_run {
                         // Only a scan of the room records: quick, nothing to follow.
@@ -756,6 +835,14 @@ impl Admin {
                     };
                     query(&c.data_dir, Request::MessagesList(search), c.json)
                 }
+                MessagesCommand::Show(c) => query(
+                    &c.data_dir,
+                    Request::MessagesShow {
+                        room: c.room,
+                        id: c.id,
+                    },
+                    c.json,
+                ),
                 MessagesCommand::Delete(c) => query(
                     &c.data_dir,
                     Request::MessagesDelete {
@@ -856,6 +943,54 @@ impl Admin {
             }
         }
     }
+}
+
+/// `users reads USER` and `users reads reset USER`.
+fn reads(c: UsersReads) -> Result<(), AdminError> {
+    let Some(ReadsCommand::Reset(r)) = c.command else {
+        let name = c.name.ok_or_else(|| {
+            AdminError::usage("name the user: `chatd admin users reads USER [--room ROOM]`")
+        })?;
+        return query(
+            &c.data_dir,
+            Request::UsersReads { name, room: c.room },
+            c.json,
+        );
+    };
+    if c.name.is_some() || c.room.is_some() || c.data_dir.is_some() || c.json {
+        return Err(AdminError::usage(
+            "put the user and the options after `reset`: `chatd admin users reads reset USER [--room ROOM] [--to ID]`",
+        ));
+    }
+    let Some(name) = r.name else {
+        // `users reads reset` alone: the markers of a user named `reset`, if there is one.
+        if r.room.is_none() && r.to == 0 {
+            let dir = data_dir(&r.data_dir);
+            let mut target = offline::open(&dir, Need::Any, false)?;
+            let shown = target.run(
+                Request::UsersReads {
+                    name: "reset".into(),
+                    room: None,
+                },
+                &mut |_| Ok(()),
+            );
+            if let Ok(reply) = shown {
+                return print(&reply, r.json);
+            }
+        }
+        return Err(AdminError::usage(
+            "name the user whose read markers to set back: `chatd admin users reads reset USER [--room ROOM] [--to ID]`",
+        ));
+    };
+    query(
+        &r.data_dir,
+        Request::UsersReadsReset {
+            name,
+            room: r.room,
+            to: r.to,
+        },
+        r.json,
+    )
 }
 
 fn io_failed(what: &str, path: &Path, e: std::io::Error) -> AdminError {

@@ -3,7 +3,8 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::{PruneReport, Reply};
+use super::conversations::{ChangeKind, MessageHistory, MessageState, ReadMarkers};
+use super::{PruneReport, Reply, RoomInfo};
 
 /// An ISO 8601 UTC time for `ms` since the Unix epoch.
 pub fn iso(ms: u64) -> String {
@@ -149,6 +150,149 @@ fn prune_text(p: &PruneReport) -> String {
     out
 }
 
+/// A direct-message room's two users (`bob (deleted)` for an account that is gone).
+fn participants(r: &RoomInfo) -> Option<String> {
+    let names = r.participants.as_ref()?;
+    Some(
+        names
+            .iter()
+            .map(|n| {
+                if r.participants_deleted.contains(n) {
+                    format!("{n} (deleted)")
+                } else {
+                    n.clone()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
+}
+
+fn quoted(text: &Option<String>, max: usize) -> String {
+    match text {
+        Some(text) => format!("\"{}\"", one_line(text, max)),
+        None => "-".into(),
+    }
+}
+
+fn history_text(h: &MessageHistory) -> String {
+    let mut rows = vec![
+        ("room", h.room.clone()),
+        ("id", h.id.to_string()),
+        (
+            "author",
+            h.author
+                .clone()
+                .unwrap_or_else(|| "unknown (deleted by an admin, never edited)".into()),
+        ),
+    ];
+    match (&h.message, h.state) {
+        (Some(m), _) => {
+            rows.push(("time", iso(m.ts)));
+            rows.push((
+                "state",
+                match m.edited_ts {
+                    Some(_) => "stored, edited".into(),
+                    None => "stored".into(),
+                },
+            ));
+            if let Some(edited) = m.edited_ts {
+                rows.push(("edited", iso(edited)));
+            }
+            if let Some(cid) = &m.cid {
+                rows.push(("cid", cid.clone()));
+            }
+            rows.push(("text", m.text.clone()));
+        }
+        (None, MessageState::Deleted) => {
+            rows.push((
+                "state",
+                "deleted: its text and the texts of its edits are gone".into(),
+            ));
+        }
+        (None, _) => {
+            rows.push((
+                "state",
+                "no longer stored and no deletion recorded (pruned, or deleted before chatd kept events)"
+                    .into(),
+            ));
+        }
+    }
+    let mut out = pairs(&rows);
+    let edits = h
+        .events
+        .iter()
+        .filter(|e| e.change == ChangeKind::Edited)
+        .count();
+    if h.message.as_ref().is_some_and(|m| m.edited_ts.is_some()) && edits == 0 {
+        out.push_str("(edited, but no edit is recorded here: imported from an export, which carries no history)\n");
+    }
+    if h.events.is_empty() {
+        out.push_str("no edits or deletion\n");
+        return out;
+    }
+    let rows: Vec<Vec<String>> = h
+        .events
+        .iter()
+        .map(|e| {
+            let (change, replaced, text) = match e.change {
+                ChangeKind::Edited if e.scrubbed => (
+                    "edited",
+                    "(removed by the deletion)".into(),
+                    "(removed by the deletion)".into(),
+                ),
+                ChangeKind::Edited => ("edited", quoted(&e.replaced, 40), quoted(&e.text, 40)),
+                ChangeKind::Deleted => ("deleted", String::new(), String::new()),
+            };
+            vec![
+                e.seq.to_string(),
+                iso(e.ts),
+                e.user.clone(),
+                change.into(),
+                replaced,
+                text,
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&table(
+        &["#SEQ", "TIME", "BY", "CHANGE", "REPLACED", "NEW TEXT"],
+        &rows,
+    ));
+    out.push_str(&format!("{} event(s)\n", h.events.len()));
+    out
+}
+
+fn reads_text(m: &ReadMarkers) -> String {
+    let rows: Vec<Vec<String>> = m
+        .rooms
+        .iter()
+        .map(|r| {
+            vec![
+                r.room.clone(),
+                r.read.to_string(),
+                r.newest.map_or("-".into(), |n| n.to_string()),
+                match r.unread {
+                    Some(n) if n >= crate::store::UNREAD_CAP => format!("{n}+"),
+                    Some(n) => n.to_string(),
+                    None => "-".into(),
+                },
+                match (r.newest, r.listed) {
+                    (None, _) => "room deleted".into(),
+                    (_, true) => "yes".into(),
+                    (_, false) => "no".into(),
+                },
+            ]
+        })
+        .collect();
+    format!(
+        "{}{} read marker(s) of {}\n",
+        table(&["ROOM", "#READ", "#NEWEST", "#UNREAD", "LISTED"], &rows),
+        m.rooms.len(),
+        m.user
+    )
+}
+
 /// The reply for people.
 pub fn human(reply: &Reply) -> String {
     match reply {
@@ -156,6 +300,7 @@ pub fn human(reply: &Reply) -> String {
             let mut rows = vec![
                 ("users", s.users.to_string()),
                 ("rooms", s.rooms.to_string()),
+                ("DM rooms", s.dm_rooms.to_string()),
                 ("messages", s.messages.to_string()),
                 ("database size", bytes(s.db_bytes)),
                 ("oldest message", opt_iso(s.oldest_ts)),
@@ -222,27 +367,31 @@ pub fn human(reply: &Reply) -> String {
             pairs(&rows)
         }
         Reply::Rooms(rooms) => {
+            // The participants column only when a direct-message room is listed; it is the
+            // last one and empty for other rooms, so their lines read as they always did.
+            let dm = rooms.iter().any(|r| r.participants.is_some());
             let rows: Vec<Vec<String>> = rooms
                 .iter()
                 .map(|r| {
-                    vec![
+                    let mut row = vec![
                         r.name.clone(),
                         r.messages.to_string(),
                         r.last_id.to_string(),
                         opt_iso(r.oldest_ts),
                         opt_iso(r.newest_ts),
                         iso(r.created_ms),
-                    ]
+                    ];
+                    if dm {
+                        row.push(participants(r).unwrap_or_default());
+                    }
+                    row
                 })
                 .collect();
-            format!(
-                "{}{} room(s)\n",
-                table(
-                    &["NAME", "#MESSAGES", "#LAST ID", "OLDEST", "NEWEST", "CREATED"],
-                    &rows
-                ),
-                rooms.len()
-            )
+            let mut headers = vec!["NAME", "#MESSAGES", "#LAST ID", "OLDEST", "NEWEST", "CREATED"];
+            if dm {
+                headers.push("PARTICIPANTS");
+            }
+            format!("{}{} room(s)\n", table(&headers, &rows), rooms.len())
         }
         Reply::Room(r) => {
             let mut rows = vec![
@@ -253,6 +402,9 @@ pub fn human(reply: &Reply) -> String {
                 ("oldest message", opt_iso(r.oldest_ts)),
                 ("newest message", opt_iso(r.newest_ts)),
             ];
+            if let Some(participants) = participants(r) {
+                rows.insert(1, ("participants", participants));
+            }
             if let Some(online) = &r.online {
                 rows.push((
                     "online",
@@ -306,6 +458,8 @@ pub fn human(reply: &Reply) -> String {
                 conns.len()
             )
         }
+        Reply::MessageHistory(h) => history_text(h),
+        Reply::ReadMarkers(m) => reads_text(m),
         Reply::Pruned(p) => prune_text(p),
         Reply::Imported(i) => format!(
             "imported {} user(s) ({} existed), {} session(s), {} new room(s), {} message(s) ({} existed)\n",
@@ -324,6 +478,8 @@ pub fn json(reply: &Reply) -> String {
         Reply::Rooms(v) => serde_json::to_value(v),
         Reply::Room(v) => serde_json::to_value(v),
         Reply::Messages(v) => serde_json::to_value(v),
+        Reply::MessageHistory(v) => serde_json::to_value(v),
+        Reply::ReadMarkers(v) => serde_json::to_value(v),
         Reply::Online(v) => serde_json::to_value(v),
         Reply::Pruned(v) => serde_json::to_value(v),
         Reply::Imported(v) => serde_json::to_value(v),

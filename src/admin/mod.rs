@@ -10,6 +10,7 @@
 //! messages produce `deleted` events, bans and kicks close connections with 1008, deleted rooms
 //! send `left`, announcements are ordinary durable messages.
 
+pub mod conversations;
 pub mod format;
 pub mod offline;
 pub mod progress;
@@ -28,6 +29,7 @@ use crate::rules;
 use crate::state::State;
 use crate::store::maintenance::{Found, Imported, Line, PruneRule, PrunedRoom, Search};
 use crate::store::{user_key, Store, StoreError, User};
+use conversations::{MessageHistory, ReadMarkers};
 
 /// The author shown on announcements. It is not a valid user name (brackets), so no account
 /// can ever post under it.
@@ -81,7 +83,11 @@ pub enum Request {
         delete_messages: bool,
     },
     /// All rooms.
-    RoomsList,
+    RoomsList {
+        /// Only direct-message rooms.
+        #[serde(default)]
+        dm: bool,
+    },
     /// One room.
     RoomsShow {
         /// Room name.
@@ -99,9 +105,35 @@ pub enum Request {
         created_before_ms: u64,
         /// Only count them.
         dry_run: bool,
+        /// Only direct-message rooms.
+        #[serde(default)]
+        dm: bool,
     },
     /// Search messages.
     MessagesList(Search),
+    /// One message's current state and its edit and delete history.
+    MessagesShow {
+        /// Room name.
+        room: String,
+        /// Message id.
+        id: u64,
+    },
+    /// A user's read markers.
+    UsersReads {
+        /// User name (any case).
+        name: String,
+        /// Only this room.
+        room: Option<String>,
+    },
+    /// Set a user's read markers back (to 0 or `to`); live connections get `read` frames.
+    UsersReadsReset {
+        /// User name (any case).
+        name: String,
+        /// Only this room (else every room the user has a marker in).
+        room: Option<String>,
+        /// The marker to set (lowered to each room's newest id).
+        to: u64,
+    },
     /// Delete messages by id.
     MessagesDelete {
         /// Message ids.
@@ -156,11 +188,14 @@ impl Request {
             Request::UsersBan { .. } => "users ban",
             Request::UsersUnban { .. } => "users unban",
             Request::UsersDelete { .. } => "users delete",
-            Request::RoomsList => "rooms list",
+            Request::RoomsList { .. } => "rooms list",
             Request::RoomsShow { .. } => "rooms show",
             Request::RoomsDelete { .. } => "rooms delete",
             Request::RoomsPruneEmpty { .. } => "rooms prune",
             Request::MessagesList(_) => "messages list",
+            Request::MessagesShow { .. } => "messages show",
+            Request::UsersReads { .. } => "users reads",
+            Request::UsersReadsReset { .. } => "users reads reset",
             Request::MessagesDelete { .. } => "messages delete",
             Request::Prune { .. } => "prune",
             Request::Online => "online",
@@ -177,8 +212,11 @@ impl Request {
 pub struct Stats {
     /// Accounts.
     pub users: u64,
-    /// Rooms.
+    /// Rooms (direct-message rooms included).
     pub rooms: u64,
+    /// Of those, direct-message rooms.
+    #[serde(default)]
+    pub dm_rooms: u64,
     /// Messages (sum of the rooms' counters).
     pub messages: u64,
     /// Bytes the database occupies on disk.
@@ -240,6 +278,12 @@ pub struct RoomInfo {
     pub newest_ts: Option<u64>,
     /// Users online in the room (only in `rooms show` with a running server).
     pub online: Option<Vec<String>>,
+    /// The two users of a direct-message room, as registered (absent for other rooms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub participants: Option<Vec<String>>,
+    /// Those of the two whose account no longer exists (absent when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub participants_deleted: Vec<String>,
 }
 
 /// A live connection.
@@ -293,6 +337,10 @@ pub enum Reply {
     Room(RoomInfo),
     /// `messages list`.
     Messages(Vec<Found>),
+    /// `messages show`.
+    MessageHistory(MessageHistory),
+    /// `users reads`.
+    ReadMarkers(ReadMarkers),
     /// `online`.
     Online(Vec<Connection>),
     /// `prune`.
@@ -469,12 +517,27 @@ fn user_or_404(store: &Store, name: &str) -> Result<User, AdminError> {
     })
 }
 
-fn room_or_404(store: &Store, name: &str) -> Result<crate::store::Room, AdminError> {
-    if !rules::valid_room_name(name) {
-        return Err(AdminError::usage(format!(
-            "`{name}` is not a room name (1 to 64 of a-z 0-9 _ -)"
-        )));
+/// Checks that `name` is a room name: an ordinary one or a direct-message one.
+fn room_name_or_usage(name: &str) -> Result<(), AdminError> {
+    if rules::valid_any_room_name(name) {
+        return Ok(());
     }
+    let hint = match name
+        .strip_prefix(rules::DM_PREFIX)
+        .and_then(|pair| pair.split_once('+'))
+    {
+        Some((a, b)) if rules::valid_user_name(a) && rules::valid_user_name(b) && a != b => {
+            format!("; did you mean `{}`?", rules::dm_room_name(a, b))
+        }
+        _ => String::new(),
+    };
+    Err(AdminError::usage(format!(
+        "`{name}` is not a room name (1 to 64 of a-z 0-9 _ -, or dm:USER+USER with both names in lower case, sorted){hint}"
+    )))
+}
+
+fn room_or_404(store: &Store, name: &str) -> Result<crate::store::Room, AdminError> {
+    room_name_or_usage(name)?;
     store.room(name)?.ok_or_else(|| {
         AdminError::new(
             ErrorKind::NotFound,
@@ -503,6 +566,11 @@ fn check_hash(hash: &str) -> Result<(), AdminError> {
     }
 }
 
+/// Whether `name` is a direct-message room's.
+fn is_dm(name: &str) -> bool {
+    matches!(rules::dm_participants(name), Ok(Some(_)))
+}
+
 fn done(summary: String, details: serde_json::Value) -> Result<Reply, AdminError> {
     Ok(Reply::Done(Done { summary, details }))
 }
@@ -521,7 +589,23 @@ fn user_info(u: &User) -> UserInfo {
 
 fn room_info(store: &Store, room: &crate::store::Room) -> Result<RoomInfo, AdminError> {
     let (first, last) = store.room_ends(room)?;
+    let (mut participants, mut participants_deleted) = (None, Vec::new());
+    if let Ok(Some((a, b))) = rules::dm_participants(&room.name) {
+        let mut names = Vec::with_capacity(2);
+        for key in [a, b] {
+            match store.user(key)? {
+                Some(user) => names.push(user.name),
+                None => {
+                    names.push(key.to_owned());
+                    participants_deleted.push(key.to_owned());
+                }
+            }
+        }
+        participants = Some(names);
+    }
     Ok(RoomInfo {
+        participants,
+        participants_deleted,
         name: room.name.clone(),
         created_ms: room.created_ms,
         messages: room.count,
@@ -544,6 +628,7 @@ pub fn execute(
             let mut stats = Stats {
                 users: store.user_count()?,
                 rooms: 0,
+                dm_rooms: 0,
                 messages: 0,
                 db_bytes: store.size_on_disk()?,
                 oldest_ts: None,
@@ -553,6 +638,7 @@ pub fn execute(
             for room in store.rooms() {
                 let room = room?;
                 stats.rooms += 1;
+                stats.dm_rooms += u64::from(is_dm(&room.name));
                 stats.messages += room.count;
                 if room.count > 0 {
                     let (first, last) = store.room_ends(&room)?;
@@ -701,6 +787,7 @@ pub fn execute(
             let user = user_or_404(store, &name)?;
             store.delete_user(&user.name)?;
             let sessions = store.remove_user_sessions(&user.name)?;
+            let markers = store.remove_user_memberships(&user_key(&user.name))?;
             let closed = match ctx.live {
                 Some(state) => state.hub.close_user(
                     &user_key(&user.name),
@@ -730,13 +817,17 @@ pub fn execute(
                     user.name
                 ),
                 serde_json::json!({"user": user.name, "sessions_revoked": sessions,
-                    "closed_connections": closed, "messages_deleted": removed}),
+                    "closed_connections": closed, "messages_deleted": removed,
+                    "read_markers_deleted": markers}),
             )
         }
-        Request::RoomsList => {
+        Request::RoomsList { dm } => {
             let mut rooms = Vec::new();
             for room in store.rooms() {
-                rooms.push(room_info(store, &room?)?);
+                let room = room?;
+                if !dm || is_dm(&room.name) {
+                    rooms.push(room_info(store, &room)?);
+                }
             }
             Ok(Reply::Rooms(rooms))
         }
@@ -762,13 +853,7 @@ pub fn execute(
             room_or_404(store, &name)?;
             let removed = match ctx.live {
                 Some(state) => state.hub.delete_room(&name, &mut ctx.breather())?,
-                None => match store.remove_room_record(&name)? {
-                    Some(room) => {
-                        let n = store.purge_room_messages(room.no, &mut || {})?;
-                        Some((room, n))
-                    }
-                    None => None,
-                },
+                None => store.delete_room(&name, &mut || {})?,
             };
             let Some((_, n)) = removed else {
                 return Err(AdminError::new(
@@ -785,6 +870,7 @@ pub fn execute(
         Request::RoomsPruneEmpty {
             created_before_ms,
             dry_run,
+            dm,
         } => {
             let mut names = Vec::new();
             for room in store.rooms() {
@@ -792,7 +878,11 @@ pub fn execute(
                 let in_use = ctx
                     .live
                     .is_some_and(|state| state.hub.room_in_use(&room.name));
-                if room.count == 0 && room.created_ms < created_before_ms && !in_use {
+                if room.count == 0
+                    && room.created_ms < created_before_ms
+                    && !in_use
+                    && (!dm || is_dm(&room.name))
+                {
                     names.push(room.name);
                 }
             }
@@ -804,7 +894,7 @@ pub fn execute(
                 for (i, name) in names.iter().enumerate() {
                     let removed = match ctx.live {
                         Some(state) => state.hub.delete_room(name, &mut breathe)?,
-                        None => store.remove_room_record(name)?.map(|room| (room, 0)),
+                        None => store.delete_room(name, &mut breathe)?,
                     };
                     deleted += u64::from(removed.is_some());
                     ctx.tick(i as u64 + 1, total, || None);
@@ -816,8 +906,9 @@ pub fn execute(
             } else {
                 ("deleted", deleted)
             };
+            let kind = if dm { "empty direct-message" } else { "empty" };
             done(
-                format!("{verb} {n} empty room(s)"),
+                format!("{verb} {n} {kind} room(s)"),
                 serde_json::json!({"rooms_deleted": deleted, "rooms_matched": names.len(), "dry_run": dry_run}),
             )
         }
@@ -826,6 +917,13 @@ pub fn execute(
                 room_or_404(store, room)?;
             }
             Ok(Reply::Messages(store.search(&search)?))
+        }
+        Request::MessagesShow { room, id } => conversations::message_history(ctx, &room, id),
+        Request::UsersReads { name, room } => {
+            conversations::read_markers(ctx, &name, room.as_deref())
+        }
+        Request::UsersReadsReset { name, room, to } => {
+            conversations::reset_read_markers(ctx, &name, room.as_deref(), to)
         }
         Request::MessagesDelete { ids, room } => {
             if ids.is_empty() {

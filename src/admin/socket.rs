@@ -383,6 +383,7 @@ mod tests {
             Request::RoomsPruneEmpty {
                 created_before_ms: 7,
                 dry_run: true,
+                dm: true,
             },
         ];
         for request in requests {

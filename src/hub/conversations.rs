@@ -92,6 +92,17 @@ impl Notices {
     }
 }
 
+/// Sends `{"type":"read"}` with marker `read` of `room` to every connection of `user`.
+fn send_read(connections: &Mutex<Connections>, user: &str, room: &str, read: u64) {
+    let frame = encode(&ServerFrame::Read { room, id: read });
+    let targets: Vec<Member> = lock(connections).of_user(user).to_vec();
+    corked(|| {
+        for member in targets {
+            member.outbox.reply(frame.clone());
+        }
+    });
+}
+
 impl Hub {
     pub(super) fn notices(&self) -> Notices {
         Notices {
@@ -238,18 +249,41 @@ impl Hub {
                     return;
                 }
             };
-            let frame = encode(&ServerFrame::Read {
-                room: &room,
-                id: read,
-            });
-            let targets: Vec<Member> = lock(&connections).of_user(&user).to_vec();
-            corked(|| {
-                for member in targets {
-                    member.outbox.reply(frame.clone());
-                }
-            });
+            send_read(&connections, &user, &room, read);
         }));
         Ok(true)
+    }
+
+    /// Sets `user_key`'s read marker in room `name` to `id` (an admin's reset: also backwards,
+    /// the one way a marker ever moves back; `id` is lowered to the room's newest id). Once it
+    /// is durable, every connection of the user gets the marker then in force. `Ok(None)` if
+    /// the user has no marker there; else the marker set.
+    pub fn reset_read(
+        &self,
+        user_key: &str,
+        name: &str,
+        id: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let id = id.min(self.newest_id(name)?.unwrap_or(0));
+        if !self.store.set_read(user_key, name, id)? {
+            return Ok(None);
+        }
+        let store = self.store.clone();
+        let connections = self.connections.clone();
+        let user: Arc<str> = Arc::from(user_key);
+        let room: Arc<str> = Arc::from(name);
+        self.committer.after_flush(Box::new(move |flushed| {
+            let marker = flushed
+                .map_err(|e| e.to_string())
+                .and_then(|()| store.membership(&user, &room).map_err(|e| e.to_string()));
+            match marker {
+                Ok(Some(membership)) => send_read(&connections, &user, &room, membership.read),
+                Ok(None) => {} // removed meanwhile (room or account deleted)
+                // The admin command's own barrier reports the failure.
+                Err(error) => tracing::warn!(%user, %room, %error, "read marker reset not sent"),
+            }
+        }));
+        Ok(Some(id))
     }
 
     /// Relays `member`'s typing in `room` to every other user's connections there.

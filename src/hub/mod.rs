@@ -1035,8 +1035,8 @@ impl Hub {
     /// the room's lock, so no message can be stored in it afterwards (writes already queued for
     /// it find no record when their batch is applied, and are dropped with an error to their
     /// senders); its members get `left`.
-    /// The messages are removed after that, outside the lock. Returns the removed record and
-    /// how many messages went.
+    /// The messages, events and memberships (read markers) are removed after that, outside the
+    /// lock. Returns the removed record and how many messages went.
     pub fn delete_room(
         &self,
         name: &str,
@@ -1054,6 +1054,7 @@ impl Hub {
             return Ok(None);
         };
         let n = self.store.purge_room_messages(record.no, between_chunks)?;
+        self.store.remove_room_memberships(name)?;
         Ok(Some((record, n)))
     }
 

@@ -32,6 +32,15 @@ pub const UNREAD_CAP: u64 = 1000;
 /// wrote thousands of messages without reading cannot make the count scan them all.
 const OWN_SKIP_CAP: u64 = 4 * UNREAD_CAP;
 
+/// How a room stands for one user, as an admin sees it (`chatd admin users reads`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadState {
+    /// Whether the room is on the user's conversation list.
+    pub listed: bool,
+    /// Other users' messages above the marker, at most [`UNREAD_CAP`].
+    pub unread: u64,
+}
+
 /// Cached counts kept at most: beyond it the cache starts afresh (a few MiB at most).
 const CACHED_COUNTS: usize = 100_000;
 
@@ -195,6 +204,64 @@ impl Store {
             })
         })?;
         Ok(before.is_some())
+    }
+
+    /// Removes every user's membership of `room` (read markers and list entries), after an
+    /// admin deleted the room, so a room created later under the same name starts with none.
+    /// Keys start with the user, so this scans the whole tree: admins only. Returns how many
+    /// went.
+    pub fn remove_room_memberships(&self, room: &str) -> Result<u64, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for kv in self.memberships.iter() {
+            let (k, _) = kv?;
+            // User keys never contain 0x00: the first one ends the user.
+            let of_room = k
+                .iter()
+                .position(|&b| b == 0)
+                .is_some_and(|at| &k[at + 1..] == room.as_bytes());
+            if of_room {
+                batch.remove(k);
+                n += 1;
+            }
+        }
+        self.memberships.apply_batch(batch)?;
+        Ok(n)
+    }
+
+    /// Removes every membership of `user_key` (a deleted account). Returns how many went.
+    pub fn remove_user_memberships(&self, user_key: &str) -> Result<u64, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for kv in self.memberships.scan_prefix(membership_key(user_key, "")) {
+            batch.remove(kv?.0);
+            n += 1;
+        }
+        self.memberships.apply_batch(batch)?;
+        Ok(n)
+    }
+
+    /// Whether `room` is on `user_key`'s list and how many messages there are unread, for
+    /// `membership` and the room's newest visible id `upto` (see [`Store::conversation`]).
+    pub fn read_state(
+        &self,
+        user_key: &str,
+        room: &Room,
+        membership: &Membership,
+        upto: u64,
+    ) -> Result<ReadState, StoreError> {
+        Ok(match self.conversation(user_key, room, membership, upto)? {
+            Some(c) => ReadState {
+                listed: true,
+                unread: c.unread,
+            },
+            None => ReadState {
+                listed: false,
+                unread: self
+                    .count_unread(user_key, room.no, membership.read, upto)?
+                    .0,
+            },
+        })
     }
 
     /// Gives both users of a new direct-message room a membership, so it shows on their lists

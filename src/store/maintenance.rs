@@ -156,6 +156,10 @@ pub enum Line {
         /// Client idempotency key.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cid: Option<String>,
+        /// When it was last edited (`text` is then the edited text). The edits themselves
+        /// (`events`) are not exported.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        edited_ts: Option<u64>,
     },
 }
 
@@ -520,6 +524,22 @@ impl Store {
         Ok(n)
     }
 
+    /// Deletes room `name` without a server: its record (retiring its ids), then its messages,
+    /// events and memberships. Returns the removed record and how many messages went. A running
+    /// server deletes rooms through its hub instead.
+    pub fn delete_room(
+        &self,
+        name: &str,
+        between_chunks: &mut dyn FnMut(),
+    ) -> Result<Option<(Room, u64)>, StoreError> {
+        let Some(room) = self.remove_room_record(name)? else {
+            return Ok(None);
+        };
+        let n = self.purge_room_messages(room.no, between_chunks)?;
+        self.remove_room_memberships(name)?;
+        Ok(Some((room, n)))
+    }
+
     /// Removes every session of `user` (any case) and the cids the user sent; returns how
     /// many sessions went. Used when an account is deleted, so a later account of the same
     /// name cannot resume the old sessions or collide with the old cids.
@@ -624,6 +644,7 @@ impl Store {
                     text: m.message.text,
                     ts: m.message.ts,
                     cid: m.message.cid,
+                    edited_ts: m.message.edited_ts,
                 })?;
             }
         }
@@ -717,10 +738,14 @@ impl Store {
                                 text,
                                 ts,
                                 cid,
+                                edited_ts,
                                 ..
                             } => Some((
                                 *id,
-                                Message::new(user.clone(), text.clone(), *ts, cid.clone()),
+                                Message {
+                                    edited_ts: *edited_ts,
+                                    ..Message::new(user.clone(), text.clone(), *ts, cid.clone())
+                                },
                             )),
                             _ => None,
                         })
@@ -879,7 +904,7 @@ impl Store {
 
 /// Checks one parsed export line; the error says what is wrong with it.
 pub fn validate_line(line: &Line) -> Result<(), String> {
-    use crate::rules::{valid_room_name, valid_user_name, MAX_ID};
+    use crate::rules::{valid_any_room_name, valid_user_name, MAX_ID};
     match line {
         Line::Header {
             format, version, ..
@@ -902,7 +927,7 @@ pub fn validate_line(line: &Line) -> Result<(), String> {
             }
         }
         Line::Room { name, last_id, .. } => {
-            if !valid_room_name(name) {
+            if !valid_any_room_name(name) {
                 return Err(format!("invalid room name `{name}`"));
             }
             if *last_id > MAX_ID {
@@ -910,7 +935,7 @@ pub fn validate_line(line: &Line) -> Result<(), String> {
             }
         }
         Line::Message { room, id, text, .. } => {
-            if !valid_room_name(room) {
+            if !valid_any_room_name(room) {
                 return Err(format!("invalid room name `{room}`"));
             }
             if *id == 0 || *id > MAX_ID {

@@ -47,7 +47,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 pub use codec::Record;
-pub use conversations::{Conversation, UNREAD_CAP};
+pub use conversations::{Conversation, ReadState, UNREAD_CAP};
 pub use log::{Applied, EntryPage, LogBackend, LogItem, LogWrite, NewEntry, RoomRef};
 use records::MessageV1;
 pub use records::{
@@ -925,6 +925,15 @@ impl Store {
                 decode_event(&k, &v)
             })
             .collect()
+    }
+
+    /// The event with seq `seq` in room `room_no`, if that id is an event's.
+    pub fn event(&self, room_no: u32, seq: u64) -> Result<Option<Event>, StoreError> {
+        let key = message_key(room_no, seq);
+        self.events
+            .get(key)?
+            .map(|v| decode_event(&key, &v).map(|(_, event)| event))
+            .transpose()
     }
 
     /// Every event of room `room_no` that changed message `target`, oldest first. Events are
