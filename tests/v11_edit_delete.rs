@@ -1300,3 +1300,41 @@ fn an_edited_message_keeps_its_cid_user_and_ts_in_history_and_replays() {
     assert_eq!(bob.join11("r").items, std::slice::from_ref(&want));
     assert_eq!(bob.join11_since("r", 0).items[0], want);
 }
+
+#[test]
+fn seqs_share_the_server_wide_id_space_with_messages() {
+    let s = TestServer::start(V11_FAST);
+    let mut alice = s.register("alice");
+    alice.join11("r1");
+    alice.join11("r2");
+    let mut all = Vec::new();
+    let mut per_room: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
+    let mut last: [u64; 2] = [0, 0];
+    // Alternating rooms; in each room a cycle of send, edit it, delete it.
+    for i in 0..30 {
+        let k = i % 2;
+        let room = ["r1", "r2"][k];
+        let id = match (i / 2) % 3 {
+            0 => {
+                let (ack, _) = alice.say(room, &format!("m{i}"));
+                last[k] = id_of(&ack);
+                last[k]
+            }
+            1 => id_of(&alice.edit_and_echo(room, last[k], &format!("e{i}")).0),
+            _ => id_of(&alice.delete_and_echo(room, last[k]).0),
+        };
+        all.push(id);
+        per_room[k].push(id);
+    }
+    let mut sorted = all.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        sorted.len(),
+        all.len(),
+        "ids and seqs are unique across the server: {all:?}"
+    );
+    for ids in &per_room {
+        assert_strictly_increasing(ids, "a room's ids and seqs");
+    }
+}
