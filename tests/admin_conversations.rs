@@ -550,7 +550,7 @@ fn read_markers_are_shown_and_a_reset_reaches_every_connection() {
 }
 
 #[test]
-fn deleting_a_user_live_removes_their_read_markers() {
+fn deleting_a_user_live_removes_their_read_markers_and_direct_messages() {
     let server = TestServer::start(&[]);
     let dir = server.data_dir();
     let mut bob = server.register("bob");
@@ -559,11 +559,20 @@ fn deleting_a_user_live_removes_their_read_markers() {
     let mut alice = server.register("alice");
     join(&mut alice, "general");
     read(&mut alice, "general", last);
-    admin(dir, &["users", "delete", "alice", "--keep-messages"]).ok();
-    alice.expect_close_code(1008, T);
+    join(&mut bob, DM);
+    say(&mut bob, DM, "a secret for alice");
+    let out = admin_json(dir, &["users", "delete", "alice", "--keep-messages"]);
+    assert_eq!(out["dm_rooms_deleted"], json!([DM]), "{out}");
+    // (Her connection got the DM as a `notify` first: it had not joined the room.)
+    let (_, end) = alice.read_until_end(T);
+    assert!(matches!(end, common::Event::Closed(Some(1008))), "{end:?}");
+    bob.wait_for(T, |v| v["type"] == "left" && v["room"] == DM);
     let mut again = server.register("alice");
     let joined = join(&mut again, "general");
     assert_eq!(joined.joined["read"], 0, "{}", joined.joined);
+    // A new account of the same name does not inherit the conversation.
+    let dm = join(&mut again, DM);
+    assert!(dm.ids().is_empty(), "{:?}", dm.ids());
 }
 
 #[test]

@@ -805,6 +805,23 @@ pub fn execute(
                     removed += delete_messages_as_admin(ctx, &room, &ids)?;
                 }
             }
+            // A later account of the same name would otherwise be a participant of these
+            // conversations and read them.
+            let mut dm_rooms = Vec::new();
+            for room in store.rooms() {
+                let room = room?;
+                if let Ok(Some((a, b))) = rules::dm_participants(&room.name) {
+                    if [a, b].contains(&user_key(&user.name).as_str()) {
+                        dm_rooms.push(room.name);
+                    }
+                }
+            }
+            for name in &dm_rooms {
+                match ctx.live {
+                    Some(state) => state.hub.delete_room(name, &mut ctx.breather())?,
+                    None => store.delete_room(name, &mut ctx.breather())?,
+                };
+            }
             ctx.sync()?;
             let what = if delete_messages {
                 format!("{removed} message(s) deleted")
@@ -813,12 +830,13 @@ pub fn execute(
             };
             done(
                 format!(
-                    "deleted user {}: {sessions} session(s) revoked, {closed} live connection(s) closed, {what}",
-                    user.name
+                    "deleted user {}: {sessions} session(s) revoked, {closed} live connection(s) closed, {what}, {} direct-message room(s) deleted",
+                    user.name,
+                    dm_rooms.len()
                 ),
                 serde_json::json!({"user": user.name, "sessions_revoked": sessions,
                     "closed_connections": closed, "messages_deleted": removed,
-                    "read_markers_deleted": markers}),
+                    "read_markers_deleted": markers, "dm_rooms_deleted": dm_rooms}),
             )
         }
         Request::RoomsList { dm } => {
@@ -1014,8 +1032,10 @@ pub fn execute(
             }
             let rooms: Vec<String> = match room {
                 Some(name) => vec![room_or_404(store, &name)?.name],
+                // Announcements go to rooms, not into people's private conversations.
                 None => store
                     .rooms()
+                    .filter(|r| r.as_ref().map_or(true, |r| !is_dm(&r.name)))
                     .map(|r| r.map(|r| r.name))
                     .collect::<Result<_, _>>()?,
             };

@@ -37,10 +37,6 @@ impl Session {
                 format!("`{name}` is a conversation between two other users"),
             ));
         };
-        // A joined DM room had its other user when it was joined.
-        if self.rooms.iter().any(|r| r.name() == name) {
-            return Ok(());
-        }
         match self.state.store.user(other) {
             Ok(Some(_)) => Ok(()),
             Ok(None) => Err(Rejection::new(

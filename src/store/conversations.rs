@@ -481,6 +481,8 @@ mod tests {
         // Removals without events (pruning) empty the cache.
         store.remove_messages("general", &[plain]).unwrap();
         assert_eq!(counts(&store, "general", 0), (1, 1));
+        // Pruning a message takes its edits (and the texts they hold) with it.
+        assert!(store.events_of(room.no, plain).unwrap().is_empty());
         // Another marker is another count.
         assert_eq!(counts(&store, "general", plain), (1, 1));
         let last = store.room("general").unwrap().unwrap().last_id;

@@ -1013,14 +1013,14 @@ impl Store {
         })
     }
 
-    /// Removes the given message ids from `room`, keeping its counters right. Ids that do not
-    /// exist are skipped. Returns how many were removed.
+    /// Removes the given message ids from `room` with their `edited` events (pruning), keeping
+    /// its counters right. Ids that do not exist are skipped. Returns how many were removed.
     pub fn remove_messages(&self, room: &str, ids: &[u64]) -> Result<u64, StoreError> {
         self.unread.forget_all();
         let mut removed = 0;
         for chunk in ids.chunks(1000) {
-            removed += (&self.messages, &self.rooms)
-                .transaction(|(messages, rooms)| {
+            removed += (&self.messages, &self.events, &self.rooms)
+                .transaction(|(messages, events, rooms)| {
                     let Some(current) = rooms.get(room.as_bytes())? else {
                         return Ok(0);
                     };
@@ -1030,8 +1030,18 @@ impl Store {
                     };
                     let mut n = 0;
                     for &id in chunk {
-                        if messages.remove(&message_key(record.no, id))?.is_some() {
-                            n += 1;
+                        let key = message_key(record.no, id);
+                        let Some(value) = messages.remove(&key)? else {
+                            continue;
+                        };
+                        n += 1;
+                        // Its edits (which hold its earlier texts) go with it.
+                        let edits = match decode_message(&key, &value) {
+                            Ok(m) => m.message.edits,
+                            Err(e) => return abort(e),
+                        };
+                        for seq in edits {
+                            events.remove(&message_key(record.no, seq))?;
                         }
                     }
                     record.count = record.count.saturating_sub(n);
