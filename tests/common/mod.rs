@@ -1458,3 +1458,394 @@ impl Client {
         Client::from_ws(ws, addr)
     }
 }
+
+// =============================================================================================
+// Protocol 1.1 (conversations): helpers for tests/v11_*.rs, built from PROTOCOL-1.1.md and the
+// server's documented decisions only. One block, appended; nothing above is changed.
+// =============================================================================================
+
+/// Lifts the send rate limit (and the room-creation limit) for tests that send a lot.
+pub const V11_FAST: &[&str] = &[
+    "--rate",
+    "100000",
+    "--burst",
+    "100000",
+    "--rooms-per-hour",
+    "100000",
+];
+
+/// The frame types a v1 server can send (PROTOCOL.md, plus chatd's v1 extension `deleted`).
+pub const V1_FRAME_TYPES: &[&str] = &[
+    "welcome", "error", "joined", "message", "synced", "left", "ack", "history", "presence",
+    "members", "pong", "deleted",
+];
+
+/// The frames 1.1 adds that a client can receive without asking (PROTOCOL-1.1.md).
+pub const V11_EVENT_TYPES: &[&str] = &["typing", "edited", "deleted", "notify", "read"];
+
+/// The reserved name of the conversation between two users: `dm:` + both names in lower case,
+/// sorted (byte order), joined by `+`.
+pub fn dm_room(a: &str, b: &str) -> String {
+    let (a, b) = (a.to_lowercase(), b.to_lowercase());
+    let (x, y) = if a <= b { (a, b) } else { (b, a) };
+    format!("dm:{x}+{y}")
+}
+
+/// The event's own place in its room.
+pub fn seq_of(v: &Value) -> u64 {
+    v["seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("`seq` must be an unsigned integer: {v}"))
+}
+
+/// The position of a replayed item in its room: a message's `id`, an event's `seq`.
+pub fn position_of(v: &Value) -> u64 {
+    match v["type"].as_str() {
+        Some("message") => id_of(v),
+        Some("edited") | Some("deleted") => seq_of(v),
+        _ => panic!("not a replay item: {v}"),
+    }
+}
+
+/// The sorted keys of a JSON object.
+pub fn keys_of(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v
+        .as_object()
+        .unwrap_or_else(|| panic!("expected a JSON object, got {v}"))
+        .keys()
+        .cloned()
+        .collect();
+    k.sort();
+    k
+}
+
+pub fn check_edited_shape(v: &Value) {
+    assert_eq!(v["type"], "edited", "{v}");
+    assert!(v["room"].is_string(), "edited.room: {v}");
+    assert!(id_of(v) < seq_of(v), "an edit comes after its message: {v}");
+    assert!(seq_of(v) <= MAX_SAFE_ID, "{v}");
+    assert!(v["user"].is_string(), "edited.user: {v}");
+    assert!(v["text"].is_string(), "edited.text: {v}");
+    check_stored_time(&v["ts"], "edited.ts");
+}
+
+pub fn check_deleted_shape(v: &Value) {
+    assert_eq!(v["type"], "deleted", "{v}");
+    assert!(v["room"].is_string(), "deleted.room: {v}");
+    assert!(
+        id_of(v) < seq_of(v),
+        "a delete comes after its message: {v}"
+    );
+    assert!(seq_of(v) <= MAX_SAFE_ID, "{v}");
+    assert!(v["user"].is_string(), "deleted.user: {v}");
+    assert!(v.get("text").is_none(), "deleted carries no text: {v}");
+    check_stored_time(&v["ts"], "deleted.ts");
+}
+
+/// One entry of a `rooms` reply.
+pub fn check_room_entry_shape(e: &Value) {
+    assert!(e["room"].is_string(), "rooms[].room: {e}");
+    for f in ["last_id", "read", "unread", "mentions"] {
+        assert!(
+            e[f].is_u64(),
+            "rooms[].{f} must be an unsigned integer: {e}"
+        );
+    }
+    let last = &e["last"];
+    if !last.is_null() {
+        check_message_shape(last);
+        assert_eq!(last["room"], e["room"], "rooms[].last is of that room: {e}");
+        assert!(
+            id_of(last) <= e["last_id"].as_u64().unwrap(),
+            "last_id is the newest id or seq: {e}"
+        );
+    }
+    assert!(
+        e["mentions"].as_u64() <= e["unread"].as_u64(),
+        "mentions are counted among the unread: {e}"
+    );
+}
+
+/// A 1.1 join reply: `joined`, the replayed messages and events in id/seq order, `synced`.
+pub struct Replay {
+    pub joined: Value,
+    /// `message`, `edited` and `deleted` frames, as replayed.
+    pub items: Vec<Value>,
+    pub synced: Value,
+    /// Presence events about other users that arrived interleaved with the reply.
+    pub presence: Vec<Value>,
+}
+
+impl Replay {
+    pub fn read(&self) -> u64 {
+        self.joined["read"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("joined.read must be an unsigned integer: {}", self.joined))
+    }
+    pub fn last_id(&self) -> u64 {
+        self.synced["last_id"].as_u64().unwrap()
+    }
+    pub fn more(&self) -> bool {
+        self.synced["more"].as_bool().unwrap()
+    }
+    pub fn members(&self) -> Vec<String> {
+        sorted_strings(&self.joined["members"])
+    }
+    /// The replayed `message` frames only.
+    pub fn messages(&self) -> Vec<Value> {
+        self.items
+            .iter()
+            .filter(|v| v["type"] == "message")
+            .cloned()
+            .collect()
+    }
+    pub fn message_ids(&self) -> Vec<u64> {
+        self.messages().iter().map(id_of).collect()
+    }
+    /// Each item as (type, id, seq): seq is 0 for messages.
+    pub fn outline(&self) -> Vec<(String, u64, u64)> {
+        self.items
+            .iter()
+            .map(|v| {
+                (
+                    v["type"].as_str().unwrap().to_string(),
+                    id_of(v),
+                    v["seq"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+}
+
+/// The `message` frame a `history` reply or a replay shows for `m` in its current state.
+pub fn current(m: &Value, text: &str, edited_ts: Option<u64>) -> Value {
+    let mut v = m.clone();
+    v["text"] = json!(text);
+    if let Some(t) = edited_ts {
+        v["edited_ts"] = json!(t);
+    }
+    v
+}
+
+impl Client {
+    /// `join` (1.1): replies may hold `edited` / `deleted` events.
+    pub fn join11(&mut self, room: &str) -> Replay {
+        self.send_json(&json!({"type":"join","room":room}));
+        self.read_replay11(room)
+    }
+
+    pub fn join11_since(&mut self, room: &str, since: u64) -> Replay {
+        self.send_json(&json!({"type":"join","room":room,"since":since}));
+        self.read_replay11(room)
+    }
+
+    /// Reads `joined` (which must carry `read`), the replayed items and `synced`, in that order.
+    pub fn read_replay11(&mut self, room: &str) -> Replay {
+        let joined = self.expect("joined");
+        assert_eq!(joined["room"], room, "joined.room: {joined}");
+        assert!(joined["members"].is_array(), "joined.members: {joined}");
+        assert!(
+            joined["read"].is_u64(),
+            "1.1: joined carries `read` (0 when never marked): {joined}"
+        );
+        let mut items = Vec::new();
+        let mut presence = Vec::new();
+        let synced = loop {
+            let v = self.recv_json(T);
+            match v["type"].as_str() {
+                Some("message") => check_message_shape(&v),
+                Some("edited") => check_edited_shape(&v),
+                Some("deleted") => check_deleted_shape(&v),
+                Some("presence") => {
+                    presence.push(v);
+                    continue;
+                }
+                Some("synced") => break v,
+                _ => panic!(
+                    "[{}] between `joined` and `synced` only replayed messages and events may come, got {v}",
+                    self.user
+                ),
+            }
+            assert_eq!(v["room"], room, "replayed item of another room: {v}");
+            items.push(v);
+        };
+        assert_eq!(synced["room"], room, "synced.room: {synced}");
+        assert!(synced["last_id"].is_u64(), "synced.last_id: {synced}");
+        assert!(synced["more"].is_boolean(), "synced.more: {synced}");
+        assert_strictly_increasing(
+            &items.iter().map(position_of).collect::<Vec<_>>(),
+            "a replay is in id/seq order",
+        );
+        Replay {
+            joined,
+            items,
+            synced,
+            presence,
+        }
+    }
+
+    /// Nothing at all arrives before a ping barrier's pong.
+    pub fn assert_quiet(&mut self, what: &str) {
+        let extra = self.barrier();
+        assert!(
+            extra.is_empty(),
+            "[{}] {what}: unexpected frames {extra:?}",
+            self.user
+        );
+    }
+
+    /// The next frame is `error` `code` whose `ref` is `want_ref`.
+    pub fn expect_error_ref(&mut self, code: &str, want_ref: &str) -> Value {
+        let e = self.expect_error(code);
+        assert_eq!(e["ref"], want_ref, "[{}] error ref: {e}", self.user);
+        e
+    }
+
+    /// Sends `frame`; the next frame must be `error` `code` with `ref` = the frame's cid or type.
+    pub fn refused(&mut self, frame: Value, code: &str) -> Value {
+        self.send_json(&frame);
+        let want_ref = frame
+            .get("cid")
+            .and_then(|c| c.as_str())
+            .or_else(|| frame["type"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        let e = self.recv_json(T);
+        assert!(
+            e["type"] == "error" && e["code"] == code,
+            "[{}] {frame} should get error {code}, got {e}",
+            self.user
+        );
+        assert!(e["message"].is_string(), "{e}");
+        assert_eq!(e["ref"], want_ref.as_str(), "[{}] {frame}: {e}", self.user);
+        e
+    }
+
+    /// `read`: returns the marker echoed to this connection. Live room events (messages,
+    /// presence, notifications, typing, edits) may come first; any other frame fails.
+    pub fn mark_read(&mut self, room: &str, id: u64) -> u64 {
+        self.send_json(&json!({"type":"read","room":room,"id":id}));
+        let (v, _live) = self.wait_for(T, |v| !is_live_event(v));
+        assert_eq!(
+            v["type"], "read",
+            "[{}] read {room} {id}: got {v}",
+            self.user
+        );
+        assert_eq!(v["room"], room, "read echo: {v}");
+        assert_eq!(keys_of(&v), ["id", "room", "type"], "read echo: {v}");
+        id_of(&v)
+    }
+
+    /// `{"type":"rooms"}` → the list, each entry's shape checked. Asynchronous events (live
+    /// messages, notifications, presence, typing, read echoes, edits) arriving before the reply
+    /// are skipped; anything else fails.
+    pub fn rooms(&mut self) -> Vec<Value> {
+        self.send_json(&json!({"type":"rooms"}));
+        let (v, skipped) = self.wait_for(T, |v| v["type"] == "rooms" || v["type"] == "error");
+        assert_eq!(v["type"], "rooms", "[{}] rooms reply: {v}", self.user);
+        for s in &skipped {
+            assert!(
+                ["message", "notify", "presence", "typing", "read", "edited", "deleted"]
+                    .contains(&s["type"].as_str().unwrap_or("")),
+                "[{}] unexpected frame before the rooms reply: {s}",
+                self.user
+            );
+        }
+        let list = v["rooms"]
+            .as_array()
+            .unwrap_or_else(|| panic!("rooms.rooms must be an array: {v}"))
+            .clone();
+        for e in &list {
+            check_room_entry_shape(e);
+        }
+        list
+    }
+
+    /// The names in this user's conversation list, in the order given.
+    pub fn room_names(&mut self) -> Vec<String> {
+        self.rooms()
+            .iter()
+            .map(|e| e["room"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// This user's list entry for `room`, if the room is on the list.
+    pub fn room_entry(&mut self, room: &str) -> Option<Value> {
+        self.rooms().into_iter().find(|e| e["room"] == room)
+    }
+
+    /// `edit` and require its `ack` as the next frame.
+    pub fn edit_msg(&mut self, room: &str, id: u64, text: &str, cid: Option<&str>) -> Value {
+        let mut f = json!({"type":"edit","room":room,"id":id,"text":text});
+        if let Some(c) = cid {
+            f["cid"] = json!(c);
+        }
+        self.send_json(&f);
+        let ack = self.expect("ack");
+        check_ack_shape(&ack);
+        assert_eq!(ack["room"], room, "{ack}");
+        ack
+    }
+
+    /// `delete` and require its `ack` as the next frame.
+    pub fn delete_msg(&mut self, room: &str, id: u64, cid: Option<&str>) -> Value {
+        let mut f = json!({"type":"delete","room":room,"id":id});
+        if let Some(c) = cid {
+            f["cid"] = json!(c);
+        }
+        self.send_json(&f);
+        let ack = self.expect("ack");
+        check_ack_shape(&ack);
+        assert_eq!(ack["room"], room, "{ack}");
+        ack
+    }
+
+    /// `edit`, then the ack and the editor's own `edited` broadcast (after the ack).
+    pub fn edit_and_echo(&mut self, room: &str, id: u64, text: &str) -> (Value, Value) {
+        let ack = self.edit_msg(room, id, text, None);
+        let ev = self.expect("edited");
+        assert_eq!(
+            seq_of(&ev),
+            id_of(&ack),
+            "edited.seq is the ack's id: {ev} {ack}"
+        );
+        (ack, ev)
+    }
+
+    /// `delete`, then the ack and the deleter's own `deleted` broadcast (after the ack).
+    pub fn delete_and_echo(&mut self, room: &str, id: u64) -> (Value, Value) {
+        let ack = self.delete_msg(room, id, None);
+        let ev = self.expect("deleted");
+        assert_eq!(
+            seq_of(&ev),
+            id_of(&ack),
+            "deleted.seq is the ack's id: {ev} {ack}"
+        );
+        (ack, ev)
+    }
+
+    pub fn typing(&mut self, room: &str) {
+        self.send_json(&json!({"type":"typing","room":room}));
+    }
+
+    /// Reads frames until one of type `ty` arrives; returns it and the frames skipped on the
+    /// way (for the caller to check).
+    pub fn wait_type(&mut self, ty: &str) -> (Value, Vec<Value>) {
+        self.wait_for(T, |v| v["type"] == ty)
+    }
+}
+
+/// Frames a connection may receive at any moment from others' activity (not replies).
+pub fn is_live_event(v: &Value) -> bool {
+    [
+        "message", "presence", "notify", "typing", "edited", "deleted",
+    ]
+    .contains(&v["type"].as_str().unwrap_or(""))
+}
+
+/// Several clients registered at once (names as given).
+pub fn register_all(s: &TestServer, users: &[&str]) -> Vec<Client> {
+    users.iter().map(|u| s.register(u)).collect()
+}
+
+// ----- end of the protocol 1.1 block ---------------------------------------------------------
