@@ -1338,3 +1338,32 @@ fn seqs_share_the_server_wide_id_space_with_messages() {
         assert_strictly_increasing(ids, "a room's ids and seqs");
     }
 }
+
+/// "Only the message's author may edit or delete it": an account deleted (its messages kept)
+/// and registered again under the same name is another author.
+#[test]
+fn a_new_account_of_a_deleted_name_may_not_change_the_old_accounts_messages() {
+    let s = TestServer::start(V11_FAST);
+    let (mut alice, mut bob) = pair(&s);
+    let old = id_of(&say(&mut alice, &mut bob, "written by the first alice"));
+    admin_common::admin(
+        s.data_dir(),
+        &["users", "delete", "alice", "--keep-messages"],
+    )
+    .ok();
+    let mut again = s.register("alice");
+    again.join11("r");
+    for frame in [
+        json!({"type":"edit","room":"r","id":old,"text":"rewritten","cid":"n1"}),
+        json!({"type":"delete","room":"r","id":old,"cid":"n2"}),
+    ] {
+        again.send_json(&frame);
+        let (error, _) = again.wait_for(T, |v| v["type"] == "error");
+        assert_eq!(error["code"], "forbidden", "{frame} -> {error}");
+    }
+    // Its own messages it may change.
+    let (ack, _) = again.say("r", "mine");
+    again.send_json(&json!({"type":"delete","room":"r","id":id_of(&ack),"cid":"n3"}));
+    let (done, _) = again.wait_for(T, |v| v["type"] == "ack" || v["type"] == "error");
+    assert_eq!(done["type"], "ack", "{done}");
+}
