@@ -27,6 +27,9 @@ use crate::rules;
 use crate::store::{user_key, Appended, Change, Conversation, Event, LogWrite, Store, StoreError};
 use crate::sync::lock;
 
+/// Conversation lists built at once; beyond it requests queue (one core's worth each).
+pub(super) const LIST_BUILDS: usize = 2;
+
 /// The author shown for admin deletions.
 pub const SYSTEM_AUTHOR: &str = "[system]";
 
@@ -299,6 +302,17 @@ impl Hub {
             let state = lock(&room.state);
             room.fan_out(&state, &frame, Some(&member.user_key), &self.metrics);
         });
+    }
+
+    /// [`Hub::conversations`] on the blocking pool, at most [`LIST_BUILDS`] at a time: the
+    /// others wait without holding a thread.
+    pub async fn conversations_off_thread(
+        self: Arc<Self>,
+        member: Member,
+    ) -> Result<Encoded, StoreError> {
+        let _permit = self.list_builds.acquire().await;
+        let hub = self.clone();
+        smol::unblock(move || hub.conversations(&member)).await
     }
 
     /// `member`'s conversation list as the `rooms` reply: every room on it, newest activity

@@ -282,6 +282,8 @@ pub struct Hub {
     room_limits: RoomLimits,
     /// Room-creation allowances by user key, bounded by [`MAX_TRACKED_CREATORS`].
     creations: Mutex<HashMap<Arc<str>, Allowance>>,
+    /// Permits to build a conversation list (see [`Hub::conversations_off_thread`]).
+    list_builds: async_lock::Semaphore,
 }
 
 impl Hub {
@@ -305,6 +307,7 @@ impl Hub {
             replay_limit,
             room_limits: RoomLimits::default(),
             creations: Mutex::new(HashMap::new()),
+            list_builds: async_lock::Semaphore::new(conversations::LIST_BUILDS),
         }
     }
 

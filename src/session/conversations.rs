@@ -65,15 +65,26 @@ impl Session {
         }
     }
 
-    /// `rooms`: the user's conversation list.
-    pub(super) fn conversations(&mut self, member: &Member) -> Result<(), Rejection> {
-        let reply = self
+    /// `rooms`: the user's conversation list, built on the blocking pool (it reads up to a
+    /// thousand messages per room the user has not read, and must not stall the other
+    /// connections of this executor thread meanwhile).
+    pub(super) async fn conversations(&mut self, reference: &str) {
+        let Some(member) = self.member.clone() else {
+            return;
+        };
+        match self
             .state
             .hub
-            .conversations(member)
-            .map_err(|e| self.internal(e))?;
-        self.outbox.reply(reply);
-        Ok(())
+            .clone()
+            .conversations_off_thread(member)
+            .await
+        {
+            Ok(reply) => self.outbox.reply(reply),
+            Err(e) => {
+                let rejection = self.internal(e);
+                self.reject(rejection.with_ref(Some(reference)));
+            }
+        }
     }
 
     /// `typing`: relayed to the room's other users, at most once per [`TYPING_INTERVAL`].

@@ -119,6 +119,8 @@ enum Handled {
     Authenticate(Auth, String),
     /// Work to finish once what the frame wrote is on disk (with the frame's reference).
     AfterFlush(Deferred, String),
+    /// `rooms`, built off the executor threads (with the frame's reference).
+    Conversations(String),
 }
 
 /// What a frame still has to do once its write is durable.
@@ -297,6 +299,10 @@ impl Session {
                             Box::pin(self.after_flush(deferred, &reference)).await;
                             None
                         }
+                        Handled::Conversations(reference) => {
+                            Box::pin(self.conversations(&reference)).await;
+                            None
+                        }
                     };
                     if handled.is_some() {
                         return handled;
@@ -442,7 +448,7 @@ impl Session {
                 self.outbox.reply(self.state.hub.members(&room));
             }),
             Request::Read { room, id } => self.mark_read(&member, &room, id),
-            Request::Rooms => self.conversations(&member),
+            Request::Rooms => return Handled::Conversations(frame.reference),
             Request::Typing { room } => self.typing(&member, &room),
             Request::Edit {
                 room,
