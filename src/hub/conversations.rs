@@ -107,12 +107,17 @@ fn send_read(connections: &Mutex<Connections>, user: &str, room: &str, read: u64
 }
 
 impl Hub {
-    pub(super) fn notices(&self) -> Notices {
-        Notices {
-            metrics: self.metrics.clone(),
-            store: self.store.clone(),
-            connections: self.connections.clone(),
-        }
+    /// What the announcement of a message needs to send notifications, built once per hub.
+    pub(super) fn new_notices(
+        metrics: Arc<Metrics>,
+        store: Arc<Store>,
+        connections: Arc<Mutex<Connections>>,
+    ) -> Arc<Notices> {
+        Arc::new(Notices {
+            metrics,
+            store,
+            connections,
+        })
     }
 
     /// Replaces the text of `member`'s message `target` in `room`; acked and broadcast once

@@ -284,6 +284,8 @@ pub struct Hub {
     creations: Mutex<HashMap<Arc<str>, Allowance>>,
     /// Permits to build a conversation list (see [`Hub::conversations_off_thread`]).
     list_builds: async_lock::Semaphore,
+    /// Shared by every announcement: one reference count per message, not three.
+    notices: Arc<Notices>,
 }
 
 impl Hub {
@@ -296,13 +298,15 @@ impl Hub {
         presence_grace: Duration,
         replay_limit: usize,
     ) -> Hub {
+        let connections = Arc::new(Mutex::new(Connections::default()));
         Hub {
+            notices: Hub::new_notices(metrics.clone(), store.clone(), connections.clone()),
             store,
             committer,
             metrics,
             executor,
             rooms: Mutex::new(HashMap::new()),
-            connections: Arc::new(Mutex::new(Connections::default())),
+            connections,
             presence_grace,
             replay_limit,
             room_limits: RoomLimits::default(),
@@ -828,7 +832,7 @@ impl Hub {
     ) -> Result<Appended, HubError> {
         room.touch();
         let announced = room.clone();
-        let notices = self.notices();
+        let notices = self.notices.clone();
         // The log keeps one copy to write, the announcement the other to build the frame.
         let appended = self.committer.append(
             &room.log_ref,
