@@ -120,42 +120,21 @@ impl Hub {
         })
     }
 
-    /// Replaces the text of `member`'s message `target` in `room`; acked and broadcast once
-    /// durable, like a send.
-    pub fn edit(
+    /// Edits or deletes `member`'s message `target` in `room` (`change`); acked and broadcast
+    /// once durable, like a send.
+    pub fn change_own(
         &self,
         room: &Arc<Room>,
         member: &Member,
         target: u64,
-        text: String,
+        change: Change,
         cid: Option<String>,
     ) -> Result<(), HubError> {
         let event = Event {
             target,
             user: member.name.to_string(),
             ts: now_ms(),
-            change: Change::Edited {
-                text: Some(text),
-                replaced: None,
-            },
-        };
-        self.change_message(room, Some(member), event, cid)
-            .map(drop)
-    }
-
-    /// Deletes `member`'s message `target` in `room`; acked and broadcast once durable.
-    pub fn delete(
-        &self,
-        room: &Arc<Room>,
-        member: &Member,
-        target: u64,
-        cid: Option<String>,
-    ) -> Result<(), HubError> {
-        let event = Event {
-            target,
-            user: member.name.to_string(),
-            ts: now_ms(),
-            change: Change::Deleted,
+            change,
         };
         self.change_message(room, Some(member), event, cid)
             .map(drop)

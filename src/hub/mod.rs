@@ -816,10 +816,9 @@ impl Hub {
         write: LogWrite,
         sender: Option<Arc<Outbox>>,
     ) -> Result<Appended, HubError> {
-        let state = lock(&room.state);
+        let _state = lock(&room.state);
         room.check_live()?;
         self.append_locked(room, user_key, write, sender)
-            .inspect(|_| drop(state))
     }
 
     /// [`Hub::append`] for a caller that holds the room lock (and checked the room is live).

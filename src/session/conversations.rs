@@ -13,6 +13,7 @@ use super::Session;
 use crate::hub::Member;
 use crate::protocol::{ErrorCode, Rejection};
 use crate::rules::dm_participants;
+use crate::store::Change;
 
 /// A connection relays `typing` for a room at most this often; clients send it every 3 s.
 const TYPING_INTERVAL: Duration = Duration::from_secs(1);
@@ -103,34 +104,19 @@ impl Session {
         Ok(())
     }
 
-    /// `edit` of the user's own message: acked and broadcast once durable.
-    pub(super) fn edit(
+    /// `edit` or `delete` of the user's own message: acked and broadcast once durable.
+    pub(super) fn change_own(
         &mut self,
         member: &Member,
         name: &str,
         id: u64,
-        text: String,
+        change: Change,
         cid: Option<String>,
     ) -> Result<(), Rejection> {
         let room = self.joined(name)?;
         self.state
             .hub
-            .edit(&room, member, id, text, cid)
-            .map_err(|e| self.hub_error(e, name))
-    }
-
-    /// `delete` of the user's own message: acked and broadcast once durable.
-    pub(super) fn delete(
-        &mut self,
-        member: &Member,
-        name: &str,
-        id: u64,
-        cid: Option<String>,
-    ) -> Result<(), Rejection> {
-        let room = self.joined(name)?;
-        self.state
-            .hub
-            .delete(&room, member, id, cid)
+            .change_own(&room, member, id, change, cid)
             .map_err(|e| self.hub_error(e, name))
     }
 }

@@ -459,13 +459,17 @@ impl Session {
                 if let Err(refused) = self.spend_send(&member, text.len(), reference) {
                     return refused;
                 }
-                self.edit(&member, &room, id, text, cid)
+                let edit = crate::store::Change::Edited {
+                    text: Some(text),
+                    replaced: None,
+                };
+                self.change_own(&member, &room, id, edit, cid)
             }
             Request::Delete { room, id, cid } => {
                 if let Err(refused) = self.spend_send(&member, 0, reference) {
                     return refused;
                 }
-                self.delete(&member, &room, id, cid)
+                self.change_own(&member, &room, id, crate::store::Change::Deleted, cid)
             }
         };
         if let Err(rejection) = result {
