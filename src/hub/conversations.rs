@@ -16,7 +16,6 @@
 //!   contains `@`; they never go to the author's connections nor to connections that joined
 //!   the room (those have the message itself), and at most one per message and connection.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use super::{message_event, now_ms, Connections, Hub, HubError, Member, Room};
@@ -303,14 +302,10 @@ impl Hub {
     /// first.
     pub fn conversations(&self, member: &Member) -> Result<Encoded, StoreError> {
         let mut listed: Vec<(String, Conversation)> = Vec::new();
-        let mut seen = HashSet::new();
         for (name, membership) in self.store.memberships(&member.user_key)? {
             let Some(record) = self.store.room(&name)? else {
                 continue; // deleted by an admin
             };
-            if !seen.insert(record.no) {
-                continue;
-            }
             let upto = self
                 .loaded_room(&name)
                 .map_or(record.last_id, |room| lock(&room.state).published);

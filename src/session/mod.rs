@@ -127,7 +127,12 @@ enum Handled {
 enum Deferred {
     /// Complete a join whose room had to be put on the user's list first: `joined` confirms
     /// the list too, so it survives a crash.
-    Join { room: Arc<Room>, since: Option<u64> },
+    Join {
+        room: Arc<Room>,
+        since: Option<u64>,
+        /// The user's read marker there.
+        read: u64,
+    },
     /// Send a reply (`left`, once the room is off the list on disk).
     Reply(protocol::Encoded),
 }
@@ -575,19 +580,18 @@ impl Session {
             Err(_) => self.load_room(member, name)?,
         };
         let store = &self.state.store;
-        let listed = store
-            .membership(&member.user_key, name)
-            .map(|m| m.is_some_and(|m| m.left_at.is_none()));
-        match listed {
-            Ok(true) => self.enter(member, room, since).map(|()| None),
-            Ok(false) => {
+        match store.membership(&member.user_key, name) {
+            Ok(Some(m)) if m.left_at.is_none() => {
+                self.enter(member, room, since, m.read).map(|()| None)
+            }
+            Ok(_) => {
                 let listing = self.writes_possible().and_then(|()| {
                     store
                         .list_room(&member.user_key, name)
                         .map_err(|e| self.internal(e))
                 });
                 match listing {
-                    Ok(_) => Ok(Some(Deferred::Join { room, since })),
+                    Ok(read) => Ok(Some(Deferred::Join { room, since, read })),
                     Err(rejection) => {
                         self.rooms.retain(|r| !Arc::ptr_eq(r, &room));
                         Err(rejection)
@@ -601,19 +605,16 @@ impl Session {
         }
     }
 
-    /// The hub's part of a join: `joined`, the replay and `synced`, with the user's marker.
+    /// The hub's part of a join: `joined` (with the user's marker `read`), the replay and
+    /// `synced`.
     fn enter(
         &mut self,
         member: &Member,
         room: Arc<Room>,
         since: Option<u64>,
+        read: u64,
     ) -> Result<(), Rejection> {
         let name = room.name().to_owned();
-        let read = self
-            .state
-            .store
-            .list_room(&member.user_key, &name)
-            .map_err(|e| self.internal(e))?;
         match self.state.hub.join(&room, member, since, read) {
             Err(HubError::Unloaded) => {
                 // Unloaded for idleness between the lookup and the join (nobody was in it).
@@ -630,9 +631,9 @@ impl Session {
     async fn after_flush(&mut self, deferred: Deferred, reference: &str) {
         let durable = self.durable().await;
         let result = match (durable, deferred) {
-            (Ok(()), Deferred::Join { room, since }) => match self.member.clone() {
+            (Ok(()), Deferred::Join { room, since, read }) => match self.member.clone() {
                 Some(member) if self.rooms.iter().any(|r| Arc::ptr_eq(r, &room)) => {
-                    self.enter(&member, room, since)
+                    self.enter(&member, room, since, read)
                 }
                 _ => Ok(()),
             },
