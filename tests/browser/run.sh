@@ -38,4 +38,6 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 mkdir -p artifacts
-node --test --test-reporter=spec chat.spec.mjs client.spec.mjs
+# A failed test can leave a bot's socket or a browser open, which would keep node's event loop
+# (and so this script) alive forever: force the exit once every test has finished, and bound each.
+node --test --test-force-exit --test-timeout=180000 --test-reporter=spec chat.spec.mjs client.spec.mjs
