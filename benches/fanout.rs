@@ -1,8 +1,11 @@
 //! Fan-out to many members, paced (issue 7 items 1–2): 1000 members in one room, one publisher at
 //! 20 msg/s and at 100 msg/s, against the floor, the Node `ws` peer and chatd in the same run.
 //! Servers pinned to core 0, this generator to core 1. Per window: server CPU (% of a core and µs
-//! per delivery, from /proc/PID/stat), delivery latency p50/p99 over all deliveries, deliveries
-//! counted against the expected number, and the generator's own CPU. Median (range) of the runs.
+//! per delivery, from /proc/PID/stat), delivery latency p50/p99 over all deliveries, both at the
+//! generator's read and at the bytes' arrival in the member's socket (the kernel's receive
+//! timestamp: the first includes the generator's own queueing behind 1000 ready sockets, the
+//! second does not), deliveries counted against the expected number, and the generator's own CPU.
+//! Median (range) of the runs.
 //!
 //! Run: `cargo bench --bench fanout` (`-- --smoke`, `--runs N`, `--seconds S`, `--members N`,
 //! `--rates 20,100`, `--no-pin`).
@@ -56,7 +59,7 @@ fn main() {
                 let ok = w.delivered == w.expected && w.closed == 0 && w.short_members == 0;
                 failed |= !ok;
                 eprintln!(
-                    "  run {} {rate} msg/s {}: {}/{} delivered, cpu {} ({} µs/delivery), p50 {:.2} ms p99 {:.2} ms, generator {:.0}%, ksoftirqd {}{}{}",
+                    "  run {} {rate} msg/s {}: {}/{} delivered, cpu {} ({} µs/delivery), p50 {:.2} ms p99 {:.2} ms (at arrival {}), generator {:.0}%, ksoftirqd {}{}{}",
                     run + 1,
                     names[s],
                     w.delivered,
@@ -65,6 +68,7 @@ fn main() {
                     w.us_per_delivery.map_or("n/a".into(), |c| format!("{c:.1}")),
                     w.lat_p50_ms,
                     w.lat_p99_ms,
+                    w.arrival_ms.map_or("n/a".into(), |(a, b)| format!("p50 {a:.2} ms p99 {b:.2} ms")),
                     w.gen_cpu_pct,
                     w.softirqd_pct.map_or("n/a".into(), |c| format!("{c:.0}%")),
                     w.sweep_ms.map_or(String::new(), |(a, b)| format!(", sweep p50 {a:.2} ms p99 {b:.2} ms")),
@@ -76,8 +80,8 @@ fn main() {
         }
     }
     println!();
-    println!("| rate | server | server CPU % | µs CPU / delivery | latency p50 ms | p99 ms | delivered | generator CPU % | ksoftirqd CPU % | CPU vs floor | CPU vs ws |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| rate | server | server CPU % | µs CPU / delivery | latency at read p50 ms | p99 ms | at arrival p50 ms | p99 ms | delivered | generator CPU % | ksoftirqd CPU % | CPU vs floor | CPU vs ws |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for (ri, &rate) in rates.iter().enumerate() {
         let us = |s: usize| {
             Spread::of(
@@ -99,16 +103,25 @@ fn main() {
             );
             let p50 = Spread::of(&ws.iter().map(|w| w.lat_p50_ms).collect::<Vec<_>>());
             let p99 = Spread::of(&ws.iter().map(|w| w.lat_p99_ms).collect::<Vec<_>>());
+            let arrival = |q: fn(&(f64, f64)) -> f64| {
+                Spread::of(
+                    &ws.iter()
+                        .filter_map(|w| w.arrival_ms.as_ref().map(q))
+                        .collect::<Vec<_>>(),
+                )
+            };
             let gen = Spread::of(&ws.iter().map(|w| w.gen_cpu_pct).collect::<Vec<_>>());
             let delivered: u64 = ws.iter().map(|w| w.delivered).sum();
             let expected: u64 = ws.iter().map(|w| w.expected).sum();
             println!(
-                "| {rate} msg/s | {} | {} | {} | {} | {} | {delivered}/{expected} | {} | {} | {} | {} |",
+                "| {rate} msg/s | {} | {} | {} | {} | {} | {} | {} | {delivered}/{expected} | {} | {} | {} | {} |",
                 names[s],
                 cpu.show(0),
                 us(s).show(1),
                 p50.show(2),
                 p99.show(2),
+                arrival(|a| a.0).show(2),
+                arrival(|a| a.1).show(2),
                 gen.show(0),
                 Spread::of(&ws.iter().filter_map(|w| w.softirqd_pct).collect::<Vec<_>>()).show(0),
                 ratio(us(s).med, floor_us),
@@ -120,7 +133,7 @@ fn main() {
             .filter_map(|w| w.sweep_ms.map(|x| x.0))
             .collect();
         println!(
-            "| {rate} msg/s | floor: one message to all {members} sockets (sweep p50) | {} ms | | | | | | | | |",
+            "| {rate} msg/s | floor: one message to all {members} sockets (sweep p50) | {} ms | | | | | | | | | | |",
             Spread::of(&sweeps).show(2)
         );
     }
@@ -167,6 +180,23 @@ fn main() {
             lat(cd),
             ratio(sp(cd, &|w| Some(w.lat_p99_ms)).med, sweep.med),
             ratio(sp(cd, &|w| Some(w.lat_p50_ms)).med, sweep.med / 2.0),
+        );
+        let at_arrival = |s, q: fn(&(f64, f64)) -> f64| sp(s, &|w| w.arrival_ms.as_ref().map(q));
+        let arrived = |s| {
+            format!(
+                "{} / {} ms",
+                at_arrival(s, |a| a.0).show(1),
+                at_arrival(s, |a| a.1).show(1)
+            )
+        };
+        println!(
+            "SUMMARY| same, at arrival in the socket: latency p50 / p99 (floor sweep p50) | {} ({} ms) | {} | {} | p99 {} sweep, p50 {} half-sweep | p99 ≤ 1.25× sweep, p50 ≤ 1.25× half |",
+            arrived(fl),
+            sweep.show(1),
+            arrived(ws),
+            arrived(cd),
+            ratio(at_arrival(cd, |a| a.1).med, sweep.med),
+            ratio(at_arrival(cd, |a| a.0).med, sweep.med / 2.0),
         );
     }
     if failed {

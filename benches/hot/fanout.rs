@@ -32,8 +32,12 @@ pub struct Paced {
     pub disorder: u64,
     /// Members that did not get exactly one copy of every message.
     pub short_members: u64,
+    /// Latency at the generator's read of each delivery.
     pub lat_p50_ms: f64,
     pub lat_p99_ms: f64,
+    /// Latency at each delivery's arrival in the member's socket (the kernel's receive
+    /// timestamp, see `net.rs`); `None` if the generator's sockets do not carry timestamps.
+    pub arrival_ms: Option<(f64, f64)>,
     pub secs: f64,
     pub server_cpu_pct: Option<f64>,
     pub us_per_delivery: Option<f64>,
@@ -93,6 +97,7 @@ pub fn paced(net: &mut Net, g: &Group, tag: u32, rate: f64, secs: f64, drain: Du
     let mut got = vec![0u32; g.n];
     let mut last_seq = vec![u64::MAX; g.n];
     let mut lat: Vec<u32> = Vec::with_capacity((total as usize) * g.n);
+    let mut arrival: Vec<u32> = Vec::with_capacity((total as usize) * g.n);
     let (mut delivered, mut disorder, mut errors, mut closed) = (0u64, 0u64, 0u64, 0u64);
     let expected = total * g.n as u64;
     let cpu0 = g.pid.and_then(cpu_ticks);
@@ -120,7 +125,7 @@ pub fn paced(net: &mut Net, g: &Group, tag: u32, rate: f64, secs: f64, drain: Du
         } else {
             Duration::from_millis(5)
         };
-        net.pump(wait.min(Duration::from_millis(5)), |i, _, ev, at| {
+        net.pump(wait.min(Duration::from_millis(5)), |i, c, ev, at| {
             if i < g.base || i >= g.base + g.n {
                 return;
             }
@@ -139,6 +144,9 @@ pub fn paced(net: &mut Net, g: &Group, tag: u32, rate: f64, secs: f64, drain: Du
                             }
                             last_seq[j] = seq;
                             lat.push(micros(at).saturating_sub(us) as u32);
+                            if let Some(arrived) = c.arrived_us {
+                                arrival.push(arrived.saturating_sub(us) as u32);
+                            }
                         }
                     }
                     b"error" => errors += 1,
@@ -161,15 +169,19 @@ pub fn paced(net: &mut Net, g: &Group, tag: u32, rate: f64, secs: f64, drain: Du
         _ => None,
     };
     lat.sort_unstable();
+    arrival.sort_unstable();
+    let ms = |v: &[u32], q: f64| f64::from(quantile(v, q)) / 1000.0;
     Paced {
+        arrival_ms: (arrival.len() == lat.len() && !arrival.is_empty())
+            .then(|| (ms(&arrival, 0.5), ms(&arrival, 0.99))),
         short_members: got.iter().filter(|&&n| u64::from(n) != sent).count() as u64,
         softirqd_pct: sirq,
         sent,
         expected,
         delivered,
         disorder,
-        lat_p50_ms: f64::from(quantile(&lat, 0.5)) / 1000.0,
-        lat_p99_ms: f64::from(quantile(&lat, 0.99)) / 1000.0,
+        lat_p50_ms: ms(&lat, 0.5),
+        lat_p99_ms: ms(&lat, 0.99),
         secs: secs_used,
         server_cpu_pct: cpu.map(|c| cpu_pct(c, secs_used)),
         us_per_delivery: cpu.map(|c| c as f64 / ticks_per_sec() * 1e6 / delivered.max(1) as f64),
@@ -436,7 +448,7 @@ pub fn bring_up(s: &Setup) -> Result<Rig, String> {
         ],
         core,
     ));
-    let mut net = Net::new(0);
+    let mut net = Net::new(0).with_arrival_times();
     for (k, server) in servers.iter().enumerate() {
         let members: Vec<Member> = tokens
             .iter()

@@ -220,11 +220,26 @@ pub fn ratio(a: f64, b: f64) -> String {
     }
 }
 
+/// The process-wide origin of [`micros`]: a monotonic instant and the wall-clock time read with it.
+fn origin() -> (Instant, Duration) {
+    static ORIGIN: std::sync::OnceLock<(Instant, Duration)> = std::sync::OnceLock::new();
+    *ORIGIN.get_or_init(|| {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        (Instant::now(), wall)
+    })
+}
+
 /// Microseconds since a fixed process-wide origin (publishers embed it; receivers subtract).
 pub fn micros(at: Instant) -> u64 {
-    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let o = *ORIGIN.get_or_init(Instant::now);
-    at.saturating_duration_since(o).as_micros() as u64
+    at.saturating_duration_since(origin().0).as_micros() as u64
+}
+
+/// A wall-clock time (since the Unix epoch, as the kernel stamps packets) on [`micros`]'
+/// timeline. The two clocks only drift apart by NTP's slewing, microseconds over a bench window.
+pub fn micros_of_wall(wall: Duration) -> u64 {
+    wall.saturating_sub(origin().1).as_micros() as u64
 }
 
 /// Parses the common bench flags: `--smoke`, `--runs N`, `--seconds S`, `--no-pin`, and ignores
