@@ -9,7 +9,7 @@
 #   RUNS=5 benches/run-all.sh      # more runs per figure (default 3)
 #
 # If benches/storage.rs exists (sled's ceiling for the same records, and one raw fsync), it runs
-# first and durable prints the ratios: the ceiling is its "transaction (chatd)" row at batch 512
+# first and durable prints the ratios: the ceiling is its "inserts (chatd)" row at batch 512
 # (messages/s), the raw fsync its "file write 8 B + sync_data" p50 (µs). A line
 # `STORAGE_CEILING_PER_S=<n>` / `FSYNC_P50_US=<n>` in its output, if present, wins.
 set -euo pipefail
@@ -54,7 +54,7 @@ if [[ -f benches/storage.rs ]] && grep -q 'name = "storage"' Cargo.toml; then
   run storage "${ARGS[@]}"
   C=$(sed -n 's/^STORAGE_CEILING_PER_S=\([0-9.]*\).*/\1/p' "$OUT/storage.txt" | tail -1)
   F=$(sed -n 's/^FSYNC_P50_US=\([0-9.]*\).*/\1/p' "$OUT/storage.txt" | tail -1)
-  [[ -z "$C" ]] && C=$(awk -F'|' '{g=$2; b=$3; gsub(/^ +| +$/,"",g); gsub(/^ +| +$/,"",b)} g=="transaction (chatd)" && b=="512" {r=$4; gsub(/ /,"",r); print r}' "$OUT/storage.txt" | tail -1)
+  [[ -z "$C" ]] && C=$(awk -F'|' '{g=$2; b=$3; gsub(/^ +| +$/,"",g); gsub(/^ +| +$/,"",b)} g=="inserts (chatd)" && b=="512" {r=$4; gsub(/ /,"",r); print r}' "$OUT/storage.txt" | tail -1)
   [[ -z "$F" ]] && F=$(awk -F'|' '{g=$2; gsub(/^ +| +$/,"",g)} g=="file write 8 B + sync_data" {r=$3; gsub(/ /,"",r); print r}' "$OUT/storage.txt" | tail -1)
   if [[ -n "$C" ]]; then DURABLE_EXTRA+=(--ceiling "$C"); fi
   if [[ -n "$F" ]]; then DURABLE_EXTRA+=(--fsync-us "$F"); fi

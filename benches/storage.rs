@@ -2,9 +2,11 @@
 //!
 //! (a) The sled ceiling: the records chatd writes for a chat message (120-byte text, 64 rooms, a
 //!     cid entry each, room records read and rewritten once per room per batch), pre-encoded and
-//!     written with raw sled the way the committer writes them (one transaction per batch whose
-//!     body does `apply_batch` per tree), one flush per batch, for batches of 8/64/512; and the
-//!     same without the transaction (plain per-tree `apply_batch`) for comparison.
+//!     written with raw sled the way the committer writes a batch of new messages (each message
+//!     and its cid inserted in order, then each room record by compare-and-swap), one flush per
+//!     batch, for batches of 1/8/64/512: that row is the ceiling. For comparison, the same
+//!     records as one transaction per batch (how chatd writes a batch holding an edit or a
+//!     delete) and as plain per-tree `apply_batch`.
 //! (b) One raw fsync on the same disk: sled (insert 1 record + flush) and `File::sync_data` on
 //!     a temp file (write 8 bytes + sync), p50/p99 µs.
 //! (c) chatd's own path, `Committer::append` over `Store` (cid check, id, queue; commit thread
@@ -42,7 +44,7 @@ fn main() {
 /// What one run measured, for the smoke test to check.
 #[derive(Debug)]
 pub struct Summary {
-    /// sled's messages/s at each batch size, chatd's transaction shape.
+    /// sled's messages/s at each batch size, chatd's shape for new messages.
     pub ceiling: Vec<(usize, f64)>,
     /// Messages each committer run acknowledged.
     pub acknowledged: Vec<u64>,
@@ -72,24 +74,20 @@ pub fn run(smoke: bool) -> Summary {
     println!("| shape | batch | messages/s | µs/message |");
     println!("| --- | ---: | ---: | ---: |");
     let mut ceiling = Vec::new();
-    for batch in [8, 64, 512] {
-        for transaction in [true, false] {
-            let n = if batch == 8 {
-                scale.ceiling_messages / 4
-            } else {
-                scale.ceiling_messages
+    for batch in [1, 8, 64, 512] {
+        for shape in [Shape::Inserts, Shape::Transaction, Shape::ApplyBatch] {
+            let n = match batch {
+                1 => scale.ceiling_messages / 20,
+                8 => scale.ceiling_messages / 4,
+                _ => scale.ceiling_messages,
             };
-            let rate = sled_ceiling(batch, n, transaction);
+            let rate = sled_ceiling(batch, n, shape);
             println!(
                 "| {} | {batch} | {rate:.0} | {:.1} |",
-                if transaction {
-                    "transaction (chatd)"
-                } else {
-                    "plain apply_batch"
-                },
+                shape.name(),
                 1e6 / rate
             );
-            if transaction {
+            if shape == Shape::Inserts {
                 ceiling.push((batch, rate));
             }
         }
@@ -199,8 +197,31 @@ fn sled_db(dir: &std::path::Path) -> sled::Db {
         .expect("opening sled")
 }
 
+/// How a batch is written to sled.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// chatd's group commit of new messages: each message and its cid inserted in order, then
+    /// each room record by compare-and-swap.
+    Inserts,
+    /// chatd's group commit when it holds an edit or a delete: one transaction over the trees
+    /// whose body does `apply_batch` per tree.
+    Transaction,
+    /// Per-tree `apply_batch`, no transaction (for comparison).
+    ApplyBatch,
+}
+
+impl Shape {
+    fn name(self) -> &'static str {
+        match self {
+            Shape::Inserts => "inserts (chatd)",
+            Shape::Transaction => "transaction (chatd, edits)",
+            Shape::ApplyBatch => "plain apply_batch",
+        }
+    }
+}
+
 /// Raw sled, chatd's records and batch shape: messages/s.
-fn sled_ceiling(batch: usize, n: usize, transaction: bool) -> f64 {
+fn sled_ceiling(batch: usize, n: usize, shape: Shape) -> f64 {
     let dir = temp_dir("ceiling");
     let db = sled_db(dir.path());
     let open = |name: &str| db.open_tree(name).expect("a tree");
@@ -217,48 +238,80 @@ fn sled_ceiling(batch: usize, n: usize, transaction: bool) -> f64 {
     let started = Instant::now();
     let mut done = 0;
     while done < n {
-        let mut message_batch = sled::Batch::default();
-        let mut cid_batch = sled::Batch::default();
+        let mut writes = Vec::with_capacity(batch);
         let mut touched = std::collections::BTreeMap::new();
         for _ in 0..batch {
             let room = (id % ROOMS as u64) as u32;
             let mut key = room.to_be_bytes().to_vec();
             key.extend_from_slice(&id.to_be_bytes());
-            message_batch.insert(key, text.clone());
-            cid_batch.insert(format!("user{room}\0cid-{id}").into_bytes(), vec![1u8; 24]);
+            let cid = format!("user{room}\0cid-{id}").into_bytes();
+            writes.push((key, cid));
             *touched.entry(room).or_insert(0u8) += 1;
             id += 1;
         }
-        let bump = |old: Option<sled::IVec>, n: u8| {
+        let bump = |old: Option<&sled::IVec>, n: u8| {
             let mut v = old.map(|v| v.to_vec()).unwrap_or_default();
             if let Some(b) = v.first_mut() {
                 *b = b.wrapping_add(n);
             }
             v
         };
-        if transaction {
-            (&messages, &cids, &rooms)
-                .transaction(|(m, c, r)| {
-                    for (room, n) in &touched {
-                        let key = format!("room{room:02}");
-                        let v = bump(r.get(key.as_bytes())?, *n);
-                        r.insert(key.as_bytes(), v)?;
-                    }
-                    m.apply_batch(&message_batch)?;
-                    c.apply_batch(&cid_batch)?;
-                    Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
-                })
-                .expect("transaction");
-        } else {
-            let mut room_batch = sled::Batch::default();
-            for (room, n) in &touched {
-                let key = format!("room{room:02}");
-                let v = bump(rooms.get(key.as_bytes()).expect("get"), *n);
-                room_batch.insert(key.into_bytes(), v);
+        let batches = || {
+            let mut message_batch = sled::Batch::default();
+            let mut cid_batch = sled::Batch::default();
+            for (key, cid) in &writes {
+                message_batch.insert(key.as_slice(), text.as_slice());
+                cid_batch.insert(cid.as_slice(), &[1u8; 24][..]);
             }
-            messages.apply_batch(message_batch).expect("apply");
-            cids.apply_batch(cid_batch).expect("apply");
-            rooms.apply_batch(room_batch).expect("apply");
+            (message_batch, cid_batch)
+        };
+        match shape {
+            Shape::Transaction => {
+                let (message_batch, cid_batch) = batches();
+                (&messages, &cids, &rooms)
+                    .transaction(|(m, c, r)| {
+                        for (room, n) in &touched {
+                            let key = format!("room{room:02}");
+                            let v = bump(r.get(key.as_bytes())?.as_ref(), *n);
+                            r.insert(key.as_bytes(), v)?;
+                        }
+                        m.apply_batch(&message_batch)?;
+                        c.apply_batch(&cid_batch)?;
+                        Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+                    })
+                    .expect("transaction");
+            }
+            Shape::ApplyBatch => {
+                let (message_batch, cid_batch) = batches();
+                let mut room_batch = sled::Batch::default();
+                for (room, n) in &touched {
+                    let key = format!("room{room:02}");
+                    let v = bump(rooms.get(key.as_bytes()).expect("get").as_ref(), *n);
+                    room_batch.insert(key.into_bytes(), v);
+                }
+                messages.apply_batch(message_batch).expect("apply");
+                cids.apply_batch(cid_batch).expect("apply");
+                rooms.apply_batch(room_batch).expect("apply");
+            }
+            Shape::Inserts => {
+                for (key, cid) in &writes {
+                    messages.insert(key, text.as_slice()).expect("insert");
+                    cids.insert(cid, &[1u8; 24][..]).expect("insert");
+                }
+                for (room, n) in &touched {
+                    let key = format!("room{room:02}");
+                    loop {
+                        let old = rooms.get(key.as_bytes()).expect("get");
+                        let new = bump(old.as_ref(), *n);
+                        let swapped = rooms
+                            .compare_and_swap(key.as_bytes(), old.as_ref(), Some(new))
+                            .expect("compare_and_swap");
+                        if swapped.is_ok() {
+                            break;
+                        }
+                    }
+                }
+            }
         }
         db.flush().expect("flush");
         done += batch;

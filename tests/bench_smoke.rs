@@ -206,8 +206,8 @@ fn storage_bench_measures_sled_and_the_committer() {
     let summary = storage::run(true);
     assert_eq!(
         summary.ceiling.len(),
-        3,
-        "batches of 8, 64, 512: {summary:?}"
+        4,
+        "batches of 1, 8, 64, 512: {summary:?}"
     );
     assert!(
         summary.ceiling.iter().all(|&(_, rate)| rate > 0.0),

@@ -7,23 +7,22 @@
 //! - **Callers** ([`Committer::append`], under the hub's room lock) do only memory work and reads:
 //!   check the cid, take an id, queue the message with its continuation. No sled write.
 //! - **The commit thread** takes everything queued, applies it as ONE backend operation
-//!   ([`LogBackend::apply`]: for sled, one transaction over `messages`, `cids` and `rooms` whose
-//!   body does one `apply_batch` per tree and reads and writes each touched room record once),
-//!   flushes once, and hands the batch to the delivery thread. It then starts on the next batch
-//!   while the last one is delivered: the next fsync never waits behind acks and fan-out.
+//!   ([`LogBackend::apply`]: for sled, ordered plain inserts of the messages and their cids and
+//!   one update per touched room record, or one transaction when the batch holds an edit or a
+//!   delete; see `message_batch`), flushes once, and hands the batch to the delivery thread. It
+//!   then starts on the next batch while the last one is delivered: the next fsync never waits
+//!   behind acks and fan-out.
 //! - **The delivery thread** runs each batch's continuations in queue order ([`deliver`]). That is
 //!   where acks and broadcasts happen, so nothing is announced before it is on disk; and because
 //!   a room's messages are queued under the room's lock, they are announced in id order.
 //!
-//! Why one transaction per batch rather than three plain `apply_batch` calls: measured on this
-//! machine (2 cores, release build, 120-byte texts, 64 rooms, a cid each, one flush per batch;
-//! a throwaway program, then `cargo bench --bench storage`), per message the transaction costs
-//! 28–33 µs at 8 per batch (plain: 37–70, the flush dominates), 10.5–20.6 µs at 64 (plain
-//! 9.3–17.2) and 6.8–14.6 µs at 512 (plain 5.6–12.1); the spread is the machine's other load.
-//! At most ~20 % more, for a batch that is atomic on disk: a message, its cid entry and its room's
-//! counters always agree after a crash, `Store::open` can trust room records for the next id, and
-//! an export that reads a room's `last_id` finds all its messages. (A transaction per message, the
-//! old path, cost 430–450 µs.)
+//! A batch is all or nothing on disk as far as anyone was told: a crash can cut a batch of new
+//! messages short, but only before its room records (sled recovers a prefix of its log), and
+//! `Store::open` removes what such a cut left above its room's `last_id`. So after a crash a
+//! message, its cid entry and its room's counters agree, `Store::open` can trust room records
+//! for the next id, and an export that reads a room's `last_id` finds all its messages. Measured
+//! costs of the shapes considered: `message_batch`'s module documentation and
+//! `cargo bench --bench storage` (a).
 //!
 //! Invariants:
 //! - **cids stay unique** across rooms and restarts: [`Committer::append`] looks a cid up in the

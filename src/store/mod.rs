@@ -34,6 +34,7 @@ mod conversations;
 pub mod gate;
 pub mod log;
 pub mod maintenance;
+mod message_batch;
 pub mod permissions;
 mod records;
 
@@ -386,6 +387,7 @@ impl Store {
         // sled's files follow the umask; whatever it was, nobody else may read them.
         permissions::restrict_tree(&store.path)?;
         store.index_skeletons()?;
+        store.remove_unrecorded()?;
         let mut max_id = be_u64(&store.meta.get(META_ID_FLOOR)?.unwrap_or_default());
         for room in store.rooms() {
             max_id = max_id.max(room?.last_id);
@@ -709,10 +711,12 @@ impl Store {
 
     // ----- messages -----
 
-    /// Applies one durable batch (see [`LogBackend::apply`]) as a single sled transaction over
-    /// `messages`, `events`, `cids` and `rooms`: one `apply_batch` for the new messages and one
-    /// for the cids, a read-modify-write per message an event changes, and one per touched room
-    /// record. Atomic, so a crash leaves messages, events, cids and counters agreeing.
+    /// Applies one durable batch (see [`LogBackend::apply`]). New messages only (the common
+    /// case): ordered plain inserts ([`message_batch`]). With an edit or a delete: one sled
+    /// transaction over `messages`, `events`, `cids` and `rooms` (one `apply_batch` for the new
+    /// messages and one for the cids, a read-modify-write per message an event changes, and one
+    /// per touched room record), since an event rewrites the message it targets. Either way a
+    /// crash leaves messages, events, cids and counters agreeing.
     fn apply_entries(&self, batch: &[&NewEntry]) -> Result<Applied, StoreError> {
         // Encode outside the transaction: sled may run its body more than once.
         let encoded: Vec<EncodedWrite> = batch
@@ -736,12 +740,18 @@ impl Store {
         // Per room (name and number as the writes know them): positions in queue order. A name
         // can come with two numbers if an admin deleted and recreated the room while writes
         // were queued; only the group matching the current record is stored.
-        let mut touched: BTreeMap<(&str, u32), Vec<usize>> = BTreeMap::new();
+        let mut touched = message_batch::ByRoom::new();
         for (i, w) in batch.iter().enumerate() {
             touched
                 .entry((&w.room.name, w.room.no))
                 .or_default()
                 .push(i);
+        }
+        if batch
+            .iter()
+            .all(|w| matches!(w.write, LogWrite::Message(_)))
+        {
+            return self.apply_messages(batch, &encoded, &touched);
         }
         (&self.messages, &self.events, &self.cids, &self.rooms)
             .transaction(|(messages, events, cids, rooms)| {
