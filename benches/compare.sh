@@ -23,8 +23,12 @@ git -C "$HERE" worktree add --detach --force "$BEFORE" "$REV" >/dev/null
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 echo "building $REV and the working tree (release)..." >&2
-(cd "$BEFORE" && cargo build --release --benches >/dev/null 2>&1)
-(cd "$HERE" && cargo build --release --benches >/dev/null 2>&1)
+for dir in "$BEFORE" "$HERE"; do
+  if ! (cd "$dir" && cargo build --release --benches >"$OUT/build.log" 2>&1); then
+    echo "building $dir failed; see $OUT/build.log" >&2
+    exit 1
+  fi
+done
 
 row() { # the value of column $3 in the row whose first column is $2, in file $1
   awk -F'|' -v name="$2" -v batch="$3" '{g=$2; b=$3; gsub(/^ +| +$/,"",g); gsub(/^ +| +$/,"",b)}
