@@ -12,7 +12,8 @@
 //! Why a crash still leaves the trees agreeing: sled recovers a prefix of its log (what was
 //! written after the first write a crash lost is not recovered either; that is how sled keeps
 //! a batch whole). So the order of the writes is the order a crash can cut:
-//! 1. every message of the batch, in queue order, each followed by its cid entry;
+//! 1. every message of the batch, room by room, each followed by its cid entry (the order
+//!    among them does not matter: none is acknowledged before step 3);
 //! 2. then each touched room record (`last_id`, `count`);
 //! 3. then the flush, and only after it the acks ([`super::commit`]).
 //!
@@ -55,23 +56,23 @@ impl Store {
                 applied.room_gone.extend_from_slice(positions);
             }
         }
-        let mut order: Vec<usize> = live
+        let inserted = live
             .iter()
-            .flat_map(|(_, _, p)| p.iter().copied())
-            .collect();
-        order.sort_unstable();
-        let inserted = order.iter().try_for_each(|&i| {
-            let (key, value, cid) = &encoded[i];
-            self.messages.insert(key, value.as_slice())?;
-            if let Some((cid_key, cid_value)) = cid {
-                self.cids.insert(cid_key.as_slice(), cid_value.as_slice())?;
-            }
-            Ok::<_, StoreError>(())
-        });
+            .flat_map(|(_, _, p)| p.iter())
+            .try_for_each(|&i| {
+                let (key, value, cid) = &encoded[i];
+                self.messages.insert(key, value.as_slice())?;
+                if let Some((cid_key, cid_value)) = cid {
+                    self.cids.insert(cid_key.as_slice(), cid_value.as_slice())?;
+                }
+                Ok::<_, StoreError>(())
+            });
         if let Err(e) = inserted {
             // Nobody will be told these were stored: take back what went in, as far as the
             // store still lets us, so a later flush does not make them durable.
-            let _ = self.take_back(encoded, &order);
+            for &(_, _, positions) in &live {
+                let _ = self.take_back(encoded, positions);
+            }
             return Err(e);
         }
         for (k, &(name, no, positions)) in live.iter().enumerate() {
