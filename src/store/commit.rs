@@ -253,7 +253,11 @@ impl Committer {
             // entry leaves the in-flight set only once the backend shows it.
             let repeat = match queue.in_flight.get(key) {
                 Some(original) => Some((original.clone(), true)),
-                None => self.backend.cid(&user_key, cid)?.map(|e| (e, false)),
+                None => match self.backend.cid(&user_key, cid) {
+                    Ok(stored) => stored.map(|e| (e, false)),
+                    Err(e @ StoreError::Sled(_)) => return Err(self.shared.gate.read_failed(&e)),
+                    Err(e) => return Err(e),
+                },
             };
             if let Some((original, in_flight)) = repeat {
                 let appended = Appended::Duplicate(original.clone());
@@ -655,6 +659,8 @@ mod tests {
         store: Arc<Store>,
         fail_flush: AtomicBool,
         fail_apply: AtomicBool,
+        /// cid lookups fail, as every sled operation does after a failed background write.
+        fail_reads: AtomicBool,
         hold: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
         hold_flush: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
     }
@@ -665,6 +671,7 @@ mod tests {
                 store,
                 fail_flush: AtomicBool::new(false),
                 fail_apply: AtomicBool::new(false),
+                fail_reads: AtomicBool::new(false),
                 hold: Mutex::new(None),
                 hold_flush: Mutex::new(None),
             })
@@ -696,6 +703,9 @@ mod tests {
             self.store.take_id()
         }
         fn cid(&self, user_key: &str, cid: &str) -> Result<Option<CidEntry>, StoreError> {
+            if self.fail_reads.load(Ordering::SeqCst) {
+                return Err(failure("read after a failed background write"));
+            }
             LogBackend::cid(&*self.store, user_key, cid)
         }
         fn apply(&self, batch: &[&NewEntry]) -> Result<Applied, StoreError> {
@@ -1133,6 +1143,35 @@ mod tests {
         );
         assert!(outcome(&again_rx).1.is_ok());
         assert_eq!(f.store.room("a").unwrap().unwrap().count, 1);
+        f.committer.shutdown(WAIT).unwrap();
+    }
+
+    #[test]
+    fn a_failed_cid_lookup_refuses_the_write_and_puts_the_gate_in_failed_until_a_probe() {
+        let f = fixture();
+        f.faulty.fail_reads.store(true, Ordering::SeqCst);
+        let refused = append_now(&f, "y", Some("c1"));
+        assert!(
+            matches!(
+                refused,
+                Err(StoreError::Unavailable {
+                    condition: Condition::Failed
+                })
+            ),
+            "{refused:?}"
+        );
+        wait_for_condition(&f.committer, Condition::Failed);
+        assert!(f
+            .committer
+            .gate()
+            .reason()
+            .is_some_and(|r| r.contains("read after a failed background write")));
+        f.faulty.fail_reads.store(false, Ordering::SeqCst);
+        wait_for_condition(&f.committer, Condition::Writable);
+        assert!(matches!(
+            append_now(&f, "y", Some("c1")),
+            Ok(Appended::New(_))
+        ));
         f.committer.shutdown(WAIT).unwrap();
     }
 

@@ -257,11 +257,22 @@ impl WriteGate {
         self.writes_running.store(0, Ordering::Relaxed);
         match result {
             Ok(()) => self.write_failed.store(false, Ordering::Relaxed),
-            Err(e) => {
-                *lock(&self.last_error) = e.to_string();
-                self.write_failed.store(true, Ordering::Relaxed);
-            }
+            Err(e) => self.record_failure(e),
         }
+    }
+
+    /// A backend read outside the commit thread failed. sled fails every operation after one
+    /// of its background writes failed (a full disk), and a sender's cid lookup can meet that
+    /// before the commit thread does: writes are refused from now on as after a failed group
+    /// commit (until a probe succeeds), and so is the write that made the read.
+    pub fn read_failed(&self, error: &StoreError) -> StoreError {
+        self.record_failure(error);
+        self.refuse(Condition::Failed)
+    }
+
+    fn record_failure(&self, error: &StoreError) {
+        *lock(&self.last_error) = error.to_string();
+        self.write_failed.store(true, Ordering::Relaxed);
     }
 
     /// Called by the commit thread once a probe returned (it also calls [`Self::write_ended`]).
