@@ -13,6 +13,7 @@ pub(crate) mod account_limits;
 pub mod admin;
 pub(crate) mod admission;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub(crate) mod executors;
 #[cfg(feature = "fuzzing")]

@@ -1,0 +1,46 @@
+//! Where cluster mode keeps things in Redis (also in docs/STORAGE.md). Every key starts with
+//! `chatd:`, so a Redis database can be shared with other programs; two clusters need two
+//! databases (`redis://HOST:PORT/DB`).
+//!
+//! | key | type | holds |
+//! |-----|------|-------|
+//! | `chatd:next_id` | string (counter) | the last message id handed out, for all rooms |
+//! | `chatd:next_room_no` | string (counter) | the last room number handed out |
+//! | `chatd:room:{name}` | hash | `no`, `created_ms`, `last_id`, `count` |
+//! | `chatd:log:{no}` | stream | the room's messages, entry id `{id}-0` |
+//! | `chatd:cid:{user key}:{cid}` | string, expires | `{room} {id} {ts}` of the cid's first use |
+//!
+//! The room's log is keyed by its number, not its name, so a room deleted and created again
+//! starts an empty log and a write queued for the old one cannot land in the new one.
+//! Channels: `chatd:feed:{name}` carries every entry appended to the room's log ([`super::log`]).
+
+/// The counter message ids are taken from.
+pub(crate) const NEXT_ID: &str = "chatd:next_id";
+
+/// The counter room numbers are taken from.
+pub(crate) const NEXT_ROOM_NO: &str = "chatd:next_room_no";
+
+/// A room's record.
+pub(crate) fn room(name: &str) -> String {
+    format!("chatd:room:{name}")
+}
+
+/// A room's log.
+pub(crate) fn log(no: u32) -> String {
+    format!("chatd:log:{no}")
+}
+
+/// What a user's cid was first used for.
+pub(crate) fn cid(user_key: &str, cid: &str) -> String {
+    format!("chatd:cid:{user_key}:{cid}")
+}
+
+/// The channel a room's new entries are published on.
+pub(crate) fn feed(name: &str) -> String {
+    format!("chatd:feed:{name}")
+}
+
+/// The stream entry id of message `id`.
+pub(crate) fn entry_id(id: u64) -> String {
+    format!("{id}-0")
+}

@@ -1,0 +1,219 @@
+//! Cluster mode: several `chatd serve` processes sharing rooms through one Redis
+//! (`--cluster redis://HOST:PORT[/DB]`).
+//!
+//! What nodes share lives in Redis; what a node holds is only its connections and, per room
+//! its connections joined, the id it has delivered up to. Each room's log is a Redis Stream
+//! ([`log`]); a message is appended by one Lua script that takes the next id, checks the cid,
+//! adds the entry and publishes it, so ids strictly increase in acceptance order whichever node
+//! accepted the message. Nodes learn of new entries from the published copies and deliver them
+//! in log order, filling any gap from the stream ([`feed`]).
+//!
+//! Durability: a script's reply, and the copies it published, leave Redis only after its
+//! append-only file is written and, with `appendfsync always`, fsync'd (Redis writes the AOF
+//! before it sends any reply in the same event-loop turn). So "acked only once on disk" holds if,
+//! and only if, Redis runs with `appendonly yes` and `appendfsync always`: [`Link::connect`]
+//! checks that and refuses otherwise, unless the server runs with relaxed durability.
+
+pub(crate) mod keys;
+pub(crate) mod log;
+#[cfg(test)]
+pub(crate) mod testing;
+
+use redis::aio::MultiplexedConnection;
+
+use crate::config::Durability;
+
+/// Why cluster mode could not start or a Redis operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The `--cluster` value is not a Redis URL chatd can use.
+    #[error("--cluster {url:?}: {reason} (expected redis://HOST:PORT[/DB])")]
+    BadUrl {
+        /// The value given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Redis could not be reached or refused the connection.
+    #[error("cannot connect to Redis at {url}: {source}")]
+    Connect {
+        /// The URL, without a password.
+        url: String,
+        /// The client's error.
+        source: redis::RedisError,
+    },
+    /// Redis does not fsync before it replies, so an ack could precede the disk.
+    #[error(
+        "Redis at {url} runs with appendonly={appendonly} and appendfsync={appendfsync}; strict \
+         durability needs `appendonly yes` and `appendfsync always` (set them in redis.conf, or \
+         start chatd with --durability relaxed to accept losing acknowledged messages when Redis \
+         crashes)"
+    )]
+    NotDurable {
+        /// The URL, without a password.
+        url: String,
+        /// Redis's `appendonly` setting.
+        appendonly: String,
+        /// Redis's `appendfsync` setting.
+        appendfsync: String,
+    },
+    /// A Redis command failed (the link is down, or Redis answered with an error).
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// Something in Redis is not what chatd wrote there.
+    #[error("Redis holds data chatd cannot read: {0}")]
+    Corrupt(String),
+}
+
+/// A node's link to the cluster's Redis: one multiplexed connection for commands (scripts and
+/// reads from every task share it, pipelined), and the client to open subscriptions with.
+#[derive(Clone)]
+pub struct Link {
+    client: redis::Client,
+    commands: MultiplexedConnection,
+    url: String,
+}
+
+impl Link {
+    /// Connects to `url` and checks that Redis makes writes durable before it replies (unless
+    /// `durability` is relaxed).
+    pub async fn connect(url: &str, durability: Durability) -> Result<Link, ClusterError> {
+        let shown = redacted(url);
+        if !url.starts_with("redis://") {
+            return Err(ClusterError::BadUrl {
+                url: shown,
+                reason: "only redis:// URLs are supported".into(),
+            });
+        }
+        let client = redis::Client::open(url).map_err(|e| ClusterError::BadUrl {
+            url: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        let commands = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|source| ClusterError::Connect {
+                url: shown.clone(),
+                source,
+            })?;
+        let link = Link {
+            client,
+            commands,
+            url: shown,
+        };
+        if durability == Durability::Strict {
+            link.check_fsync_always().await?;
+        }
+        Ok(link)
+    }
+
+    /// The connection commands go through (cheap to clone: clones share one socket).
+    pub(crate) fn commands(&self) -> MultiplexedConnection {
+        self.commands.clone()
+    }
+
+    /// The client, to open a subscription connection with.
+    pub(crate) fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    /// Fails unless Redis runs with `appendonly yes` and `appendfsync always`.
+    async fn check_fsync_always(&self) -> Result<(), ClusterError> {
+        let mut conn = self.commands();
+        let setting = |name: &'static str| {
+            let mut conn = conn.clone();
+            async move {
+                let pair: Vec<String> = redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg(name)
+                    .query_async(&mut conn)
+                    .await?;
+                Ok::<_, redis::RedisError>(pair.get(1).cloned().unwrap_or_default())
+            }
+        };
+        let appendonly = setting("appendonly").await?;
+        let appendfsync = setting("appendfsync").await?;
+        let _: () = redis::cmd("PING").query_async(&mut conn).await?;
+        if appendonly != "yes" || appendfsync != "always" {
+            return Err(ClusterError::NotDurable {
+                url: self.url.clone(),
+                appendonly,
+                appendfsync,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `url` with any password replaced, for messages and logs.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***{}", &url[..scheme_end], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::TestRedis;
+    use super::*;
+
+    #[test]
+    fn a_password_never_appears_in_messages() {
+        assert_eq!(
+            redacted("redis://user:secret@10.0.0.1:6379/2"),
+            "redis://***@10.0.0.1:6379/2"
+        );
+        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn a_url_of_another_scheme_is_refused_with_the_expected_form() {
+        let e = smol::block_on(Link::connect("http://127.0.0.1:6379", Durability::Strict))
+            .err()
+            .expect("refused");
+        let shown = e.to_string();
+        assert!(shown.contains("redis://HOST:PORT"), "{shown}");
+    }
+
+    #[test]
+    fn strict_durability_needs_appendfsync_always_and_relaxed_does_not() {
+        let lax = TestRedis::start_with(&["--appendonly", "yes", "--appendfsync", "everysec"]);
+        let e = smol::block_on(Link::connect(&lax.url(), Durability::Strict))
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(&e, ClusterError::NotDurable { appendfsync, .. } if appendfsync == "everysec"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("--durability relaxed"), "{e}");
+        smol::block_on(Link::connect(&lax.url(), Durability::Relaxed)).expect("relaxed is allowed");
+
+        let strict = TestRedis::start();
+        smol::block_on(Link::connect(&strict.url(), Durability::Strict)).expect("durable redis");
+    }
+
+    #[test]
+    fn an_unreachable_redis_is_a_connect_error_naming_the_url() {
+        let port = TcpListenerPort::unused();
+        let url = format!("redis://127.0.0.1:{port}");
+        let e = smol::block_on(Link::connect(&url, Durability::Strict))
+            .err()
+            .expect("refused");
+        assert!(matches!(e, ClusterError::Connect { .. }), "{e}");
+        assert!(e.to_string().contains(&url), "{e}");
+    }
+
+    /// A loopback port nothing listens on (bound, then released).
+    struct TcpListenerPort;
+    impl TcpListenerPort {
+        fn unused() -> u16 {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("port")
+        }
+    }
+}
