@@ -114,24 +114,31 @@ pub(crate) struct RoomState {
     pub created: bool,
 }
 
-/// An entry as published on a room's channel.
+/// An entry of a room's log.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct FeedEntry {
-    /// The room's number when it was appended.
-    pub room_no: u32,
+pub(crate) struct LogEntry {
     /// The entry's id.
     pub id: u64,
-    /// The id of the room's entry before it (0: none).
-    pub prev: u64,
-    /// Who appended it.
+    /// Who appended it (`None` for entries written by other tools).
     pub origin: Option<Origin>,
     /// The message.
     pub message: Message,
 }
 
-impl FeedEntry {
+/// An entry as published on a room's channel.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Published {
+    /// The room's number when it was appended.
+    pub room_no: u32,
+    /// The id of the room's entry before it (0: none).
+    pub prev: u64,
+    /// The entry.
+    pub entry: LogEntry,
+}
+
+impl Published {
     /// Parses a published payload (see [`APPEND`]); `None` for anything else.
-    pub(crate) fn parse(payload: &[u8]) -> Option<FeedEntry> {
+    pub(crate) fn parse(payload: &[u8]) -> Option<Published> {
         let payload = std::str::from_utf8(payload).ok()?;
         let mut parts = payload.splitn(10, '\n');
         if parts.next()? != "1" {
@@ -150,12 +157,14 @@ impl FeedEntry {
             .filter(|c| !c.is_empty())
             .map(String::from);
         let text = parts.next()?.to_string();
-        Some(FeedEntry {
+        Some(Published {
             room_no,
-            id,
             prev,
-            origin,
-            message: Message::new(user, text, ts, cid),
+            entry: LogEntry {
+                id,
+                origin,
+                message: Message::new(user, text, ts, cid),
+            },
         })
     }
 }
@@ -233,16 +242,17 @@ impl RoomLogs {
         }
     }
 
-    /// Messages of `room` with `after < id <= upto`, oldest first, at most `limit`.
-    pub(crate) async fn messages_after(
+    /// Entries of room `room_no` with `after < id <= upto`, oldest first, at most `limit`, and
+    /// whether more follow.
+    pub(crate) async fn entries_after(
         &self,
         room_no: u32,
         after: u64,
         upto: u64,
         limit: usize,
-    ) -> Result<Page, ClusterError> {
+    ) -> Result<(Vec<LogEntry>, bool), ClusterError> {
         if after >= upto || limit == 0 {
-            return Ok(Page::default());
+            return Ok((Vec::new(), false));
         }
         let reply: StreamRangeReply = redis::cmd("XRANGE")
             .arg(keys::log(room_no))
@@ -252,7 +262,19 @@ impl RoomLogs {
             .arg(limit + 1)
             .query_async(&mut self.link.commands())
             .await?;
-        page(reply.ids, limit)
+        entries(reply.ids, limit)
+    }
+
+    /// Messages of room `room_no` with `after < id <= upto`, oldest first, at most `limit`.
+    pub(crate) async fn messages_after(
+        &self,
+        room_no: u32,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Page, ClusterError> {
+        let (entries, more) = self.entries_after(room_no, after, upto, limit).await?;
+        Ok(page(entries, more))
     }
 
     /// The newest messages of `room` with `id < before` and `id <= upto`, at most `limit`,
@@ -276,24 +298,35 @@ impl RoomLogs {
             .arg(limit + 1)
             .query_async(&mut self.link.commands())
             .await?;
-        let mut page = page(reply.ids, limit)?;
-        page.messages.reverse();
-        Ok(page)
+        let (mut entries, more) = entries(reply.ids, limit)?;
+        entries.reverse();
+        Ok(page(entries, more))
     }
 }
 
-/// Up to `limit` entries as messages, and whether more were read.
-fn page(entries: Vec<StreamId>, limit: usize) -> Result<Page, ClusterError> {
-    let more = entries.len() > limit;
-    let messages = entries
+/// Up to `limit` entries, and whether more were read.
+fn entries(ids: Vec<StreamId>, limit: usize) -> Result<(Vec<LogEntry>, bool), ClusterError> {
+    let more = ids.len() > limit;
+    let entries = ids
         .into_iter()
         .take(limit)
-        .map(|entry| stored_message(&entry))
+        .map(|entry| log_entry(&entry))
         .collect::<Result<_, _>>()?;
-    Ok(Page { messages, more })
+    Ok((entries, more))
 }
 
-fn stored_message(entry: &StreamId) -> Result<StoredMessage, ClusterError> {
+fn page(entries: Vec<LogEntry>, more: bool) -> Page {
+    let messages = entries
+        .into_iter()
+        .map(|e| StoredMessage {
+            id: e.id,
+            message: e.message,
+        })
+        .collect();
+    Page { messages, more }
+}
+
+fn log_entry(entry: &StreamId) -> Result<LogEntry, ClusterError> {
     let id = entry
         .id
         .strip_suffix("-0")
@@ -306,8 +339,9 @@ fn stored_message(entry: &StreamId) -> Result<StoredMessage, ClusterError> {
     };
     let cid = Some(field("c")?).filter(|c| !c.is_empty());
     let ts = number(&field("ts")?, "message time")?;
-    Ok(StoredMessage {
+    Ok(LogEntry {
         id,
+        origin: entry.get::<String>("o").as_deref().and_then(Origin::decode),
         message: Message::new(field("u")?, field("t")?, ts, cid),
     })
 }
@@ -490,20 +524,33 @@ mod tests {
                 .unwrap();
             let mut messages = sub.on_message();
             let first = messages.next().await.unwrap();
-            let entry = FeedEntry::parse(first.get_payload_bytes()).expect("parses");
+            let published = Published::parse(first.get_payload_bytes()).expect("parses");
+            let entry = LogEntry {
+                id: 1,
+                origin: Some(ORIGIN),
+                message: m,
+            };
             assert_eq!(
-                entry,
-                FeedEntry {
+                published,
+                Published {
                     room_no: a.no,
-                    id: 1,
                     prev: 0,
-                    origin: Some(ORIGIN),
-                    message: m,
+                    entry: entry.clone(),
                 }
             );
             let second = messages.next().await.unwrap();
-            let entry = FeedEntry::parse(second.get_payload_bytes()).expect("parses");
-            assert_eq!((entry.id, entry.prev, entry.message.cid), (2, 1, None));
+            let published = Published::parse(second.get_payload_bytes()).expect("parses");
+            assert_eq!(
+                (
+                    published.prev,
+                    published.entry.id,
+                    published.entry.message.cid
+                ),
+                (1, 2, None)
+            );
+            // The log holds what was published, origin included.
+            let (read, more) = logs.entries_after(a.no, 0, 1, 10).await.unwrap();
+            assert_eq!((read, more), (vec![entry], false));
         });
     }
 }

@@ -14,12 +14,15 @@
 //! and only if, Redis runs with `appendonly yes` and `appendfsync always`: [`Link::connect`]
 //! checks that and refuses otherwise, unless the server runs with relaxed durability.
 
+pub(crate) mod feed;
 pub(crate) mod keys;
 pub(crate) mod log;
 #[cfg(test)]
 pub(crate) mod testing;
 
-use redis::aio::MultiplexedConnection;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::Durability;
 
@@ -60,17 +63,32 @@ pub enum ClusterError {
     /// A Redis command failed (the link is down, or Redis answered with an error).
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The link to Redis is down.
+    #[error("Redis is unreachable: {0}")]
+    Unreachable(String),
     /// Something in Redis is not what chatd wrote there.
     #[error("Redis holds data chatd cannot read: {0}")]
     Corrupt(String),
 }
 
+/// How long a command may wait for Redis's answer before it fails (a send is then answered with
+/// `internal`, never left hanging).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long connecting to Redis may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A node's link to the cluster's Redis: one multiplexed connection for commands (scripts and
-/// reads from every task share it, pipelined), and the client to open subscriptions with.
+/// reads from every task share it, pipelined), which reconnects by itself after Redis comes
+/// back, and the client to open subscriptions with.
+///
+/// The redis crate drives each connection with a task it spawns with `smol::spawn`, on smol's
+/// global executor (it offers no way to hand that task to ours); it shares async-io's reactor
+/// with chatd's executor, and chatd's tasks only await the replies.
 #[derive(Clone)]
 pub struct Link {
     client: redis::Client,
-    commands: MultiplexedConnection,
+    commands: ConnectionManager,
     url: String,
 }
 
@@ -89,8 +107,14 @@ impl Link {
             url: shown.clone(),
             reason: e.to_string(),
         })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(2))
+            .set_number_of_retries(1);
         let commands = client
-            .get_multiplexed_async_connection()
+            .get_connection_manager_with_config(config)
             .await
             .map_err(|source| ClusterError::Connect {
                 url: shown.clone(),
@@ -108,7 +132,7 @@ impl Link {
     }
 
     /// The connection commands go through (cheap to clone: clones share one socket).
-    pub(crate) fn commands(&self) -> MultiplexedConnection {
+    pub(crate) fn commands(&self) -> ConnectionManager {
         self.commands.clone()
     }
 
