@@ -9,6 +9,10 @@
 //! | `chatd:room:{name}` | hash | `no`, `created_ms`, `last_id`, `count` |
 //! | `chatd:log:{no}` | stream | the room's messages, entry id `{id}-0` |
 //! | `chatd:cid:{user key}:{cid}` | string, expires | `{room} {id} {ts}` of the cid's first use |
+//! | `chatd:user:{user key}` | string | the user record (the store's versioned bincode) |
+//! | `chatd:skeleton:{skeleton}` | set | user keys whose names look alike (`rules::name_skeleton`) |
+//! | `chatd:users` | string (counter) | accounts created |
+//! | `chatd:session:{hex SHA-256 of the token}` | string, expires at `expires_ms` | the session record |
 //!
 //! The room's log is keyed by its number, not its name, so a room deleted and created again
 //! starts an empty log and a write queued for the old one cannot land in the new one.
@@ -19,6 +23,29 @@ pub(crate) const NEXT_ID: &str = "chatd:next_id";
 
 /// The counter room numbers are taken from.
 pub(crate) const NEXT_ROOM_NO: &str = "chatd:next_room_no";
+
+/// The number of accounts.
+pub(crate) const USER_COUNT: &str = "chatd:users";
+
+/// A user's record.
+pub(crate) fn user(user_key: &str) -> String {
+    format!("chatd:user:{user_key}")
+}
+
+/// The users whose names have this skeleton.
+pub(crate) fn skeleton(skeleton: &str) -> String {
+    format!("chatd:skeleton:{skeleton}")
+}
+
+/// A session, by its token's hash.
+pub(crate) fn session(token_hash: &[u8]) -> String {
+    let mut key = String::with_capacity(14 + 2 * token_hash.len());
+    key.push_str("chatd:session:");
+    for byte in token_hash {
+        key.push_str(&format!("{byte:02x}"));
+    }
+    key
+}
 
 /// A room's record.
 pub(crate) fn room(name: &str) -> String {

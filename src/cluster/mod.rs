@@ -14,6 +14,7 @@
 //! and only if, Redis runs with `appendonly yes` and `appendfsync always`: [`Link::connect`]
 //! checks that and refuses otherwise, unless the server runs with relaxed durability.
 
+pub(crate) mod accounts;
 pub(crate) mod feed;
 pub(crate) mod keys;
 pub(crate) mod log;

@@ -28,7 +28,7 @@
 //! records are always read and written inside those transactions, never from a cached copy.
 //! Nothing here waits for the disk: durability is the committer's job.
 
-mod codec;
+pub(crate) mod codec;
 pub mod commit;
 mod conversations;
 pub mod gate;
