@@ -22,6 +22,7 @@ pub(crate) mod heartbeat;
 pub(crate) mod http;
 pub(crate) mod hub;
 pub(crate) mod log_gate;
+pub(crate) mod log_reader;
 pub(crate) mod metrics;
 pub(crate) mod origin;
 pub(crate) mod outbox;

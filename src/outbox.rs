@@ -56,8 +56,13 @@ const MAX_IOVECS: usize = 64;
 /// Replies produced a page at a time as the writer drains the ones before them.
 pub trait ReplyPages: Send {
     /// Appends the next frames to `out`, about `bytes` worth but at least one frame. Returns
-    /// whether frames remain after these; an error ends the connection (1011).
-    fn next_page(&mut self, bytes: usize, out: &mut Vec<Encoded>) -> Result<bool, String>;
+    /// whether frames remain after these; an error ends the connection (1011). A future,
+    /// because a page may be read over the network (cluster mode).
+    fn next_page<'a>(
+        &'a mut self,
+        bytes: usize,
+        out: &'a mut Vec<Encoded>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, String>> + Send + 'a>>;
 }
 
 /// How much of a connection's own replies may wait in memory, and for how long.
@@ -597,7 +602,8 @@ impl Outbox {
                     return request;
                 }
                 Work::NextPage => {
-                    self.next_page();
+                    // Boxed: paging is rare, and its state would sit in every idle connection.
+                    Box::pin(self.next_page()).await;
                     continue;
                 }
                 Work::Backlog(replies_waiting) => replies_waiting,
@@ -658,7 +664,7 @@ impl Outbox {
 
     /// Produces the next page of the paged reply in progress, outside the lock (it reads the
     /// database), and queues it.
-    fn next_page(&self) {
+    async fn next_page(&self) {
         let (mut pages, budget) = {
             let mut state = self.lock();
             let Some(pages) = state.paging.as_mut().and_then(|p| p.pages.take()) else {
@@ -667,7 +673,7 @@ impl Outbox {
             (pages, self.bounds.budget.saturating_sub(state.reply_bytes))
         };
         let mut frames = Vec::new();
-        let result = pages.next_page(budget, &mut frames);
+        let result = pages.next_page(budget, &mut frames).await;
         let mut state = self.lock();
         if state.close.is_some() || state.paging.is_none() {
             return;

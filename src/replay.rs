@@ -20,10 +20,13 @@
 
 use std::sync::Arc;
 
+use std::future::Future;
+use std::pin::Pin;
+
 use crate::hub::{event_frame, message_event};
+use crate::log_reader::LogReader;
 use crate::outbox::ReplyPages;
 use crate::protocol::{encode, Encoded, ServerFrame};
-use crate::store::commit::Committer;
 use crate::store::{Change, LogItem};
 
 /// Messages read from the database at a time: a page overshoots the budget by at most this many.
@@ -42,7 +45,7 @@ enum Start {
 
 /// One join's replay in progress.
 pub(crate) struct Replay {
-    committer: Arc<Committer>,
+    log: LogReader,
     room: Arc<str>,
     room_no: u32,
     start: Option<Start>,
@@ -59,7 +62,7 @@ pub(crate) struct Replay {
 impl Replay {
     /// The replay for a join of room `room_no` with `since` (or without), up to `upto`.
     pub(crate) fn new(
-        committer: Arc<Committer>,
+        log: LogReader,
         room: Arc<str>,
         room_no: u32,
         since: Option<u64>,
@@ -67,7 +70,7 @@ impl Replay {
         replay_limit: usize,
     ) -> Replay {
         Replay {
-            committer,
+            log,
             room,
             room_no,
             start: Some(since.map_or(Start::Newest, Start::After)),
@@ -84,14 +87,15 @@ impl Replay {
 
     /// Finds the id the newest `left` messages start after, reading back a few at a time so no
     /// more than a read's worth is in memory.
-    fn locate_newest(&mut self) -> Result<(), String> {
+    async fn locate_newest(&mut self) -> Result<(), String> {
         let mut before = u64::MAX;
         let mut found = 0;
         while found < self.left {
             let want = (self.left - found).min(MESSAGES_PER_READ);
             let page = self
-                .committer
+                .log
                 .messages_before(self.room_no, before, self.upto, want)
+                .await
                 .map_err(|e| e.to_string())?;
             let Some(oldest) = page.messages.first() else {
                 break;
@@ -121,10 +125,20 @@ impl Replay {
 }
 
 impl ReplyPages for Replay {
-    fn next_page(&mut self, bytes: usize, out: &mut Vec<Encoded>) -> Result<bool, String> {
+    fn next_page<'a>(
+        &'a mut self,
+        bytes: usize,
+        out: &'a mut Vec<Encoded>,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, String>> + Send + 'a>> {
+        Box::pin(self.page(bytes, out))
+    }
+}
+
+impl Replay {
+    async fn page(&mut self, bytes: usize, out: &mut Vec<Encoded>) -> Result<bool, String> {
         match self.start.take() {
             Some(Start::After(since)) => self.after = since,
-            Some(Start::Newest) => self.locate_newest()?,
+            Some(Start::Newest) => self.locate_newest().await?,
             None => {}
         }
         let mut produced = 0;
@@ -132,14 +146,16 @@ impl ReplyPages for Replay {
             let want = self.left.min(MESSAGES_PER_READ);
             let (items, more) = if self.since {
                 let page = self
-                    .committer
+                    .log
                     .entries_after(self.room_no, self.after, self.upto, want)
+                    .await
                     .map_err(|e| e.to_string())?;
                 (page.items, page.more)
             } else {
                 let page = self
-                    .committer
+                    .log
                     .messages_after(self.room_no, self.after, self.upto, want)
+                    .await
                     .map_err(|e| e.to_string())?;
                 let items = page.messages.into_iter().map(LogItem::Message).collect();
                 (items, page.more)

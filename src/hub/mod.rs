@@ -39,6 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::heartbeat::mono_ms;
+use crate::log_reader::{LogReader, ReadError};
 use crate::metrics::Metrics;
 use crate::outbox::{corked, CloseRequest, Outbox};
 use crate::protocol::{
@@ -273,6 +274,8 @@ impl Connections {
 pub struct Hub {
     store: Arc<Store>,
     committer: Arc<Committer>,
+    /// Where replays and history read: the committer's store, or the cluster's logs.
+    log: LogReader,
     metrics: Arc<Metrics>,
     executor: Arc<smol::Executor<'static>>,
     rooms: Mutex<HashMap<String, Arc<Room>>>,
@@ -302,6 +305,7 @@ impl Hub {
         Hub {
             notices: Hub::new_notices(metrics.clone(), store.clone(), connections.clone()),
             store,
+            log: LogReader::Local(committer.clone()),
             committer,
             metrics,
             executor,
@@ -611,7 +615,7 @@ impl Hub {
             read,
         });
         let replay = Replay::new(
-            self.committer.clone(),
+            self.log.clone(),
             room.log_ref.name.clone(),
             room.no,
             since,
@@ -847,13 +851,13 @@ impl Hub {
     /// A page of `room`'s history, as the `history` reply: at most `limit` messages, and no
     /// more than `max_bytes` of them (at least one), so one reply cannot hold megabytes. A page
     /// cut short says `more`, and the client pages on from where it ends.
-    pub fn history(
+    pub(crate) async fn history(
         &self,
         room: &Room,
         page: HistoryPage,
         limit: usize,
         max_bytes: usize,
-    ) -> Result<Encoded, StoreError> {
+    ) -> Result<Encoded, ReadError> {
         let published = lock(&room.state).published;
         let (mut cursor, forward) = match page {
             HistoryPage::Newest => (u64::MAX, false),
@@ -867,11 +871,13 @@ impl Hub {
         let more = 'read: loop {
             let want = (limit - messages.len()).min(HISTORY_READ);
             let page = if forward {
-                self.committer
-                    .messages_after(room.no, cursor, published, want)?
+                self.log
+                    .messages_after(room.no, cursor, published, want)
+                    .await?
             } else {
-                self.committer
-                    .messages_before(room.no, cursor, published, want)?
+                self.log
+                    .messages_before(room.no, cursor, published, want)
+                    .await?
             };
             let read = page.messages.len();
             let nearest_first: Box<dyn Iterator<Item = _>> = if forward {

@@ -121,6 +121,13 @@ enum Handled {
     AfterFlush(Deferred, String),
     /// `rooms`, built off the executor threads (with the frame's reference).
     Conversations(String),
+    /// `history`, read from the room's log (with the frame's reference).
+    History {
+        room: Arc<Room>,
+        page: protocol::HistoryPage,
+        limit: usize,
+        reference: String,
+    },
 }
 
 /// What a frame still has to do once its write is durable.
@@ -308,6 +315,15 @@ impl Session {
                             Box::pin(self.conversations(&reference)).await;
                             None
                         }
+                        Handled::History {
+                            room,
+                            page,
+                            limit,
+                            reference,
+                        } => {
+                            Box::pin(self.history(&room, page, limit, &reference)).await;
+                            None
+                        }
                     };
                     if handled.is_some() {
                         return handled;
@@ -440,15 +456,17 @@ impl Session {
                         .map_err(|e| self.hub_error(e, room.name()))
                 })
             }
-            Request::History { room, page, limit } => self.joined(&room).and_then(|room| {
-                let reply = self
-                    .state
-                    .hub
-                    .history(&room, page, limit, self.state.config.reply_buffer)
-                    .map_err(|e| self.internal(e))?;
-                self.outbox.reply(reply);
-                Ok(())
-            }),
+            Request::History { room, page, limit } => match self.joined(&room) {
+                Ok(room) => {
+                    return Handled::History {
+                        room,
+                        page,
+                        limit,
+                        reference: frame.reference,
+                    }
+                }
+                Err(rejection) => Err(rejection),
+            },
             Request::Who { room } => self.joined(&room).map(|room| {
                 self.outbox.reply(self.state.hub.members(&room));
             }),
@@ -625,6 +643,24 @@ impl Session {
             other => other,
         }
         .map_err(|e| self.hub_error(e, &name))
+    }
+
+    /// Answers `history` with a page of the room's log.
+    async fn history(
+        &self,
+        room: &Room,
+        page: protocol::HistoryPage,
+        limit: usize,
+        reference: &str,
+    ) {
+        let hub = &self.state.hub;
+        match hub
+            .history(room, page, limit, self.state.config.reply_buffer)
+            .await
+        {
+            Ok(reply) => self.outbox.reply(reply),
+            Err(e) => self.reject(self.internal(e).with_ref(Some(reference))),
+        }
     }
 
     /// Finishes a frame once the write it made is durable.
