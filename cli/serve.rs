@@ -81,6 +81,9 @@ pub struct Serve {
     /// strict (ack after fsync, default) or relaxed (ack at once; may lose the last 0.5 s on a crash)
     #[argh(option)]
     durability: Option<String>,
+    /// run as one node of a cluster: share rooms and accounts through this Redis (redis://HOST:PORT[/DB]; needs appendonly yes and appendfsync always unless --durability relaxed)
+    #[argh(option)]
+    cluster: Option<String>,
     /// database cache in MiB (default 128)
     #[argh(option)]
     cache_mb: Option<String>,
@@ -231,6 +234,9 @@ impl Serve {
         set!(c.flush_timeout, flush_timeout, "flush-timeout", duration);
         set!(c.durability, durability, "durability", |s: &str| s
             .parse::<Durability>(
+        ));
+        set!(c.cluster, cluster, "cluster", |s: &str| Ok::<_, String>(
+            Some(s.to_string())
         ));
         set!(
             c.login_free_failures,

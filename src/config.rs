@@ -123,6 +123,8 @@ pub struct Config {
     pub cid_ttl: Duration,
     /// When sends are acknowledged.
     pub durability: Durability,
+    /// Cluster mode: the Redis URL (`redis://HOST:PORT[/DB]`) every node of the cluster shares.
+    pub cluster: Option<String>,
     /// sled page cache in bytes.
     pub cache_bytes: u64,
     /// Password hashes computed at once (each takes ~19 MiB and tens of ms).
@@ -203,6 +205,7 @@ impl Config {
             token_ttl: Duration::from_secs(7 * 24 * 3600),
             cid_ttl: Duration::from_secs(48 * 3600),
             durability: Durability::Strict,
+            cluster: None,
             cache_bytes: 128 * 1024 * 1024,
             hash_concurrency: cores.max(1),
             retention: None,

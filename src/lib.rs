@@ -10,6 +10,7 @@
 //! the compiler reports code nothing uses.
 
 pub(crate) mod account_limits;
+pub(crate) mod accounts;
 pub mod admin;
 pub(crate) mod admission;
 pub mod auth;

@@ -18,6 +18,7 @@ use std::time::Duration;
 use futures_lite::{future, FutureExt};
 use smol::{Async, Timer};
 
+use crate::cluster::{Cluster, Link};
 use crate::config::{Config, Durability};
 use crate::executors::Executors;
 use crate::http::Port;
@@ -69,6 +70,9 @@ pub enum ServerError {
         /// How long shutdown waited.
         waited: Duration,
     },
+    /// Cluster mode cannot start: Redis is unreachable or not durable.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -154,22 +158,36 @@ impl Server {
             Box::new(move |took, _| observed.flush_seconds.observe(took.as_secs_f64())),
             gate,
         ));
+        let cluster = match &config.cluster {
+            Some(url) => {
+                let link = smol::block_on(Link::connect(url, config.durability))?;
+                let cluster = Arc::new(Cluster::new(link, config.cid_ttl)?);
+                tracing::info!(node = %format!("{:016x}", cluster.node), "cluster mode: rooms and accounts are shared through Redis");
+                Some(cluster)
+            }
+            None => None,
+        };
         let executors = Arc::new(Executors::new());
         let executor = executors.live.clone();
-        let hub = Arc::new(
-            Hub::new(
-                store.clone(),
-                committer,
-                metrics.clone(),
-                executor.clone(),
-                config.presence_grace,
-                config.replay_limit,
-            )
-            .with_room_limits(RoomLimits {
-                creations_per_hour: config.rooms_per_hour,
-                unload_after: config.room_unload_after,
-            }),
-        );
+        let mut hub = Hub::new(
+            store.clone(),
+            committer,
+            metrics.clone(),
+            executor.clone(),
+            config.presence_grace,
+            config.replay_limit,
+        )
+        .with_room_limits(RoomLimits {
+            creations_per_hour: config.rooms_per_hour,
+            unload_after: config.room_unload_after,
+        });
+        if let Some(cluster) = &cluster {
+            hub = hub.with_cluster(cluster.clone());
+        }
+        let hub = Arc::new(hub);
+        if let Some(cluster) = &cluster {
+            cluster.start_feed(hub.clone(), &executor);
+        }
         // Presence kept by the last graceful shutdown: a reconnect storm then costs no presence
         // events for the users who come back within their grace period. Never worth refusing
         // to start over.

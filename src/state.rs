@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::account_limits::AccountLimits;
+use crate::accounts::Accounts;
 use crate::admission::{Admission, Limits, Refusal};
 use crate::auth::Passwords;
 use crate::config::Config;
@@ -32,6 +33,8 @@ pub struct State {
     pub config: Config,
     /// The database.
     pub store: Arc<Store>,
+    /// Users and sessions: in the database, or in the cluster's Redis.
+    pub(crate) accounts: Accounts,
     /// Rooms and connections.
     pub hub: Arc<Hub>,
     /// Password hashing.
@@ -67,6 +70,10 @@ impl State {
                 slow_closes: metrics.slow_consumer_closes.clone(),
             }),
             config,
+            accounts: match hub.cluster() {
+                Some(cluster) => Accounts::Cluster(cluster.accounts.clone()),
+                None => Accounts::Local(store.clone()),
+            },
             store,
             hub,
             metrics,

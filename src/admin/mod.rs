@@ -425,7 +425,8 @@ impl From<crate::hub::HubError> for AdminError {
             }
             e @ (crate::hub::HubError::Unloaded
             | crate::hub::HubError::TooManyRooms { .. }
-            | crate::hub::HubError::Forbidden) => AdminError::failed(e.to_string()),
+            | crate::hub::HubError::Forbidden
+            | crate::hub::HubError::Cluster(_)) => AdminError::failed(e.to_string()),
         }
     }
 }

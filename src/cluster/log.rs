@@ -204,6 +204,24 @@ impl RoomLogs {
         })
     }
 
+    /// Room `name` if it exists (`created` is false).
+    pub(crate) async fn room(&self, name: &str) -> Result<Option<RoomState>, ClusterError> {
+        let (no, last_id): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(keys::room(name))
+            .arg("no")
+            .arg("last_id")
+            .query_async(&mut self.link.commands())
+            .await?;
+        let Some(no) = no else {
+            return Ok(None);
+        };
+        Ok(Some(RoomState {
+            no: number(&no, "room number")?,
+            last_id: number(last_id.as_deref().unwrap_or("0"), "room last_id")?,
+            created: false,
+        }))
+    }
+
     /// Appends `message` from `user_key` to `room`; see the module doc.
     pub(crate) async fn append(
         &self,

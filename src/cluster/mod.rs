@@ -21,11 +21,15 @@ pub(crate) mod log;
 #[cfg(test)]
 pub(crate) mod testing;
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::Durability;
+use accounts::ClusterAccounts;
+use feed::{Feed, Rooms};
+use log::RoomLogs;
 
 /// Why cluster mode could not start or a Redis operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +171,47 @@ impl Link {
             });
         }
         Ok(())
+    }
+}
+
+/// One node of a cluster: its id, and the logs, accounts and feed every node shares.
+pub(crate) struct Cluster {
+    /// This node's id, random per start: the origin of the entries its connections append.
+    pub(crate) node: u64,
+    /// The room logs.
+    pub(crate) logs: RoomLogs,
+    /// Users and sessions.
+    pub(crate) accounts: ClusterAccounts,
+    link: Link,
+    feed: OnceLock<Feed>,
+}
+
+impl Cluster {
+    /// A node over `link`; cids are remembered for `cid_ttl`.
+    pub(crate) fn new(link: Link, cid_ttl: Duration) -> Result<Cluster, ClusterError> {
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut id)
+            .map_err(|e| ClusterError::Unreachable(format!("no random node id: {e}")))?;
+        Ok(Cluster {
+            node: u64::from_le_bytes(id),
+            logs: RoomLogs::new(link.clone(), cid_ttl.as_secs()),
+            accounts: ClusterAccounts::new(link.clone()),
+            link,
+            feed: OnceLock::new(),
+        })
+    }
+
+    /// Starts delivering the rooms' entries into `rooms` (once; later calls do nothing).
+    pub(crate) fn start_feed(&self, rooms: Arc<dyn Rooms>, executor: &smol::Executor<'static>) {
+        self.feed
+            .get_or_init(|| Feed::start(self.link.clone(), self.logs.clone(), rooms, executor));
+    }
+
+    /// The feed, once started.
+    pub(crate) fn feed(&self) -> Result<&Feed, ClusterError> {
+        self.feed
+            .get()
+            .ok_or_else(|| ClusterError::Unreachable("the feed has not started".into()))
     }
 }
 

@@ -38,6 +38,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::cluster::feed::{Delivery, Rooms};
+use crate::cluster::log::{Appended as ClusterAppended, LogEntry, Origin};
+use crate::cluster::{Cluster, ClusterError};
 use crate::heartbeat::mono_ms;
 use crate::log_reader::{LogReader, ReadError};
 use crate::metrics::Metrics;
@@ -174,6 +177,9 @@ pub enum HubError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The cluster's Redis failed or is unreachable.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 impl Room {
@@ -276,6 +282,9 @@ pub struct Hub {
     committer: Arc<Committer>,
     /// Where replays and history read: the committer's store, or the cluster's logs.
     log: LogReader,
+    /// In cluster mode, the node: rooms are loaded from and appended to Redis, and the feed
+    /// delivers their messages.
+    cluster: Option<Arc<Cluster>>,
     metrics: Arc<Metrics>,
     executor: Arc<smol::Executor<'static>>,
     rooms: Mutex<HashMap<String, Arc<Room>>>,
@@ -306,6 +315,7 @@ impl Hub {
             notices: Hub::new_notices(metrics.clone(), store.clone(), connections.clone()),
             store,
             log: LogReader::Local(committer.clone()),
+            cluster: None,
             committer,
             metrics,
             executor,
@@ -317,6 +327,19 @@ impl Hub {
             creations: Mutex::new(HashMap::new()),
             list_builds: async_lock::Semaphore::new(conversations::LIST_BUILDS),
         }
+    }
+
+    /// The same hub as one node of `cluster`: rooms live in its Redis. Start the cluster's feed
+    /// with the hub once it is shared.
+    pub(crate) fn with_cluster(mut self, cluster: Arc<Cluster>) -> Hub {
+        self.log = LogReader::Cluster(cluster.logs.clone());
+        self.cluster = Some(cluster);
+        self
+    }
+
+    /// The node, in cluster mode.
+    pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
     }
 
     /// The same hub with these room limits instead of the defaults.
@@ -332,6 +355,10 @@ impl Hub {
         if let Some(room) = rooms.get(name) {
             return Ok(room.clone());
         }
+        if self.cluster.is_some() {
+            // Loaded by `load_cluster_room` first; unloaded since: the caller loads it again.
+            return Err(HubError::Unloaded);
+        }
         let record = match self.store.room(name)? {
             Some(record) => record,
             None => {
@@ -340,6 +367,56 @@ impl Hub {
             }
         };
         Ok(self.load(&mut rooms, record))
+    }
+
+    /// Cluster mode: loads room `name` from Redis (creating it if `creator`'s allowance
+    /// permits), subscribed to its channel before its record is read, so that the feed
+    /// delivers every entry after the id it starts from (see `cluster::feed`).
+    pub(crate) async fn load_cluster_room(
+        &self,
+        cluster: &Cluster,
+        name: &str,
+        creator: &str,
+    ) -> Result<Arc<Room>, HubError> {
+        if let Some(room) = self.loaded_room(name) {
+            return Ok(room);
+        }
+        let feed = cluster.feed()?;
+        feed.watch(name).await?;
+        let loaded = async {
+            let record = match cluster.logs.room(name).await? {
+                Some(record) => record,
+                None => {
+                    self.spend_creation(creator)?;
+                    cluster.logs.ensure_room(name, now_ms()).await?
+                }
+            };
+            let mut rooms = lock(&self.rooms);
+            if let Some(room) = rooms.get(name) {
+                return Ok::<_, HubError>(room.clone());
+            }
+            let record = crate::store::Room {
+                name: name.to_string(),
+                no: record.no,
+                created_ms: 0,
+                last_id: record.last_id,
+                count: 0,
+            };
+            Ok(self.load(&mut rooms, record))
+        }
+        .await;
+        match loaded {
+            Ok(room) => {
+                feed.release(name, room.no, lock(&room.state).published);
+                Ok(room)
+            }
+            Err(e) => {
+                if self.loaded_room(name).is_none() {
+                    feed.unwatch(name);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Takes one room creation from `creator`'s allowance.
@@ -387,6 +464,9 @@ impl Hub {
                     && room.last_active_ms.load(Ordering::Relaxed) <= idle_since;
                 if idle {
                     room.unloaded.store(true, Ordering::Release);
+                    if let Some(feed) = self.cluster.as_ref().and_then(|c| c.feed().ok()) {
+                        feed.unwatch(&room.name);
+                    }
                 }
                 !idle
             });
@@ -807,6 +887,46 @@ impl Hub {
         .map(drop)
     }
 
+    /// Cluster mode's `send`: appends the message to the room's log in Redis (durable once
+    /// Redis answers). The ack and the broadcast come from the feed, in log order, when the
+    /// entry reaches this node ([`Rooms::deliver`]); a repeated cid gets the original ack here.
+    pub(crate) async fn send_to_cluster(
+        &self,
+        cluster: &Cluster,
+        room: &Arc<Room>,
+        member: &Member,
+        text: String,
+        cid: Option<String>,
+    ) -> Result<(), HubError> {
+        room.check_live()?;
+        room.touch();
+        let message = Message::new(member.name.to_string(), text, now_ms(), cid);
+        let origin = Origin {
+            node: cluster.node,
+            conn: member.conn,
+        };
+        match cluster
+            .logs
+            .append(&room.log_ref, &member.user_key, &message, origin)
+            .await?
+        {
+            ClusterAppended::New { .. } => {
+                self.metrics.messages_stored.inc();
+                Ok(())
+            }
+            ClusterAppended::Duplicate(original) => {
+                member.outbox.reply(encode(&ServerFrame::Ack {
+                    room: &original.room,
+                    cid: message.cid.as_deref(),
+                    id: original.id,
+                    ts: original.ts,
+                }));
+                Ok(())
+            }
+            ClusterAppended::RoomGone => Err(HubError::RoomGone),
+        }
+    }
+
     /// The one way messages and events enter a room. Under the room lock: check the cid, take
     /// the next id and queue the write with the committer (no disk write here). Once the batch
     /// holding it is durable, on the delivery thread: ack it to `sender` (if any), raise the
@@ -1108,5 +1228,53 @@ impl Hub {
             }));
             drop(state);
         }
+    }
+}
+
+/// Cluster mode: the feed delivers each room's entries here, in log order.
+impl Rooms for Hub {
+    fn deliver(&self, name: &str, room_no: u32, entry: LogEntry, prev: Option<u64>) -> Delivery {
+        let Some(room) = self.loaded_room(name).filter(|room| room.no == room_no) else {
+            return Delivery::Done;
+        };
+        let node = self.cluster.as_ref().map(|c| c.node);
+        // The sender's connection, if it is on this node: its ack goes out just before the
+        // broadcast, so it always precedes the sender's own copy.
+        let sender = entry
+            .origin
+            .filter(|origin| Some(origin.node) == node)
+            .and_then(|origin| lock(&self.connections).by_conn.get(&origin.conn).cloned());
+        corked(|| {
+            let mut state = lock(&room.state);
+            if entry.id <= state.published {
+                return Delivery::Done;
+            }
+            if prev.is_some_and(|prev| prev != state.published) {
+                return Delivery::Missing {
+                    after: state.published,
+                };
+            }
+            state.published = entry.id;
+            let message = &entry.message;
+            if let Some(sender) = &sender {
+                sender.outbox.reply(encode(&ServerFrame::Ack {
+                    room: &room.name,
+                    cid: message.cid.as_deref(),
+                    id: entry.id,
+                    ts: message.ts,
+                }));
+            }
+            let frame = encode(&message_event(&room.name, entry.id, message));
+            room.fan_out(&state, &frame, None, &self.metrics);
+            Delivery::Done
+        })
+    }
+
+    fn loaded(&self) -> Vec<(String, u32, u64)> {
+        let rooms: Vec<Arc<Room>> = lock(&self.rooms).values().cloned().collect();
+        rooms
+            .iter()
+            .map(|room| (room.name.clone(), room.no, lock(&room.state).published))
+            .collect()
     }
 }

@@ -121,6 +121,19 @@ enum Handled {
     AfterFlush(Deferred, String),
     /// `rooms`, built off the executor threads (with the frame's reference).
     Conversations(String),
+    /// Cluster mode: a join of a room this node has to load from Redis first.
+    ClusterJoin {
+        room: String,
+        since: Option<u64>,
+        reference: String,
+    },
+    /// Cluster mode: a send, appended to the room's log in Redis.
+    ClusterSend {
+        room: Arc<Room>,
+        text: String,
+        cid: Option<String>,
+        reference: String,
+    },
     /// `history`, read from the room's log (with the frame's reference).
     History {
         room: Arc<Room>,
@@ -324,6 +337,23 @@ impl Session {
                             Box::pin(self.history(&room, page, limit, &reference)).await;
                             None
                         }
+                        Handled::ClusterJoin {
+                            room,
+                            since,
+                            reference,
+                        } => {
+                            Box::pin(self.cluster_join(room, since, &reference)).await;
+                            None
+                        }
+                        Handled::ClusterSend {
+                            room,
+                            text,
+                            cid,
+                            reference,
+                        } => {
+                            Box::pin(self.cluster_send(&room, text, cid, &reference)).await;
+                            None
+                        }
                     };
                     if handled.is_some() {
                         return handled;
@@ -436,6 +466,15 @@ impl Session {
                     .reply(protocol::encode(&ServerFrame::Pong { t: t.as_ref() }));
                 Ok(())
             }
+            Request::Join { room, since }
+                if self.state.hub.cluster().is_some() && self.joined(&room).is_err() =>
+            {
+                return Handled::ClusterJoin {
+                    room,
+                    since,
+                    reference: frame.reference,
+                }
+            }
             Request::Join { room, since } => match self.join(&member, &room, since) {
                 Ok(Some(deferred)) => return Handled::AfterFlush(deferred, frame.reference),
                 Ok(None) => Ok(()),
@@ -449,12 +488,22 @@ impl Session {
                 if let Err(refused) = self.spend_send(&member, text.len(), reference) {
                     return refused;
                 }
-                self.joined(&room).and_then(|room| {
-                    self.state
+                match self.joined(&room) {
+                    Ok(room) if self.state.hub.cluster().is_some() => {
+                        return Handled::ClusterSend {
+                            room,
+                            text,
+                            cid,
+                            reference: frame.reference,
+                        }
+                    }
+                    Ok(room) => self
+                        .state
                         .hub
                         .send(&room, &member, text, cid)
-                        .map_err(|e| self.hub_error(e, room.name()))
-                })
+                        .map_err(|e| self.hub_error(e, room.name())),
+                    Err(rejection) => Err(rejection),
+                }
             }
             Request::History { room, page, limit } => match self.joined(&room) {
                 Ok(room) => {
@@ -565,6 +614,13 @@ impl Session {
                 "only the author may edit or delete a message",
             ),
             error @ HubError::Unloaded => self.internal(error),
+            HubError::Cluster(e) => {
+                tracing::warn!(peer = %self.peer, error = %e, "cluster request failed");
+                Rejection::new(
+                    ErrorCode::Internal,
+                    "the server cannot reach its shared store right now; retry (resend with the same cid)",
+                )
+            }
             HubError::Store(e) => self.internal(e),
         }
     }
@@ -589,13 +645,10 @@ impl Session {
     ) -> Result<Option<Deferred>, Rejection> {
         let room = match self.joined(name) {
             Ok(room) => room,
-            Err(_) if self.rooms.len() >= MAX_ROOMS_PER_CONNECTION => {
-                return Err(Rejection::new(
-                    ErrorCode::BadRequest,
-                    format!("a connection may join at most {MAX_ROOMS_PER_CONNECTION} rooms"),
-                ))
+            Err(_) => {
+                self.room_allowance()?;
+                self.load_room(member, name)?
             }
-            Err(_) => self.load_room(member, name)?,
         };
         let store = &self.state.store;
         match store.membership(&member.user_key, name) {
@@ -620,6 +673,64 @@ impl Session {
                 self.rooms.retain(|r| !Arc::ptr_eq(r, &room));
                 Err(self.internal(e))
             }
+        }
+    }
+
+    /// Refuses a join of one more room when the connection is in as many as it may be.
+    fn room_allowance(&self) -> Result<(), Rejection> {
+        if self.rooms.len() >= MAX_ROOMS_PER_CONNECTION {
+            return Err(Rejection::new(
+                ErrorCode::BadRequest,
+                format!("a connection may join at most {MAX_ROOMS_PER_CONNECTION} rooms"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Cluster mode: loads room `name` from Redis, then joins it as [`Session::join`] does.
+    async fn cluster_join(&mut self, name: String, since: Option<u64>, reference: &str) {
+        let (Some(member), Some(cluster)) =
+            (self.member.clone(), self.state.hub.cluster().cloned())
+        else {
+            return;
+        };
+        let loaded = match self.room_allowance() {
+            Ok(()) => self
+                .state
+                .hub
+                .load_cluster_room(&cluster, &name, &member.user_key)
+                .await
+                .map_err(|e| self.hub_error(e, &name)),
+            Err(rejection) => Err(rejection),
+        };
+        let joined = match loaded {
+            Ok(room) => {
+                self.rooms.push(room);
+                self.join(&member, &name, since)
+            }
+            Err(rejection) => Err(rejection),
+        };
+        match joined {
+            Ok(Some(deferred)) => self.after_flush(deferred, reference).await,
+            Ok(None) => {}
+            Err(rejection) => self.reject(rejection.with_ref(Some(reference))),
+        }
+    }
+
+    /// Cluster mode: appends a `send` to the room's log; the ack comes with the broadcast.
+    async fn cluster_send(
+        &self,
+        room: &Arc<Room>,
+        text: String,
+        cid: Option<String>,
+        reference: &str,
+    ) {
+        let (Some(member), Some(cluster)) = (&self.member, self.state.hub.cluster()) else {
+            return;
+        };
+        let hub = &self.state.hub;
+        if let Err(e) = hub.send_to_cluster(cluster, room, member, text, cid).await {
+            self.reject(self.hub_error(e, room.name()).with_ref(Some(reference)));
         }
     }
 
@@ -793,7 +904,7 @@ impl Session {
                 }
                 let plausible = rules::valid_user_name(&user) && rules::valid_password(&password);
                 let record = if plausible {
-                    match state.store.user(&user) {
+                    match state.accounts.user(&user).await {
                         Ok(record) => record,
                         Err(e) => {
                             return fail(self, ErrorCode::Internal, &self.internal(e).message)
@@ -830,14 +941,16 @@ impl Session {
                 }
             }
             Auth::Token(token) => {
-                let session = state.store.session(&auth::token_hash(&token));
+                let session = state.accounts.session(&auth::token_hash(&token)).await;
                 let user = match session {
-                    Ok(Some(s)) if s.expires_ms > now_ms() => match state.store.user(&s.user_key) {
-                        Ok(user) => user.filter(|u| u.token_epoch == s.epoch || u.banned),
-                        Err(e) => {
-                            return fail(self, ErrorCode::Internal, &self.internal(e).message)
+                    Ok(Some(s)) if s.expires_ms > now_ms() => {
+                        match state.accounts.user(&s.user_key).await {
+                            Ok(user) => user.filter(|u| u.token_epoch == s.epoch || u.banned),
+                            Err(e) => {
+                                return fail(self, ErrorCode::Internal, &self.internal(e).message)
+                            }
                         }
-                    },
+                    }
                     Ok(_) => None,
                     Err(e) => return fail(self, ErrorCode::Internal, &self.internal(e).message),
                 };
@@ -879,7 +992,7 @@ impl Session {
         });
         state.hub.register(&member);
         // A ban between our check and the registration would have missed this connection.
-        if matches!(state.store.user(&user.name), Ok(Some(u)) if u.banned) {
+        if matches!(state.accounts.user(&user.name).await, Ok(Some(u)) if u.banned) {
             state.hub.unregister(self.conn);
             return fail(self, ErrorCode::Banned, "this account is banned");
         }
@@ -926,7 +1039,6 @@ impl Session {
         password: String,
     ) -> Result<Result<User, NewUser>, Rejection> {
         self.writes_possible()?;
-        let store = &self.state.store;
         let password_hash = match self.state.passwords.hash(self.peer.ip(), password).await {
             Ok(hash) => {
                 self.state.metrics.password_hashes.inc();
@@ -944,7 +1056,13 @@ impl Session {
             banned: false,
             token_epoch: 0,
         };
-        match store.register_user(&user).map_err(|e| self.internal(e))? {
+        match self
+            .state
+            .accounts
+            .register(&user)
+            .await
+            .map_err(|e| self.internal(e))?
+        {
             NewUser::Created => Ok(Ok(user)),
             refused => {
                 // A created account's answer waits for its session to reach the disk.
@@ -961,7 +1079,7 @@ impl Session {
         let now = now_ms();
         let ttl = self.state.config.token_ttl.as_millis() as u64;
         self.state
-            .store
+            .accounts
             .insert_session(
                 &hash,
                 &StoredSession {
@@ -971,6 +1089,7 @@ impl Session {
                     epoch: user.token_epoch,
                 },
             )
+            .await
             .map_err(|e| self.internal(e))?;
         self.durable().await?;
         Ok(token)
@@ -978,6 +1097,9 @@ impl Session {
 
     /// Waits until everything written so far is on disk (the next group commit's fsync).
     async fn durable(&self) -> Result<(), Rejection> {
+        if self.state.accounts.durable_on_return() {
+            return Ok(());
+        }
         self.state
             .hub
             .committer()

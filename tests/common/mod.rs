@@ -4,6 +4,8 @@
 //! server's crate. Every wait has a deadline; there are no sleeps used for synchronisation.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use serde_json::{json, Value};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
