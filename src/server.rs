@@ -161,7 +161,7 @@ impl Server {
         let cluster = match &config.cluster {
             Some(url) => {
                 let link = smol::block_on(Link::connect(url, config.durability))?;
-                let cluster = Arc::new(Cluster::new(link, config.cid_ttl)?);
+                let cluster = Arc::new(Cluster::new(link, config.cid_ttl, config.presence_grace)?);
                 tracing::info!(node = %format!("{:016x}", cluster.node), "cluster mode: rooms and accounts are shared through Redis");
                 Some(cluster)
             }
@@ -186,12 +186,17 @@ impl Server {
         }
         let hub = Arc::new(hub);
         if let Some(cluster) = &cluster {
-            cluster.start_feed(hub.clone(), &executor);
+            cluster.start(hub.clone(), &executor);
         }
         // Presence kept by the last graceful shutdown: a reconnect storm then costs no presence
         // events for the users who come back within their grace period. Never worth refusing
         // to start over.
-        match store.take_presence() {
+        // In cluster mode presence lives in Redis and outlasts a node by its grace period.
+        let snapshot = match cluster {
+            None => store.take_presence(),
+            Some(_) => Ok(None),
+        };
+        match snapshot {
             Ok(Some(snapshot)) => {
                 let restored = hub.restore_presence(snapshot);
                 tracing::info!(
@@ -314,6 +319,8 @@ impl Server {
         let committer = state.hub.committer();
         // A write to a disk that does not answer could block this thread for good.
         match committer.gate().admit_flush_waiter() {
+            // A cluster's presence is in Redis, where the other nodes see it expire.
+            Ok(()) if state.hub.cluster().is_some() => {}
             Ok(()) => {
                 if let Err(e) = state.store.save_presence(&state.hub.presence_snapshot()) {
                     tracing::warn!(error = %e, "presence not kept for the next start");

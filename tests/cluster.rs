@@ -140,3 +140,107 @@ fn strict_durability_refuses_a_redis_that_does_not_fsync_every_write() {
         "says what to change: {stderr}"
     );
 }
+
+fn is_presence(user: &'static str, state: &'static str) -> impl Fn(&Value) -> bool {
+    move |v| v["type"] == "presence" && v["user"] == user && v["state"] == state
+}
+
+/// `leave`, skipping presence events that arrive first.
+fn leave(c: &mut Client, room: &str) {
+    c.send_json(&json!({"type":"leave","room":room}));
+    c.wait_for(T, |v| v["type"] == "left");
+}
+
+fn mentions(frames: &[Value], user: &str) -> bool {
+    frames
+        .iter()
+        .any(|v| v["type"] == "presence" && v["user"] == user)
+}
+
+#[test]
+fn presence_is_the_same_on_every_node_and_changes_only_when_a_users_last_node_lets_go() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let mut alice = a.register("alice");
+    alice.join("general");
+    let mut carol_a = a.register("carol");
+    carol_a.join("general");
+    alice.wait_for(T, is_presence("carol", "online"));
+
+    // Carol on a second node: already online, so nobody hears of it.
+    let mut carol_b = b.login("carol", PASSWORD);
+    let joined = carol_b.join("general");
+    assert_eq!(joined.members(), names(&["alice", "carol"]));
+    let mut dave = b.register("dave");
+    assert_eq!(
+        dave.join("general").members(),
+        names(&["alice", "carol", "dave"])
+    );
+    let (_, skipped) = alice.wait_for(T, is_presence("dave", "online"));
+    assert!(!mentions(&skipped, "carol"), "{skipped:?}");
+    assert_eq!(alice.who("general"), names(&["alice", "carol", "dave"]));
+
+    // Carol leaves node A but is still on node B: still online.
+    leave(&mut carol_a, "general");
+    leave(&mut dave, "general");
+    let (_, skipped) = alice.wait_for(T, is_presence("dave", "offline"));
+    assert!(!mentions(&skipped, "carol"), "{skipped:?}");
+    // Her last node lets go: offline everywhere.
+    leave(&mut carol_b, "general");
+    alice.wait_for(T, is_presence("carol", "offline"));
+    assert_eq!(alice.who("general"), names(&["alice"]));
+}
+
+#[test]
+fn the_users_of_a_killed_node_go_offline_after_the_grace_period() {
+    let redis = Redis::start();
+    let grace = ["--cluster", &redis.url(), "--presence-grace", "1s"];
+    let (a, mut b) = (TestServer::start(&grace), TestServer::start(&grace));
+    let mut alice = a.register("alice");
+    alice.join("general");
+    let mut bob = b.register("bob");
+    bob.join("general");
+    alice.wait_for(T, is_presence("bob", "online"));
+    b.kill9();
+    // One grace period for bob's node to count as dead, a heartbeat of node A to notice.
+    alice.wait_for(Duration::from_secs(10), is_presence("bob", "offline"));
+    assert_eq!(alice.who("general"), names(&["alice"]));
+}
+
+#[test]
+fn while_redis_is_down_sends_are_refused_not_acked_and_everything_recovers_when_it_returns() {
+    let mut redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let mut alice = a.register("alice");
+    alice.join("general");
+    let mut bob = b.register("bob");
+    bob.join("general");
+    alice.wait_for(T, is_presence("bob", "online"));
+    redis.kill();
+    alice.send_json(&json!({"type":"send","room":"general","text":"lost?","cid":"down-1"}));
+    let refused = alice.expect_error("internal");
+    assert_eq!(refused["ref"], "down-1");
+    redis.kill_and_restart();
+    // The client resends with the same cid, as the error says, until Redis takes it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let ack = loop {
+        alice.send_json(&json!({"type":"send","room":"general","text":"lost?","cid":"down-1"}));
+        let v = alice.recv_json(Duration::from_secs(10));
+        if v["type"] == "ack" {
+            break v;
+        }
+        assert_eq!(v["type"], "error", "{v}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Redis never came back: {v}"
+        );
+    };
+    // Both nodes' feeds came back too: bob gets it, once.
+    let (msg, _) = bob.wait_for(Duration::from_secs(20), |v| v["type"] == "message");
+    assert_eq!(
+        (id_of(&msg), msg["text"].as_str()),
+        (id_of(&ack), Some("lost?"))
+    );
+    let history = bob.history(json!({"type":"history","room":"general","limit":50}));
+    assert_eq!(message_ids(&history), vec![id_of(&ack)]);
+}

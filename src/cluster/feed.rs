@@ -24,6 +24,7 @@ use redis::aio::{PubSubSink, PubSubStream};
 
 use super::keys;
 use super::log::{LogEntry, Published, RoomLogs};
+use super::presence::{self, PresenceChange};
 use super::{ClusterError, Link};
 
 /// Entries read from a log at a time while catching up.
@@ -49,6 +50,12 @@ pub(crate) trait Rooms: Send + Sync + 'static {
 
     /// Every loaded room: its name, number and last delivered id.
     fn loaded(&self) -> Vec<(String, u32, u64)>;
+
+    /// A node's user came online in room `name`, or went offline there.
+    fn presence_changed(&self, name: &str, change: PresenceChange);
+
+    /// Everyone online in room `name` on any node, read afresh (after a load or a reconnect).
+    fn presence_reset(&self, name: &str, online: Vec<PresenceChange>);
 }
 
 /// What [`Rooms::deliver`] did.
@@ -72,6 +79,7 @@ enum Control {
         room: String,
         room_no: u32,
         published: u64,
+        done: async_channel::Sender<()>,
     },
     Unwatch {
         room: String,
@@ -132,13 +140,19 @@ impl Feed {
     }
 
     /// `room` is loaded as number `room_no` with entries up to `published` delivered: deliver
-    /// the rest of its log, and from now on everything.
-    pub(crate) fn release(&self, room: &str, room_no: u32, published: u64) {
-        let _ = self.control.try_send(Control::Release {
+    /// the rest of its log and read who is online in it; from now on deliver everything.
+    /// Returns once that is done (or the feed lost Redis meanwhile, and will catch up later).
+    pub(crate) async fn release(&self, room: &str, room_no: u32, published: u64) {
+        let (done, finished) = async_channel::bounded(1);
+        let release = Control::Release {
             room: room.to_string(),
             room_no,
             published,
-        });
+            done,
+        };
+        if self.control.send(release).await.is_ok() {
+            let _ = finished.recv().await;
+        }
     }
 
     /// Unsubscribes from `room` (unloaded, or its load failed).
@@ -244,11 +258,12 @@ impl FeedTask {
                     Ok(Control::Watch { subscribed, .. }) => {
                         let _ = subscribed.try_send(Err("Redis is unreachable".into()));
                     }
-                    Ok(Control::Release { room, .. }) => {
+                    Ok(Control::Release { room, done, .. }) => {
                         // Caught up with the others once Redis is back.
                         if let Some(watch) = self.watches.get_mut(&room) {
                             *watch = Watch::Live;
                         }
+                        let _ = done.try_send(());
                     }
                     Ok(Control::Unwatch { room }) => {
                         self.watches.remove(&room);
@@ -283,12 +298,15 @@ impl FeedTask {
                 room,
                 room_no,
                 published,
+                done,
             } => {
                 let Some(watch) = self.watches.get_mut(&room) else {
                     return Ok(());
                 };
                 *watch = Watch::Live;
-                self.catch_up(&room, room_no, published, MAX_ID).await?;
+                let result = self.catch_up_room(&room, room_no, published).await;
+                let _ = done.try_send(());
+                result?;
             }
             Control::Unwatch { room } => {
                 if self.watches.remove(&room).is_some() {
@@ -304,12 +322,19 @@ impl FeedTask {
         let Some(room) = channel.strip_prefix(keys::feed("").as_str()) else {
             return Ok(());
         };
-        let Some(published) = Published::parse(msg.get_payload_bytes()) else {
-            tracing::warn!(channel, "cluster feed: an entry chatd cannot read, ignored");
+        if !matches!(self.watches.get(room), Some(Watch::Live)) {
             return Ok(());
-        };
-        if let Some(Watch::Live) = self.watches.get(room) {
+        }
+        let payload = msg.get_payload_bytes();
+        if let Some(published) = Published::parse(payload) {
             self.deliver(room, published).await?;
+        } else if let Some(change) = PresenceChange::parse(payload) {
+            self.rooms.presence_changed(room, change);
+        } else {
+            tracing::warn!(
+                channel,
+                "cluster feed: a payload chatd cannot read, ignored"
+            );
         }
         Ok(())
     }
@@ -353,11 +378,24 @@ impl FeedTask {
         }
     }
 
-    /// After (re)connecting: every loaded room catches up with its log.
+    /// A room's whole catch-up: its log after `published`, and who is online in it.
+    async fn catch_up_room(
+        &self,
+        room: &str,
+        room_no: u32,
+        published: u64,
+    ) -> Result<(), ClusterError> {
+        self.catch_up(room, room_no, published, MAX_ID).await?;
+        let online = presence::read_room(&self.link, room).await?;
+        self.rooms.presence_reset(room, online);
+        Ok(())
+    }
+
+    /// After (re)connecting: every loaded room catches up.
     async fn catch_up_all(&self) -> Result<(), ClusterError> {
         for (room, room_no, published) in self.rooms.loaded() {
             if matches!(self.watches.get(&room), Some(Watch::Live)) {
-                self.catch_up(&room, room_no, published, MAX_ID).await?;
+                self.catch_up_room(&room, room_no, published).await?;
             }
         }
         Ok(())
@@ -426,6 +464,10 @@ mod tests {
                 .map(|(name, r)| (name.clone(), r.no, r.published))
                 .collect()
         }
+
+        fn presence_changed(&self, _: &str, _: PresenceChange) {}
+
+        fn presence_reset(&self, _: &str, _: Vec<PresenceChange>) {}
     }
 
     impl Recorder {
@@ -503,7 +545,7 @@ mod tests {
                     drop_next: false,
                 },
             );
-            node.feed.release(room, record.no, record.last_id);
+            node.feed.release(room, record.no, record.last_id).await;
             let loaded = RoomRef {
                 name: Arc::from(room),
                 no: record.no,

@@ -13,16 +13,39 @@
 //! | `chatd:skeleton:{skeleton}` | set | user keys whose names look alike (`rules::name_skeleton`) |
 //! | `chatd:users` | string (counter) | accounts created |
 //! | `chatd:session:{hex SHA-256 of the token}` | string, expires at `expires_ms` | the session record |
+//! | `chatd:presence:{room}` | hash | `{node}:{user key}` → name, for every user online there on a node |
+//! | `chatd:nodes` | set | node ids (hex) that have been alive and not yet reaped |
+//! | `chatd:node:{node}` | string, expires | present while node `{node}` is alive (renewed by its heartbeat) |
+//! | `chatd:node-rooms:{node}` | set | rooms where node `{node}` has written presence |
 //!
 //! The room's log is keyed by its number, not its name, so a room deleted and created again
 //! starts an empty log and a write queued for the old one cannot land in the new one.
-//! Channels: `chatd:feed:{name}` carries every entry appended to the room's log ([`super::log`]).
+//! Channels: `chatd:feed:{name}` carries every entry appended to the room's log ([`super::log`])
+//! and every change of presence in it ([`super::presence`]).
 
 /// The counter message ids are taken from.
 pub(crate) const NEXT_ID: &str = "chatd:next_id";
 
 /// The counter room numbers are taken from.
 pub(crate) const NEXT_ROOM_NO: &str = "chatd:next_room_no";
+
+/// The node ids that have been alive.
+pub(crate) const NODES: &str = "chatd:nodes";
+
+/// Present while `node` is alive.
+pub(crate) fn node_alive(node: u64) -> String {
+    format!("chatd:node:{node:x}")
+}
+
+/// The rooms where `node` has written presence.
+pub(crate) fn node_rooms(node: u64) -> String {
+    format!("chatd:node-rooms:{node:x}")
+}
+
+/// Who is online in `room`, per node.
+pub(crate) fn presence(room: &str) -> String {
+    format!("chatd:presence:{room}")
+}
 
 /// The number of accounts.
 pub(crate) const USER_COUNT: &str = "chatd:users";

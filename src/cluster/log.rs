@@ -424,7 +424,7 @@ mod tests {
             let a = logs.ensure_room("a", 1).await.unwrap();
             let b = logs.ensure_room("b", 1).await.unwrap();
             assert!(a.created && b.created && a.no != b.no);
-            assert_eq!(logs.ensure_room("a", 2).await.unwrap().created, false);
+            assert!(!logs.ensure_room("a", 2).await.unwrap().created);
             let (a, b) = (room_ref("a", a.no), room_ref("b", b.no));
             let m = message("alice", "hi", None);
             let first = logs.append(&a, "alice", &m, ORIGIN).await.unwrap();

@@ -18,6 +18,7 @@ pub(crate) mod accounts;
 pub(crate) mod feed;
 pub(crate) mod keys;
 pub(crate) mod log;
+pub(crate) mod presence;
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -30,6 +31,7 @@ use crate::config::Durability;
 use accounts::ClusterAccounts;
 use feed::{Feed, Rooms};
 use log::RoomLogs;
+use presence::{PresenceChange, PresenceWriter};
 
 /// Why cluster mode could not start or a Redis operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -184,11 +186,18 @@ pub(crate) struct Cluster {
     pub(crate) accounts: ClusterAccounts,
     link: Link,
     feed: OnceLock<Feed>,
+    presence: OnceLock<PresenceWriter>,
+    presence_grace: Duration,
 }
 
 impl Cluster {
-    /// A node over `link`; cids are remembered for `cid_ttl`.
-    pub(crate) fn new(link: Link, cid_ttl: Duration) -> Result<Cluster, ClusterError> {
+    /// A node over `link`; cids are remembered for `cid_ttl`; its users stay online for
+    /// `presence_grace` after it stops.
+    pub(crate) fn new(
+        link: Link,
+        cid_ttl: Duration,
+        presence_grace: Duration,
+    ) -> Result<Cluster, ClusterError> {
         let mut id = [0u8; 8];
         getrandom::fill(&mut id)
             .map_err(|e| ClusterError::Unreachable(format!("no random node id: {e}")))?;
@@ -198,13 +207,35 @@ impl Cluster {
             accounts: ClusterAccounts::new(link.clone()),
             link,
             feed: OnceLock::new(),
+            presence: OnceLock::new(),
+            presence_grace,
         })
     }
 
-    /// Starts delivering the rooms' entries into `rooms` (once; later calls do nothing).
-    pub(crate) fn start_feed(&self, rooms: Arc<dyn Rooms>, executor: &smol::Executor<'static>) {
+    /// Starts the node's tasks (once; later calls do nothing): the feed delivering the rooms'
+    /// entries and presence into `rooms`, the presence writer and the heartbeat.
+    pub(crate) fn start(&self, rooms: Arc<dyn Rooms>, executor: &smol::Executor<'static>) {
+        self.presence.get_or_init(|| {
+            PresenceWriter::start(self.link.clone(), self.node, self.presence_grace, executor)
+        });
         self.feed
             .get_or_init(|| Feed::start(self.link.clone(), self.logs.clone(), rooms, executor));
+    }
+
+    /// Announces that `user_key` (shown as `name`) is now online in `room` on this node, or no
+    /// longer. Never waits.
+    pub(crate) fn publish_presence(&self, room: &str, user_key: &str, name: &str, online: bool) {
+        if let Some(writer) = self.presence.get() {
+            writer.publish(
+                room,
+                PresenceChange {
+                    node: self.node,
+                    user_key: user_key.to_string(),
+                    name: name.to_string(),
+                    online,
+                },
+            );
+        }
     }
 
     /// The feed, once started.

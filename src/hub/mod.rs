@@ -27,6 +27,7 @@
 //! Nothing under a room lock waits on a client: outboxes never block, and sections that fan out
 //! run [`corked`], so the socket writes themselves happen after the lock is released.
 
+mod cluster;
 mod conversations;
 
 use conversations::Notices;
@@ -38,8 +39,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::cluster::feed::{Delivery, Rooms};
-use crate::cluster::log::{Appended as ClusterAppended, LogEntry, Origin};
 use crate::cluster::{Cluster, ClusterError};
 use crate::heartbeat::mono_ms;
 use crate::log_reader::{LogReader, ReadError};
@@ -134,6 +133,8 @@ struct RoomState {
     members: HashMap<u64, (Arc<Outbox>, Member)>,
     presence: BTreeMap<Arc<str>, Presence>,
     grace_epoch: u64,
+    /// Cluster mode: users online here through other nodes, by user key (see `cluster`).
+    remote: BTreeMap<Arc<str>, cluster::RemotePresence>,
 }
 
 /// A room loaded in memory.
@@ -209,7 +210,11 @@ impl Room {
     }
 
     fn member_names(state: &RoomState) -> Vec<&str> {
-        let mut names: Vec<&str> = state.presence.values().map(|p| &*p.name).collect();
+        let local = state.presence.values().map(|p| &*p.name);
+        let remote = (state.remote.iter())
+            .filter(|(key, _)| !state.presence.contains_key(*key))
+            .map(|(_, r)| &*r.name);
+        let mut names: Vec<&str> = local.chain(remote).collect();
         names.sort_unstable_by_key(|n| n.to_ascii_lowercase());
         names
     }
@@ -369,56 +374,6 @@ impl Hub {
         Ok(self.load(&mut rooms, record))
     }
 
-    /// Cluster mode: loads room `name` from Redis (creating it if `creator`'s allowance
-    /// permits), subscribed to its channel before its record is read, so that the feed
-    /// delivers every entry after the id it starts from (see `cluster::feed`).
-    pub(crate) async fn load_cluster_room(
-        &self,
-        cluster: &Cluster,
-        name: &str,
-        creator: &str,
-    ) -> Result<Arc<Room>, HubError> {
-        if let Some(room) = self.loaded_room(name) {
-            return Ok(room);
-        }
-        let feed = cluster.feed()?;
-        feed.watch(name).await?;
-        let loaded = async {
-            let record = match cluster.logs.room(name).await? {
-                Some(record) => record,
-                None => {
-                    self.spend_creation(creator)?;
-                    cluster.logs.ensure_room(name, now_ms()).await?
-                }
-            };
-            let mut rooms = lock(&self.rooms);
-            if let Some(room) = rooms.get(name) {
-                return Ok::<_, HubError>(room.clone());
-            }
-            let record = crate::store::Room {
-                name: name.to_string(),
-                no: record.no,
-                created_ms: 0,
-                last_id: record.last_id,
-                count: 0,
-            };
-            Ok(self.load(&mut rooms, record))
-        }
-        .await;
-        match loaded {
-            Ok(room) => {
-                feed.release(name, room.no, lock(&room.state).published);
-                Ok(room)
-            }
-            Err(e) => {
-                if self.loaded_room(name).is_none() {
-                    feed.unwatch(name);
-                }
-                Err(e)
-            }
-        }
-    }
-
     /// Takes one room creation from `creator`'s allowance.
     fn spend_creation(&self, creator: &str) -> Result<(), HubError> {
         let per_hour = self.room_limits.creations_per_hour;
@@ -534,6 +489,7 @@ impl Hub {
                 members: HashMap::new(),
                 presence: BTreeMap::new(),
                 grace_epoch: 0,
+                remote: BTreeMap::new(),
             }),
             retired: AtomicBool::new(false),
             unloaded: AtomicBool::new(false),
@@ -681,6 +637,10 @@ impl Hub {
             presence.conns += 1;
             presence.grace = None;
             if announce {
+                self.publish_presence(room, &member.user_key, &member.name, true);
+            }
+            // Online through another node already: nobody here needs telling.
+            if announce && !state.remote.contains_key(&member.user_key) {
                 let frame = encode(&ServerFrame::Presence {
                     room: &room.name,
                     user: &member.name,
@@ -730,7 +690,7 @@ impl Hub {
         }
         if graceful || self.presence_grace.is_zero() {
             state.presence.remove(&member.user_key);
-            self.announce_offline(room, &state, &member.name);
+            self.announce_offline(room, &state, &member.user_key, &member.name);
             return;
         }
         presence.grace = Some(epoch);
@@ -758,7 +718,7 @@ impl Hub {
             .is_some_and(|p| p.conns == 0 && p.grace == Some(epoch));
         if expired {
             if let Some(presence) = state.presence.remove(user_key) {
-                self.announce_offline(room, &state, &presence.name);
+                self.announce_offline(room, &state, user_key, &presence.name);
             }
         }
     }
@@ -844,12 +804,17 @@ impl Hub {
             .collect();
         for key in expired {
             if let Some(presence) = state.presence.remove(&key) {
-                self.announce_offline(room, &state, &presence.name);
+                self.announce_offline(room, &state, &key, &presence.name);
             }
         }
     }
 
-    fn announce_offline(&self, room: &Room, state: &RoomState, name: &str) {
+    /// This node's last connection of `user_key` in `room` is gone (after any grace).
+    fn announce_offline(&self, room: &Room, state: &RoomState, user_key: &str, name: &str) {
+        self.publish_presence(room, user_key, name, false);
+        if state.remote.contains_key(user_key) {
+            return;
+        }
         let frame = encode(&ServerFrame::Presence {
             room: &room.name,
             user: name,
@@ -885,46 +850,6 @@ impl Hub {
             Some(member.outbox.clone()),
         )
         .map(drop)
-    }
-
-    /// Cluster mode's `send`: appends the message to the room's log in Redis (durable once
-    /// Redis answers). The ack and the broadcast come from the feed, in log order, when the
-    /// entry reaches this node ([`Rooms::deliver`]); a repeated cid gets the original ack here.
-    pub(crate) async fn send_to_cluster(
-        &self,
-        cluster: &Cluster,
-        room: &Arc<Room>,
-        member: &Member,
-        text: String,
-        cid: Option<String>,
-    ) -> Result<(), HubError> {
-        room.check_live()?;
-        room.touch();
-        let message = Message::new(member.name.to_string(), text, now_ms(), cid);
-        let origin = Origin {
-            node: cluster.node,
-            conn: member.conn,
-        };
-        match cluster
-            .logs
-            .append(&room.log_ref, &member.user_key, &message, origin)
-            .await?
-        {
-            ClusterAppended::New { .. } => {
-                self.metrics.messages_stored.inc();
-                Ok(())
-            }
-            ClusterAppended::Duplicate(original) => {
-                member.outbox.reply(encode(&ServerFrame::Ack {
-                    room: &original.room,
-                    cid: message.cid.as_deref(),
-                    id: original.id,
-                    ts: original.ts,
-                }));
-                Ok(())
-            }
-            ClusterAppended::RoomGone => Err(HubError::RoomGone),
-        }
     }
 
     /// The one way messages and events enter a room. Under the room lock: check the cid, take
@@ -1228,53 +1153,5 @@ impl Hub {
             }));
             drop(state);
         }
-    }
-}
-
-/// Cluster mode: the feed delivers each room's entries here, in log order.
-impl Rooms for Hub {
-    fn deliver(&self, name: &str, room_no: u32, entry: LogEntry, prev: Option<u64>) -> Delivery {
-        let Some(room) = self.loaded_room(name).filter(|room| room.no == room_no) else {
-            return Delivery::Done;
-        };
-        let node = self.cluster.as_ref().map(|c| c.node);
-        // The sender's connection, if it is on this node: its ack goes out just before the
-        // broadcast, so it always precedes the sender's own copy.
-        let sender = entry
-            .origin
-            .filter(|origin| Some(origin.node) == node)
-            .and_then(|origin| lock(&self.connections).by_conn.get(&origin.conn).cloned());
-        corked(|| {
-            let mut state = lock(&room.state);
-            if entry.id <= state.published {
-                return Delivery::Done;
-            }
-            if prev.is_some_and(|prev| prev != state.published) {
-                return Delivery::Missing {
-                    after: state.published,
-                };
-            }
-            state.published = entry.id;
-            let message = &entry.message;
-            if let Some(sender) = &sender {
-                sender.outbox.reply(encode(&ServerFrame::Ack {
-                    room: &room.name,
-                    cid: message.cid.as_deref(),
-                    id: entry.id,
-                    ts: message.ts,
-                }));
-            }
-            let frame = encode(&message_event(&room.name, entry.id, message));
-            room.fan_out(&state, &frame, None, &self.metrics);
-            Delivery::Done
-        })
-    }
-
-    fn loaded(&self) -> Vec<(String, u32, u64)> {
-        let rooms: Vec<Arc<Room>> = lock(&self.rooms).values().cloned().collect();
-        rooms
-            .iter()
-            .map(|room| (room.name.clone(), room.no, lock(&room.state).published))
-            .collect()
     }
 }

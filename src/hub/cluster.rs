@@ -1,0 +1,263 @@
+//! Cluster mode in the hub: rooms loaded from Redis, sends appended there, and what the feed
+//! delivers (each room's entries in log order, other nodes' presence) handed to the members
+//! connected here.
+//!
+//! Invariants:
+//! - A room is subscribed before its record is read and released (caught up, presence read)
+//!   before anyone joins it, so its first joiner's replay and member list are complete.
+//! - An entry is announced here only if it follows the last one announced (`published`); the
+//!   sender's ack, when the sender is connected here, goes out just before the broadcast.
+//! - A user is online in a room while this node or any other has them; only the change of that
+//!   is announced (this node's own changes are published for the others to see, and ignored
+//!   when they come back).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use super::{now_ms, Hub, HubError, Member, Room, RoomState};
+use crate::cluster::feed::{Delivery, Rooms};
+use crate::cluster::log::{Appended, LogEntry, Origin};
+use crate::cluster::presence::PresenceChange;
+use crate::cluster::Cluster;
+use crate::hub::message_event;
+use crate::metrics::Metrics;
+use crate::outbox::corked;
+use crate::protocol::{encode, ServerFrame};
+use crate::store::Message;
+use crate::sync::lock;
+
+/// A user online in a room through other nodes.
+pub(super) struct RemotePresence {
+    /// The name as displayed.
+    pub(super) name: Arc<str>,
+    /// The nodes that have them.
+    pub(super) nodes: BTreeSet<u64>,
+}
+
+impl Hub {
+    /// Cluster mode: loads room `name` from Redis (creating it if `creator`'s allowance
+    /// permits), subscribed to its channel before its record is read, so that the feed
+    /// delivers every entry after the id it starts from (see `cluster::feed`).
+    pub(crate) async fn load_cluster_room(
+        &self,
+        cluster: &Cluster,
+        name: &str,
+        creator: &str,
+    ) -> Result<Arc<Room>, HubError> {
+        if let Some(room) = self.loaded_room(name) {
+            return Ok(room);
+        }
+        let feed = cluster.feed()?;
+        feed.watch(name).await?;
+        let loaded = async {
+            let record = match cluster.logs.room(name).await? {
+                Some(record) => record,
+                None => {
+                    self.spend_creation(creator)?;
+                    cluster.logs.ensure_room(name, now_ms()).await?
+                }
+            };
+            let mut rooms = lock(&self.rooms);
+            if let Some(room) = rooms.get(name) {
+                return Ok::<_, HubError>(room.clone());
+            }
+            let record = crate::store::Room {
+                name: name.to_string(),
+                no: record.no,
+                created_ms: 0,
+                last_id: record.last_id,
+                count: 0,
+            };
+            Ok(self.load(&mut rooms, record))
+        }
+        .await;
+        match loaded {
+            Ok(room) => {
+                let published = lock(&room.state).published;
+                feed.release(name, room.no, published).await;
+                Ok(room)
+            }
+            Err(e) => {
+                if self.loaded_room(name).is_none() {
+                    feed.unwatch(name);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Cluster mode's `send`: appends the message to the room's log in Redis (durable once
+    /// Redis answers). The ack and the broadcast come from the feed, in log order, when the
+    /// entry reaches this node ([`Rooms::deliver`]); a repeated cid gets the original ack here.
+    pub(crate) async fn send_to_cluster(
+        &self,
+        cluster: &Cluster,
+        room: &Arc<Room>,
+        member: &Member,
+        text: String,
+        cid: Option<String>,
+    ) -> Result<(), HubError> {
+        room.check_live()?;
+        room.touch();
+        let message = Message::new(member.name.to_string(), text, now_ms(), cid);
+        let origin = Origin {
+            node: cluster.node,
+            conn: member.conn,
+        };
+        match cluster
+            .logs
+            .append(&room.log_ref, &member.user_key, &message, origin)
+            .await?
+        {
+            Appended::New { .. } => {
+                self.metrics.messages_stored.inc();
+                Ok(())
+            }
+            Appended::Duplicate(original) => {
+                member.outbox.reply(encode(&ServerFrame::Ack {
+                    room: &original.room,
+                    cid: message.cid.as_deref(),
+                    id: original.id,
+                    ts: original.ts,
+                }));
+                Ok(())
+            }
+            Appended::RoomGone => Err(HubError::RoomGone),
+        }
+    }
+
+    /// Cluster mode: tells the other nodes that `user_key` is online in `room` here, or no
+    /// longer (nothing in single-node mode).
+    pub(super) fn publish_presence(&self, room: &Room, user_key: &str, name: &str, online: bool) {
+        if let Some(cluster) = &self.cluster {
+            cluster.publish_presence(&room.name, user_key, name, online);
+        }
+    }
+}
+
+/// Cluster mode: the feed delivers each room's entries here, in log order.
+impl Rooms for Hub {
+    fn deliver(&self, name: &str, room_no: u32, entry: LogEntry, prev: Option<u64>) -> Delivery {
+        let Some(room) = self.loaded_room(name).filter(|room| room.no == room_no) else {
+            return Delivery::Done;
+        };
+        let node = self.cluster.as_ref().map(|c| c.node);
+        // The sender's connection, if it is on this node: its ack goes out just before the
+        // broadcast, so it always precedes the sender's own copy.
+        let sender = entry
+            .origin
+            .filter(|origin| Some(origin.node) == node)
+            .and_then(|origin| lock(&self.connections).by_conn.get(&origin.conn).cloned());
+        corked(|| {
+            let mut state = lock(&room.state);
+            if entry.id <= state.published {
+                return Delivery::Done;
+            }
+            if prev.is_some_and(|prev| prev != state.published) {
+                return Delivery::Missing {
+                    after: state.published,
+                };
+            }
+            state.published = entry.id;
+            let message = &entry.message;
+            if let Some(sender) = &sender {
+                sender.outbox.reply(encode(&ServerFrame::Ack {
+                    room: &room.name,
+                    cid: message.cid.as_deref(),
+                    id: entry.id,
+                    ts: message.ts,
+                }));
+            }
+            let frame = encode(&message_event(&room.name, entry.id, message));
+            room.fan_out(&state, &frame, None, &self.metrics);
+            Delivery::Done
+        })
+    }
+
+    fn loaded(&self) -> Vec<(String, u32, u64)> {
+        let rooms: Vec<Arc<Room>> = lock(&self.rooms).values().cloned().collect();
+        rooms
+            .iter()
+            .map(|room| (room.name.clone(), room.no, lock(&room.state).published))
+            .collect()
+    }
+
+    fn presence_changed(&self, name: &str, change: PresenceChange) {
+        if self.cluster.as_ref().is_some_and(|c| c.node == change.node) {
+            return;
+        }
+        let Some(room) = self.loaded_room(name) else {
+            return;
+        };
+        corked(|| {
+            let mut state = lock(&room.state);
+            let key: Arc<str> = Arc::from(change.user_key.as_str());
+            let flipped = if change.online {
+                let remote = state
+                    .remote
+                    .entry(key.clone())
+                    .or_insert_with(|| RemotePresence {
+                        name: Arc::from(change.name.as_str()),
+                        nodes: BTreeSet::new(),
+                    });
+                remote.nodes.insert(change.node) && remote.nodes.len() == 1
+            } else {
+                let gone = state.remote.get_mut(&key).is_some_and(|remote| {
+                    remote.nodes.remove(&change.node) && remote.nodes.is_empty()
+                });
+                if gone {
+                    state.remote.remove(&key);
+                }
+                gone
+            };
+            if flipped && !state.presence.contains_key(&key) {
+                announce(&room, &state, &change.name, change.online, &self.metrics);
+            }
+        });
+    }
+
+    fn presence_reset(&self, name: &str, online: Vec<PresenceChange>) {
+        let Some(room) = self.loaded_room(name) else {
+            return;
+        };
+        let own = self.cluster.as_ref().map(|c| c.node);
+        let mut remote: BTreeMap<Arc<str>, RemotePresence> = BTreeMap::new();
+        for change in online.into_iter().filter(|c| Some(c.node) != own) {
+            remote
+                .entry(Arc::from(change.user_key.as_str()))
+                .or_insert_with(|| RemotePresence {
+                    name: Arc::from(change.name.as_str()),
+                    nodes: BTreeSet::new(),
+                })
+                .nodes
+                .insert(change.node);
+        }
+        corked(|| {
+            let mut state = lock(&room.state);
+            let before = std::mem::replace(&mut state.remote, remote);
+            let local = |key: &Arc<str>| state.presence.contains_key(key);
+            let came: Vec<&RemotePresence> = (state.remote.iter())
+                .filter(|(key, _)| !before.contains_key(*key) && !local(key))
+                .map(|(_, r)| r)
+                .collect();
+            for r in came {
+                announce(&room, &state, &r.name, true, &self.metrics);
+            }
+            for (key, r) in &before {
+                if !state.remote.contains_key(key) && !local(key) {
+                    announce(&room, &state, &r.name, false, &self.metrics);
+                }
+            }
+        });
+    }
+}
+
+/// Tells the room's members here that `name` came online or went offline (on another node).
+fn announce(room: &Room, state: &RoomState, name: &str, online: bool, metrics: &Metrics) {
+    let frame = encode(&ServerFrame::Presence {
+        room: &room.name,
+        user: name,
+        state: if online { "online" } else { "offline" },
+    });
+    room.fan_out(state, &frame, None, metrics);
+}
