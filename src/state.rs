@@ -116,9 +116,11 @@ impl State {
         self.started.elapsed()
     }
 
-    /// Whether the database takes writes (what `/healthz` answers 200 or 503 for).
+    /// Whether the database takes writes, and in cluster mode Redis answers (what `/healthz`
+    /// answers 200 or 503 for).
     pub fn healthy(&self) -> bool {
-        self.hub.committer().gate().condition() == Condition::Writable
+        let redis = self.hub.cluster().is_none_or(|cluster| cluster.health().1);
+        redis && self.hub.committer().gate().condition() == Condition::Writable
     }
 
     /// The `/healthz` body. `storage` names the write gate's state; `reason` explains a state
@@ -134,6 +136,13 @@ impl State {
         });
         if let Some(reason) = gate.reason() {
             health["reason"] = reason.into();
+        }
+        if let Some(cluster) = self.hub.cluster() {
+            let (link, reachable) = cluster.health();
+            health["cluster"] = link;
+            if !reachable {
+                health["ok"] = false.into();
+            }
         }
         health.to_string()
     }

@@ -216,10 +216,21 @@ fn while_redis_is_down_sends_are_refused_not_acked_and_everything_recovers_when_
     let mut bob = b.register("bob");
     bob.join("general");
     alice.wait_for(T, is_presence("bob", "online"));
+    assert_eq!(a.healthz()["cluster"]["redis"], "ok");
     redis.kill();
     alice.send_json(&json!({"type":"send","room":"general","text":"lost?","cid":"down-1"}));
     let refused = alice.expect_error("internal");
     assert_eq!(refused["ref"], "down-1");
+    let down = poll_until(
+        Duration::from_secs(10),
+        "/healthz to report Redis down",
+        || {
+            let r = a.get("/healthz");
+            (r.status == 503).then(|| r.json())
+        },
+    );
+    assert_eq!(down["cluster"]["redis"], "unreachable", "{down}");
+    assert_eq!(down["ok"], false);
     redis.kill_and_restart();
     // The client resends with the same cid, as the error says, until Redis takes it.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -243,4 +254,9 @@ fn while_redis_is_down_sends_are_refused_not_acked_and_everything_recovers_when_
     );
     let history = bob.history(json!({"type":"history","room":"general","limit":50}));
     assert_eq!(message_ids(&history), vec![id_of(&ack)]);
+    poll_until(
+        Duration::from_secs(10),
+        "/healthz to report Redis back",
+        || (a.get("/healthz").status == 200).then_some(()),
+    );
 }

@@ -188,6 +188,7 @@ impl FeedTask {
             let (mut sink, mut stream) = match self.subscribe_all().await {
                 Ok(connection) => connection,
                 Err(e) => {
+                    self.link.health().down(&e);
                     tracing::warn!(error = %e, "cluster feed: Redis unreachable, retrying");
                     if self.refuse_watches_for(wait).await {
                         return;
@@ -197,6 +198,7 @@ impl FeedTask {
                 }
             };
             if let Err(e) = self.catch_up_all().await {
+                self.link.health().down(&e);
                 tracing::warn!(error = %e, "cluster feed: catching up failed, reconnecting");
                 if self.refuse_watches_for(wait).await {
                     return;
@@ -205,6 +207,7 @@ impl FeedTask {
                 continue;
             }
             wait = RECONNECT_FIRST;
+            self.link.health().up();
             loop {
                 let event = future::or(
                     async {
@@ -230,6 +233,7 @@ impl FeedTask {
                     Event::Stop => return,
                 };
                 if let Err(e) = result {
+                    self.link.health().down(&e);
                     tracing::warn!(error = %e, "cluster feed: lost Redis, reconnecting");
                     break;
                 }

@@ -97,6 +97,31 @@ pub struct Link {
     client: redis::Client,
     commands: ConnectionManager,
     url: String,
+    health: Arc<LinkHealth>,
+}
+
+/// What the node last saw of Redis, for `/healthz`: the feed and the heartbeat report each
+/// success and failure, the latest wins.
+#[derive(Default)]
+pub(crate) struct LinkHealth {
+    down: std::sync::Mutex<Option<String>>,
+}
+
+impl LinkHealth {
+    /// Redis answered.
+    pub(crate) fn up(&self) {
+        *crate::sync::lock(&self.down) = None;
+    }
+
+    /// Redis did not answer, for `reason`.
+    pub(crate) fn down(&self, reason: &ClusterError) {
+        *crate::sync::lock(&self.down) = Some(reason.to_string());
+    }
+
+    /// Why Redis is unreachable, if it is.
+    pub(crate) fn problem(&self) -> Option<String> {
+        crate::sync::lock(&self.down).clone()
+    }
 }
 
 impl Link {
@@ -131,6 +156,7 @@ impl Link {
             client,
             commands,
             url: shown,
+            health: Arc::default(),
         };
         if durability == Durability::Strict {
             link.check_fsync_always().await?;
@@ -141,6 +167,16 @@ impl Link {
     /// The connection commands go through (cheap to clone: clones share one socket).
     pub(crate) fn commands(&self) -> ConnectionManager {
         self.commands.clone()
+    }
+
+    /// What the node last saw of Redis.
+    pub(crate) fn health(&self) -> &LinkHealth {
+        &self.health
+    }
+
+    /// The URL, without a password.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
     }
 
     /// The client, to open a subscription connection with.
@@ -236,6 +272,20 @@ impl Cluster {
                 },
             );
         }
+    }
+
+    /// The `cluster` part of `/healthz`, and whether Redis answers.
+    pub(crate) fn health(&self) -> (serde_json::Value, bool) {
+        let problem = self.link.health().problem();
+        let mut health = serde_json::json!({
+            "node": format!("{:016x}", self.node),
+            "redis": if problem.is_some() { "unreachable" } else { "ok" },
+            "url": self.link.url(),
+        });
+        if let Some(reason) = &problem {
+            health["reason"] = reason.as_str().into();
+        }
+        (health, problem.is_none())
     }
 
     /// The feed, once started.

@@ -226,8 +226,12 @@ async fn write_change(
 /// Renews the node's key three times per `ttl` and reaps nodes whose key expired.
 async fn heartbeat(link: Link, node: u64, ttl: Duration) {
     loop {
-        if let Err(e) = beat(&link, node, ttl).await {
-            tracing::warn!(error = %e, "cluster heartbeat failed");
+        match beat(&link, node, ttl).await {
+            Ok(_) => link.health().up(),
+            Err(e) => {
+                link.health().down(&e);
+                tracing::warn!(error = %e, "cluster heartbeat failed");
+            }
         }
         smol::Timer::after(ttl / 3).await;
     }
