@@ -260,3 +260,26 @@ fn while_redis_is_down_sends_are_refused_not_acked_and_everything_recovers_when_
         || (a.get("/healthz").status == 200).then_some(()),
     );
 }
+
+#[test]
+fn typing_reaches_the_members_on_other_nodes_and_not_the_typist() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let mut alice = a.register("alice");
+    alice.join("general");
+    let mut bob = b.register("bob");
+    bob.join("general");
+    alice.wait_for(T, is_presence("bob", "online"));
+    alice.send_json(&json!({"type":"typing","room":"general"}));
+    let (typing, _) = bob.wait_for(T, |v| v["type"] == "typing");
+    assert_eq!(
+        typing,
+        json!({"type":"typing","room":"general","user":"alice"})
+    );
+    // Bob's own typing comes back to alice, never to bob.
+    bob.send_json(&json!({"type":"typing","room":"general"}));
+    let (typing, skipped) = alice.wait_for(T, |v| v["type"] == "typing");
+    assert_eq!(typing["user"], "bob");
+    assert!(skipped.iter().all(|v| v["type"] != "typing"), "{skipped:?}");
+    bob.assert_quiet("after relaying his own typing");
+}

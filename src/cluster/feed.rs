@@ -24,7 +24,7 @@ use redis::aio::{PubSubSink, PubSubStream};
 
 use super::keys;
 use super::log::{LogEntry, Published, RoomLogs};
-use super::presence::{self, PresenceChange};
+use super::presence::{self, PresenceChange, Typing};
 use super::{ClusterError, Link};
 
 /// Entries read from a log at a time while catching up.
@@ -56,6 +56,9 @@ pub(crate) trait Rooms: Send + Sync + 'static {
 
     /// Everyone online in room `name` on any node, read afresh (after a load or a reconnect).
     fn presence_reset(&self, name: &str, online: Vec<PresenceChange>);
+
+    /// Someone on a node is typing in room `name`.
+    fn typing(&self, name: &str, typing: Typing);
 }
 
 /// What [`Rooms::deliver`] did.
@@ -334,6 +337,8 @@ impl FeedTask {
             self.deliver(room, published).await?;
         } else if let Some(change) = PresenceChange::parse(payload) {
             self.rooms.presence_changed(room, change);
+        } else if let Some(typing) = Typing::parse(payload) {
+            self.rooms.typing(room, typing);
         } else {
             tracing::warn!(
                 channel,
@@ -472,6 +477,8 @@ mod tests {
         fn presence_changed(&self, _: &str, _: PresenceChange) {}
 
         fn presence_reset(&self, _: &str, _: Vec<PresenceChange>) {}
+
+        fn typing(&self, _: &str, _: Typing) {}
     }
 
     impl Recorder {

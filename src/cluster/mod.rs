@@ -31,7 +31,7 @@ use crate::config::Durability;
 use accounts::ClusterAccounts;
 use feed::{Feed, Rooms};
 use log::RoomLogs;
-use presence::{PresenceChange, PresenceWriter};
+use presence::{PresenceChange, PresenceWriter, Typing};
 
 /// Why cluster mode could not start or a Redis operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -269,6 +269,20 @@ impl Cluster {
                     user_key: user_key.to_string(),
                     name: name.to_string(),
                     online,
+                },
+            );
+        }
+    }
+
+    /// Relays `typing` by `user_key` (shown as `name`) in `room` to the other nodes.
+    pub(crate) fn relay_typing(&self, room: &str, user_key: &str, name: &str) {
+        if let Some(writer) = self.presence.get() {
+            writer.typing(
+                room,
+                Typing {
+                    node: self.node,
+                    user_key: user_key.to_string(),
+                    name: name.to_string(),
                 },
             );
         }

@@ -152,10 +152,47 @@ pub(crate) async fn read_room(
         .collect())
 }
 
-/// A node's presence writer: changes queued from under room locks, written in order by one
-/// task; and the node's heartbeat, which also reaps dead nodes.
+/// Someone typing in a room, relayed to the other nodes (not stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Typing {
+    /// The node the typist is connected to.
+    pub node: u64,
+    /// The typist's key.
+    pub user_key: String,
+    /// The typist's name as displayed.
+    pub name: String,
+}
+
+impl Typing {
+    fn payload(&self) -> String {
+        format!("T\n{:x}\n{}\n{}", self.node, self.user_key, self.name)
+    }
+
+    /// Parses a relayed `typing`; `None` for anything else.
+    pub(crate) fn parse(payload: &[u8]) -> Option<Typing> {
+        let payload = std::str::from_utf8(payload).ok()?;
+        let mut parts = payload.splitn(4, '\n');
+        if parts.next()? != "T" {
+            return None;
+        }
+        Some(Typing {
+            node: u64::from_str_radix(parts.next()?, 16).ok()?,
+            user_key: parts.next()?.to_string(),
+            name: parts.next()?.to_string(),
+        })
+    }
+}
+
+/// What a node tells the others about a room.
+enum Announcement {
+    Presence(PresenceChange),
+    Typing(Typing),
+}
+
+/// A node's announcer: presence changes and typing queued from under room locks, sent in
+/// order by one task; and the node's heartbeat, which also reaps dead nodes.
 pub(crate) struct PresenceWriter {
-    changes: async_channel::Sender<(String, PresenceChange)>,
+    changes: async_channel::Sender<(String, Announcement)>,
 }
 
 impl PresenceWriter {
@@ -177,17 +214,40 @@ impl PresenceWriter {
 
     /// Queues a change of this node's presence in `room`. Never waits.
     pub(crate) fn publish(&self, room: &str, change: PresenceChange) {
-        if self.changes.try_send((room.to_string(), change)).is_err() {
+        let queued = (room.to_string(), Announcement::Presence(change));
+        if self.changes.try_send(queued).is_err() {
             tracing::warn!(
                 room,
                 "cluster presence: change dropped, Redis has been unreachable too long"
             );
         }
     }
+
+    /// Queues a `typing` to relay to the other nodes' members of `room`. Never waits; dropped
+    /// when the queue is full (it is only a hint).
+    pub(crate) fn typing(&self, room: &str, typing: Typing) {
+        let _ = self
+            .changes
+            .try_send((room.to_string(), Announcement::Typing(typing)));
+    }
 }
 
-async fn write_changes(link: Link, queued: async_channel::Receiver<(String, PresenceChange)>) {
-    while let Ok((room, change)) = queued.recv().await {
+async fn write_changes(link: Link, queued: async_channel::Receiver<(String, Announcement)>) {
+    while let Ok((room, announcement)) = queued.recv().await {
+        let change = match announcement {
+            Announcement::Presence(change) => change,
+            Announcement::Typing(typing) => {
+                let relayed: Result<i64, redis::RedisError> = redis::cmd("PUBLISH")
+                    .arg(keys::feed(&room))
+                    .arg(typing.payload())
+                    .query_async(&mut link.commands())
+                    .await;
+                if let Err(e) = relayed {
+                    tracing::debug!(room, error = %e, "cluster typing not relayed");
+                }
+                continue;
+            }
+        };
         let mut wait = Duration::from_millis(50);
         // A change is retried until Redis takes it: dropping one would leave a user online
         // (or offline) on every other node until the room is loaded again.
@@ -310,6 +370,13 @@ mod tests {
             assert_eq!(PresenceChange::parse(c.payload().as_bytes()), Some(c));
         }
         assert_eq!(PresenceChange::parse(b"1\n2\n3"), None);
+        let typing = Typing {
+            node: 0xfe,
+            user_key: "alice".into(),
+            name: "Alice".into(),
+        };
+        assert_eq!(Typing::parse(typing.payload().as_bytes()), Some(typing));
+        assert_eq!(Typing::parse(b"P\nfe\n1\nalice\nAlice"), None);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use super::{now_ms, Hub, HubError, Member, Room, RoomState};
 use crate::cluster::feed::{Delivery, Rooms};
 use crate::cluster::log::{Appended, LogEntry, Origin};
-use crate::cluster::presence::PresenceChange;
+use crate::cluster::presence::{PresenceChange, Typing};
 use crate::cluster::Cluster;
 use crate::hub::message_event;
 use crate::metrics::Metrics;
@@ -216,6 +216,23 @@ impl Rooms for Hub {
         });
     }
 
+    fn typing(&self, name: &str, typing: Typing) {
+        if self.cluster.as_ref().is_some_and(|c| c.node == typing.node) {
+            return;
+        }
+        let Some(room) = self.loaded_room(name) else {
+            return;
+        };
+        let frame = encode(&ServerFrame::Typing {
+            room: &room.name,
+            user: &typing.name,
+        });
+        corked(|| {
+            let state = lock(&room.state);
+            room.fan_out(&state, &frame, Some(&typing.user_key), &self.metrics);
+        });
+    }
+
     fn presence_reset(&self, name: &str, online: Vec<PresenceChange>) {
         let Some(room) = self.loaded_room(name) else {
             return;
@@ -249,6 +266,15 @@ impl Rooms for Hub {
                 }
             }
         });
+    }
+}
+
+impl Hub {
+    /// Cluster mode: relays `typing` to the other nodes (nothing in single-node mode).
+    pub(super) fn relay_typing(&self, room: &Room, member: &Member) {
+        if let Some(cluster) = &self.cluster {
+            cluster.relay_typing(&room.name, &member.user_key, &member.name);
+        }
     }
 }
 

@@ -285,6 +285,7 @@ impl Hub {
             let state = lock(&room.state);
             room.fan_out(&state, &frame, Some(&member.user_key), &self.metrics);
         });
+        self.relay_typing(room, member);
     }
 
     /// [`Hub::conversations`] on the blocking pool, at most [`LIST_BUILDS`] at a time: the
