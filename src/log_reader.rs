@@ -7,10 +7,10 @@
 
 use std::sync::Arc;
 
-use crate::cluster::log::RoomLogs;
+use crate::cluster::log::{Body, RoomLogs};
 use crate::cluster::ClusterError;
 use crate::store::commit::Committer;
-use crate::store::{EntryPage, LogItem, Page, StoreError};
+use crate::store::{EntryPage, LogItem, Page, StoreError, StoredMessage};
 
 /// Why a read failed.
 #[derive(Debug, thiserror::Error)]
@@ -74,11 +74,21 @@ impl LogReader {
         Ok(match self {
             LogReader::Local(committer) => committer.entries_after(room_no, after, upto, limit)?,
             LogReader::Cluster(logs) => {
-                let page = logs.messages_after(room_no, after, upto, limit).await?;
-                EntryPage {
-                    items: page.messages.into_iter().map(LogItem::Message).collect(),
-                    more: page.more,
-                }
+                let (entries, more) = logs.entries_after(room_no, after, upto, limit).await?;
+                let items = entries
+                    .into_iter()
+                    .map(|entry| match entry.body {
+                        Body::Message(message) => LogItem::Message(StoredMessage {
+                            id: entry.id,
+                            message,
+                        }),
+                        Body::Event(event) => LogItem::Event {
+                            seq: entry.id,
+                            event,
+                        },
+                    })
+                    .collect();
+                EntryPage { items, more }
             }
         })
     }

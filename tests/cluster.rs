@@ -283,3 +283,54 @@ fn typing_reaches_the_members_on_other_nodes_and_not_the_typist() {
     assert!(skipped.iter().all(|v| v["type"] != "typing"), "{skipped:?}");
     bob.assert_quiet("after relaying his own typing");
 }
+
+#[test]
+fn edits_and_deletions_reach_every_node_in_log_order_and_replay_in_their_current_state() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let mut alice = a.register("alice");
+    alice.join("general");
+    let mut bob = b.register("bob");
+    bob.join("general");
+    alice.wait_for(T, is_presence("bob", "online"));
+    let (ack, _) = alice.say("general", "frist");
+    let id = id_of(&ack);
+    bob.wait_for(T, |v| v["type"] == "message");
+
+    let (edit_ack, edited) = alice.edit_and_echo("general", id, "first");
+    let (seen, _) = bob.wait_for(T, |v| v["type"] == "edited");
+    assert_eq!(seen, edited);
+    assert_eq!(
+        (seen["id"].as_u64(), seq_of(&seen)),
+        (Some(id), id_of(&edit_ack))
+    );
+    // Only the author may change it, whichever node they are on.
+    bob.send_json(&json!({"type":"edit","room":"general","id":id,"text":"mine now"}));
+    bob.expect_error("forbidden");
+    let history = bob.history(json!({"type":"history","room":"general","limit":50}));
+    assert_eq!(history["messages"][0]["text"], "first", "{history}");
+
+    let (delete_ack, deleted) = alice.delete_and_echo("general", id);
+    let (seen, _) = bob.wait_for(T, |v| v["type"] == "deleted");
+    assert_eq!(seen, deleted);
+    alice.send_json(&json!({"type":"delete","room":"general","id":id}));
+    alice.expect_error("not_found");
+
+    // A client of node B resuming from before all of it: the deletion, not the text.
+    let mut again = b.resume(&bob.token);
+    let replay = again.join11_since("general", 0);
+    let kinds: Vec<(String, u64)> = replay
+        .items
+        .iter()
+        .map(|v| (v["type"].as_str().unwrap().to_string(), seq_of_or_id(v)))
+        .collect();
+    assert_eq!(kinds, [("deleted".to_string(), id_of(&delete_ack))]);
+    let history = again.history(json!({"type":"history","room":"general","limit":50}));
+    assert_eq!(message_ids(&history), Vec::<u64>::new());
+}
+
+fn seq_of_or_id(v: &Value) -> u64 {
+    v.get("seq")
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| id_of(v))
+}

@@ -7,7 +7,9 @@
 //! | `chatd:next_id` | string (counter) | the last message id handed out, for all rooms |
 //! | `chatd:next_room_no` | string (counter) | the last room number handed out |
 //! | `chatd:room:{name}` | hash | `no`, `created_ms`, `last_id`, `count` |
-//! | `chatd:log:{no}` | stream | the room's messages, entry id `{id}-0` |
+//! | `chatd:log:{no}` | stream | the room's messages and events, entry id `{id}-0` |
+//! | `chatd:overlay:{no}` | hash | message id → `{edited ts}\n{text}`: the current text of edited messages |
+//! | `chatd:edits:{no}` | hash | message id → its edit events' ids, comma-separated (removed with it) |
 //! | `chatd:cid:{user key}:{cid}` | string, expires | `{room} {id} {ts}` of the cid's first use |
 //! | `chatd:user:{user key}` | string | the user record (the store's versioned bincode) |
 //! | `chatd:skeleton:{skeleton}` | set | user keys whose names look alike (`rules::name_skeleton`) |
@@ -78,6 +80,16 @@ pub(crate) fn room(name: &str) -> String {
 /// A room's log.
 pub(crate) fn log(no: u32) -> String {
     format!("chatd:log:{no}")
+}
+
+/// The current texts of a room's edited messages.
+pub(crate) fn overlay(no: u32) -> String {
+    format!("chatd:overlay:{no}")
+}
+
+/// The ids of each edited message's edit events.
+pub(crate) fn edits(no: u32) -> String {
+    format!("chatd:edits:{no}")
 }
 
 /// What a user's cid was first used for.

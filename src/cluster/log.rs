@@ -1,6 +1,11 @@
-//! A room's log in Redis: one Stream per room, appended by a Lua script so that taking the id,
-//! checking the cid, adding the entry, raising the room's counters and publishing the entry
-//! are one atomic step on the one Redis every node shares.
+//! A room's log in Redis: one Stream per room, appended by Lua scripts so that taking the id,
+//! checking the cid, adding the entry, updating the room and publishing the entry are one
+//! atomic step on the one Redis every node shares.
+//!
+//! A log holds messages and events (edits and deletions of its messages, protocol 1.1), all
+//! numbered from the same ids. A message's entry never changes: its current text, once edited,
+//! is in the room's overlay hash; a deletion removes the message's entry and its edits' entries
+//! from the stream (so no read finds its text again) and leaves the `deleted` event.
 //!
 //! Invariants:
 //! - Ids come from one counter for all rooms, so they are unique across the cluster and
@@ -12,35 +17,94 @@
 //!   stream instead of skipping it.
 //! - A write for a room whose record no longer has the number the writer loaded (deleted, or
 //!   deleted and created again) stores nothing.
+//! - An edit or deletion is checked (the target is a message of the room, not deleted, at most
+//!   the id the writer's node has published, by the author unless an admin) in the script that
+//!   stores it.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use redis::streams::{StreamId, StreamRangeReply};
 use redis::Script;
 
 use super::{keys, ClusterError, Link};
-use crate::store::{CidEntry, Message, Page, RoomRef, StoredMessage};
+use crate::store::{Change, CidEntry, Event, Message, Page, RoomRef, StoredMessage};
 
-/// Appends a message; see the module doc. Replies `{'new', id, prev}`, `{'dup', 'room id ts'}`
-/// or `{'gone'}`.
-const APPEND: &str = r"
+/// The part both append scripts start with: the cid and the room's number. KEYS: room record,
+/// log, id counter, cid key. ARGV: room no, …, ts (4), cid (5).
+const CHECK: &str = r"
 local cid = ARGV[5]
 if cid ~= '' then
   local seen = redis.call('GET', KEYS[4])
   if seen then return {'dup', seen} end
 end
 if redis.call('HGET', KEYS[1], 'no') ~= ARGV[1] then return {'gone'} end
+";
+
+/// The part both append scripts end with: the entry's id taken and published. ARGV: 6 origin,
+/// 7 cid ttl, 8 room name, 9 channel; `fields` the entry's fields, `published` the payload's
+/// kind-specific part.
+const COMMIT: &str = r"
 local id = string.format('%d', redis.call('INCR', KEYS[3]))
 local prev = redis.call('HGET', KEYS[1], 'last_id') or '0'
-redis.call('XADD', KEYS[2], id .. '-0', 'u', ARGV[2], 't', ARGV[3], 'ts', ARGV[4], 'c', cid, 'o', ARGV[6])
+local entry = {'o', ARGV[6], 'c', cid, 'ts', ARGV[4]}
+for _, v in ipairs(fields) do entry[#entry + 1] = v end
+redis.call('XADD', KEYS[2], id .. '-0', unpack(entry))
 redis.call('HSET', KEYS[1], 'last_id', id)
-redis.call('HINCRBY', KEYS[1], 'count', 1)
 if cid ~= '' then
   redis.call('SET', KEYS[4], ARGV[8] .. ' ' .. id .. ' ' .. ARGV[4], 'EX', ARGV[7])
 end
-redis.call('PUBLISH', ARGV[9],
-  table.concat({'1', ARGV[1], id, prev, 'm', ARGV[6], ARGV[2], ARGV[4], cid, ARGV[3]}, '\n'))
-return {'new', id, prev}
+local payload = {'1', ARGV[1], id, prev, ARGV[6], ARGV[4], cid}
+for _, v in ipairs(published) do payload[#payload + 1] = v end
+redis.call('PUBLISH', ARGV[9], table.concat(payload, '\n'))
+";
+
+/// Appends a message. ARGV beyond the shared ones: 2 author name, 3 text. Replies
+/// `{'new', id, prev}`, `{'dup', 'room id ts'}` or `{'gone'}`.
+const APPEND_MESSAGE: &str = r"
+local fields = {'k', 'm', 'u', ARGV[2], 't', ARGV[3]}
+local published = {'m', ARGV[2], ARGV[3]}
+redis.call('HINCRBY', KEYS[1], 'count', 1)
+";
+
+/// Appends an edit or a deletion. KEYS beyond the shared ones: 5 the room's overlay (current
+/// texts of edited messages), 6 the room's edit index (a message's edit ids). ARGV beyond the
+/// shared ones: 2 author name, 3 new text (edits), 10 target id, 11 `edited` or `deleted`,
+/// 12 the author's key ('' for an admin), 13 when the author's account was created, 14 the
+/// highest id the writer's node has published. Replies as an append, or `{'not_found'}`,
+/// `{'forbidden'}`.
+const APPEND_EVENT: &str = r"
+local target = ARGV[10]
+if tonumber(target) > tonumber(ARGV[14]) then return {'not_found'} end
+local found = redis.call('XRANGE', KEYS[2], target .. '-0', target .. '-0')
+if #found == 0 then return {'not_found'} end
+local f = {}
+local raw = found[1][2]
+for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
+if f['k'] == 'e' then return {'not_found'} end
+if ARGV[12] ~= '' and (string.lower(f['u']) ~= ARGV[12] or tonumber(f['ts']) < tonumber(ARGV[13])) then
+  return {'forbidden'}
+end
+local fields = {'k', 'e', 'u', ARGV[2], 'ch', ARGV[11], 'tg', target, 't', ARGV[3]}
+local published = {'e', ARGV[2], ARGV[11], target, ARGV[3]}
+";
+
+/// What an edit or deletion does to the message after its event is appended (`id`).
+const APPLY_EVENT: &str = r"
+if ARGV[11] == 'edited' then
+  redis.call('HSET', KEYS[5], target, ARGV[4] .. '\n' .. ARGV[3])
+  local edits = redis.call('HGET', KEYS[6], target)
+  redis.call('HSET', KEYS[6], target, edits and (edits .. ',' .. id) or id)
+else
+  redis.call('XDEL', KEYS[2], target .. '-0')
+  local edits = redis.call('HGET', KEYS[6], target)
+  if edits then
+    for seq in string.gmatch(edits, '%d+') do redis.call('XDEL', KEYS[2], seq .. '-0') end
+  end
+  redis.call('HDEL', KEYS[5], target)
+  redis.call('HDEL', KEYS[6], target)
+  redis.call('HINCRBY', KEYS[1], 'count', -1)
+end
 ";
 
 /// Creates a room record unless it exists. Replies `{no, last_id, created}`.
@@ -52,9 +116,22 @@ redis.call('HSET', KEYS[1], 'no', no, 'created_ms', ARGV[1], 'last_id', '0', 'co
 return {no, '0', 1}
 ";
 
-fn append_script() -> &'static Script {
+fn append_message_script() -> &'static Script {
     static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(APPEND))
+    SCRIPT.get_or_init(|| {
+        Script::new(&format!(
+            "{CHECK}{APPEND_MESSAGE}{COMMIT}return {{'new', id, prev}}"
+        ))
+    })
+}
+
+fn append_event_script() -> &'static Script {
+    static SCRIPT: OnceLock<Script> = OnceLock::new();
+    SCRIPT.get_or_init(|| {
+        Script::new(&format!(
+            "{CHECK}{APPEND_EVENT}{COMMIT}{APPLY_EVENT}return {{'new', id, prev}}"
+        ))
+    })
 }
 
 fn ensure_room_script() -> &'static Script {
@@ -101,6 +178,10 @@ pub(crate) enum Appended {
     Duplicate(CidEntry),
     /// The room no longer exists under the number the writer loaded.
     RoomGone,
+    /// An edit's or deletion's target is not a message of the room (any more).
+    NotFound,
+    /// An edit's or deletion's target is someone else's message.
+    Forbidden,
 }
 
 /// A room as loaded from its record.
@@ -114,15 +195,26 @@ pub(crate) struct RoomState {
     pub created: bool,
 }
 
+/// What an entry of a log holds.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Body {
+    /// A message (in its current state when read from the log).
+    Message(Message),
+    /// An edit or deletion of one of the room's messages.
+    Event(Event),
+}
+
 /// An entry of a room's log.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct LogEntry {
-    /// The entry's id.
+    /// The entry's id (an event's seq).
     pub id: u64,
     /// Who appended it (`None` for entries written by other tools).
     pub origin: Option<Origin>,
-    /// The message.
-    pub message: Message,
+    /// The writer's cid, if any.
+    pub cid: Option<String>,
+    /// The message or event.
+    pub body: Body,
 }
 
 /// An entry as published on a room's channel.
@@ -137,36 +229,64 @@ pub(crate) struct Published {
 }
 
 impl Published {
-    /// Parses a published payload (see [`APPEND`]); `None` for anything else.
+    /// Parses a published payload (see [`COMMIT`]); `None` for anything else.
     pub(crate) fn parse(payload: &[u8]) -> Option<Published> {
         let payload = std::str::from_utf8(payload).ok()?;
-        let mut parts = payload.splitn(10, '\n');
+        let mut parts = payload.splitn(8, '\n');
         if parts.next()? != "1" {
             return None;
         }
         let room_no = parts.next()?.parse().ok()?;
         let id = parts.next()?.parse().ok()?;
         let prev = parts.next()?.parse().ok()?;
-        if parts.next()? != "m" {
-            return None;
-        }
         let origin = Origin::decode(parts.next()?);
-        let user = parts.next()?.to_string();
-        let ts = parts.next()?.parse().ok()?;
+        let ts: u64 = parts.next()?.parse().ok()?;
         let cid = Some(parts.next()?)
             .filter(|c| !c.is_empty())
             .map(String::from);
-        let text = parts.next()?.to_string();
+        let rest = parts.next()?;
+        let body = match rest.split_once('\n')? {
+            ("m", rest) => {
+                let (user, text) = rest.split_once('\n')?;
+                Body::Message(Message::new(user.into(), text.into(), ts, cid.clone()))
+            }
+            ("e", rest) => {
+                let mut parts = rest.splitn(4, '\n');
+                let user = parts.next()?.to_string();
+                let kind = parts.next()?;
+                let target = parts.next()?.parse().ok()?;
+                Body::Event(event(user, ts, kind, target, parts.next()?)?)
+            }
+            _ => return None,
+        };
         Some(Published {
             room_no,
             prev,
             entry: LogEntry {
                 id,
                 origin,
-                message: Message::new(user, text, ts, cid),
+                cid,
+                body,
             },
         })
     }
+}
+
+fn event(user: String, ts: u64, kind: &str, target: u64, text: &str) -> Option<Event> {
+    let change = match kind {
+        "edited" => Change::Edited {
+            text: Some(text.to_string()),
+            replaced: None,
+        },
+        "deleted" => Change::Deleted,
+        _ => return None,
+    };
+    Some(Event {
+        target,
+        user,
+        ts,
+        change,
+    })
 }
 
 /// The room logs, through a node's [`Link`].
@@ -231,37 +351,80 @@ impl RoomLogs {
         origin: Origin,
     ) -> Result<Appended, ClusterError> {
         let cid = message.cid.as_deref().unwrap_or("");
-        let reply: Vec<String> = append_script()
+        let mut script = append_message_script().prepare_invoke();
+        let written = Written {
+            user_key,
+            cid,
+            ts: message.ts,
+            origin,
+            author: &message.user,
+            text: &message.text,
+        };
+        self.shared_args(&mut script, room, &written);
+        appended(script.invoke_async(&mut self.link.commands()).await?)
+    }
+
+    /// Appends `event` to `room`: by `author_key` (whose account was created at
+    /// `account_created_ms`), or by an admin (`None`); `published` is the highest id the
+    /// writer's node has announced.
+    pub(crate) async fn append_event(
+        &self,
+        room: &RoomRef,
+        author_key: Option<&str>,
+        account_created_ms: u64,
+        event: &Event,
+        cid: Option<&str>,
+        published: u64,
+        origin: Origin,
+    ) -> Result<Appended, ClusterError> {
+        let cid = cid.unwrap_or("");
+        let (kind, text) = match &event.change {
+            Change::Edited { text, .. } => ("edited", text.as_deref().unwrap_or("")),
+            Change::Deleted => ("deleted", ""),
+        };
+        let mut script = append_event_script().prepare_invoke();
+        let key = author_key.unwrap_or("");
+        let written = Written {
+            user_key: key,
+            cid,
+            ts: event.ts,
+            origin,
+            author: &event.user,
+            text,
+        };
+        self.shared_args(&mut script, room, &written);
+        script
+            .key(keys::overlay(room.no))
+            .key(keys::edits(room.no))
+            .arg(event.target)
+            .arg(kind)
+            .arg(key)
+            .arg(account_created_ms)
+            .arg(published);
+        appended(script.invoke_async(&mut self.link.commands()).await?)
+    }
+
+    /// The keys and arguments both append scripts take (see [`CHECK`], [`COMMIT`]): KEYS 1–4
+    /// and ARGV 1–9; an event's follow.
+    fn shared_args(&self, script: &mut redis::ScriptInvocation<'_>, room: &RoomRef, w: &Written) {
+        script
             .key(keys::room(&room.name))
             .key(keys::log(room.no))
             .key(keys::NEXT_ID)
-            .key(keys::cid(user_key, cid))
+            .key(keys::cid(w.user_key, w.cid))
             .arg(room.no)
-            .arg(&message.user)
-            .arg(&message.text)
-            .arg(message.ts)
-            .arg(cid)
-            .arg(origin.encode())
+            .arg(w.author)
+            .arg(w.text)
+            .arg(w.ts)
+            .arg(w.cid)
+            .arg(w.origin.encode())
             .arg(self.cid_ttl_secs)
             .arg(&*room.name)
-            .arg(keys::feed(&room.name))
-            .invoke_async(&mut self.link.commands())
-            .await?;
-        match reply.as_slice() {
-            [kind, id, prev] if kind == "new" => Ok(Appended::New {
-                id: number(id, "new id")?,
-                prev: number(prev, "previous id")?,
-            }),
-            [kind, seen] if kind == "dup" => Ok(Appended::Duplicate(cid_entry(seen)?)),
-            [kind] if kind == "gone" => Ok(Appended::RoomGone),
-            other => Err(ClusterError::Corrupt(format!(
-                "unexpected append reply {other:?}"
-            ))),
-        }
+            .arg(keys::feed(&room.name));
     }
 
-    /// Entries of room `room_no` with `after < id <= upto`, oldest first, at most `limit`, and
-    /// whether more follow.
+    /// Entries of room `room_no` with `after < id <= upto`, oldest first, at most `limit`
+    /// (messages in their current state), and whether more follow.
     pub(crate) async fn entries_after(
         &self,
         room_no: u32,
@@ -280,10 +443,14 @@ impl RoomLogs {
             .arg(limit + 1)
             .query_async(&mut self.link.commands())
             .await?;
-        entries(reply.ids, limit)
+        let more = reply.ids.len() > limit;
+        let mut entries = parse_entries(reply.ids.into_iter().take(limit))?;
+        self.apply_edits(room_no, &mut entries).await?;
+        Ok((entries, more))
     }
 
-    /// Messages of room `room_no` with `after < id <= upto`, oldest first, at most `limit`.
+    /// Messages of room `room_no` with `after < id <= upto`, oldest first, at most `limit`
+    /// (events skipped), and whether more messages follow.
     pub(crate) async fn messages_after(
         &self,
         room_no: u32,
@@ -291,12 +458,25 @@ impl RoomLogs {
         upto: u64,
         limit: usize,
     ) -> Result<Page, ClusterError> {
-        let (entries, more) = self.entries_after(room_no, after, upto, limit).await?;
-        Ok(page(entries, more))
+        // One message beyond the page tells whether more follow.
+        let mut messages = Vec::new();
+        let mut cursor = after;
+        while messages.len() <= limit {
+            let want = limit + 1 - messages.len();
+            let (entries, more) = self.entries_after(room_no, cursor, upto, want).await?;
+            cursor = entries.last().map_or(cursor, |e| e.id);
+            messages.extend(entries.into_iter().filter_map(stored_message));
+            if !more {
+                break;
+            }
+        }
+        let more = messages.len() > limit;
+        messages.truncate(limit);
+        Ok(Page { messages, more })
     }
 
-    /// The newest messages of `room` with `id < before` and `id <= upto`, at most `limit`,
-    /// oldest first.
+    /// The newest messages of room `room_no` with `id < before` and `id <= upto`, at most
+    /// `limit`, oldest first (events skipped), and whether older messages exist.
     pub(crate) async fn messages_before(
         &self,
         room_no: u32,
@@ -304,44 +484,117 @@ impl RoomLogs {
         upto: u64,
         limit: usize,
     ) -> Result<Page, ClusterError> {
-        let end = before.min(upto.saturating_add(1));
-        if end <= 1 || limit == 0 {
-            return Ok(Page::default());
+        let mut newest_first = Vec::new();
+        let mut end = before.min(upto.saturating_add(1));
+        while newest_first.len() <= limit && end > 1 {
+            let want = limit + 1 - newest_first.len();
+            let reply: StreamRangeReply = redis::cmd("XREVRANGE")
+                .arg(keys::log(room_no))
+                .arg(format!("({}", keys::entry_id(end)))
+                .arg("-")
+                .arg("COUNT")
+                .arg(want)
+                .query_async(&mut self.link.commands())
+                .await?;
+            let read = reply.ids.len();
+            let mut entries = parse_entries(reply.ids.into_iter())?;
+            self.apply_edits(room_no, &mut entries).await?;
+            end = entries.last().map_or(0, |e| e.id);
+            newest_first.extend(entries.into_iter().filter_map(stored_message));
+            if read < want {
+                break;
+            }
         }
-        let reply: StreamRangeReply = redis::cmd("XREVRANGE")
-            .arg(keys::log(room_no))
-            .arg(format!("({}", keys::entry_id(end)))
-            .arg("-")
-            .arg("COUNT")
-            .arg(limit + 1)
+        let more = newest_first.len() > limit;
+        newest_first.truncate(limit);
+        newest_first.reverse();
+        Ok(Page {
+            messages: newest_first,
+            more,
+        })
+    }
+
+    /// Replaces the texts of edited messages among `entries` with their current ones.
+    async fn apply_edits(
+        &self,
+        room_no: u32,
+        entries: &mut [LogEntry],
+    ) -> Result<(), ClusterError> {
+        let ids: Vec<u64> = entries
+            .iter()
+            .filter(|e| is_message(e))
+            .map(|e| e.id)
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let current: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(keys::overlay(room_no))
+            .arg(&ids)
             .query_async(&mut self.link.commands())
             .await?;
-        let (mut entries, more) = entries(reply.ids, limit)?;
-        entries.reverse();
-        Ok(page(entries, more))
+        let edited: HashMap<u64, String> = ids
+            .into_iter()
+            .zip(current)
+            .filter_map(|(id, v)| Some((id, v?)))
+            .collect();
+        for entry in entries {
+            if let (Body::Message(message), Some(current)) =
+                (&mut entry.body, edited.get(&entry.id))
+            {
+                let (ts, text) = current
+                    .split_once('\n')
+                    .ok_or_else(|| ClusterError::Corrupt(format!("edited text of {}", entry.id)))?;
+                message.edited_ts = Some(number(ts, "edit time")?);
+                message.text = text.to_string();
+            }
+        }
+        Ok(())
     }
 }
 
-/// Up to `limit` entries, and whether more were read.
-fn entries(ids: Vec<StreamId>, limit: usize) -> Result<(Vec<LogEntry>, bool), ClusterError> {
-    let more = ids.len() > limit;
-    let entries = ids
-        .into_iter()
-        .take(limit)
-        .map(|entry| log_entry(&entry))
-        .collect::<Result<_, _>>()?;
-    Ok((entries, more))
+/// What both append scripts write: by whom, when, with which cid, from where, and the text.
+struct Written<'a> {
+    user_key: &'a str,
+    cid: &'a str,
+    ts: u64,
+    origin: Origin,
+    author: &'a str,
+    text: &'a str,
 }
 
-fn page(entries: Vec<LogEntry>, more: bool) -> Page {
-    let messages = entries
-        .into_iter()
-        .map(|e| StoredMessage {
-            id: e.id,
-            message: e.message,
-        })
-        .collect();
-    Page { messages, more }
+fn appended(reply: Vec<String>) -> Result<Appended, ClusterError> {
+    match reply.as_slice() {
+        [kind, id, prev] if kind == "new" => Ok(Appended::New {
+            id: number(id, "new id")?,
+            prev: number(prev, "previous id")?,
+        }),
+        [kind, seen] if kind == "dup" => Ok(Appended::Duplicate(cid_entry(seen)?)),
+        [kind] if kind == "gone" => Ok(Appended::RoomGone),
+        [kind] if kind == "not_found" => Ok(Appended::NotFound),
+        [kind] if kind == "forbidden" => Ok(Appended::Forbidden),
+        other => Err(ClusterError::Corrupt(format!(
+            "unexpected append reply {other:?}"
+        ))),
+    }
+}
+
+fn is_message(entry: &LogEntry) -> bool {
+    matches!(entry.body, Body::Message(_))
+}
+
+fn stored_message(entry: LogEntry) -> Option<StoredMessage> {
+    match entry.body {
+        Body::Message(message) => Some(StoredMessage {
+            id: entry.id,
+            message,
+        }),
+        Body::Event(_) => None,
+    }
+}
+
+fn parse_entries(ids: impl Iterator<Item = StreamId>) -> Result<Vec<LogEntry>, ClusterError> {
+    ids.map(|entry| log_entry(&entry)).collect()
 }
 
 fn log_entry(entry: &StreamId) -> Result<LogEntry, ClusterError> {
@@ -356,11 +609,23 @@ fn log_entry(entry: &StreamId) -> Result<LogEntry, ClusterError> {
             .ok_or_else(|| ClusterError::Corrupt(format!("log entry {id} has no field {name}")))
     };
     let cid = Some(field("c")?).filter(|c| !c.is_empty());
-    let ts = number(&field("ts")?, "message time")?;
+    let ts = number(&field("ts")?, "entry time")?;
+    let body = match entry.get::<String>("k").as_deref() {
+        Some("e") => {
+            let target = number(&field("tg")?, "event target")?;
+            let kind = field("ch")?;
+            Body::Event(
+                event(field("u")?, ts, &kind, target, &field("t")?)
+                    .ok_or_else(|| ClusterError::Corrupt(format!("log entry {id}: {kind:?}")))?,
+            )
+        }
+        _ => Body::Message(Message::new(field("u")?, field("t")?, ts, cid.clone())),
+    };
     Ok(LogEntry {
         id,
         origin: entry.get::<String>("o").as_deref().and_then(Origin::decode),
-        message: Message::new(field("u")?, field("t")?, ts, cid),
+        cid,
+        body,
     })
 }
 
@@ -546,7 +811,8 @@ mod tests {
             let entry = LogEntry {
                 id: 1,
                 origin: Some(ORIGIN),
-                message: m,
+                cid: Some("c-9".into()),
+                body: Body::Message(m),
             };
             assert_eq!(
                 published,
@@ -559,16 +825,168 @@ mod tests {
             let second = messages.next().await.unwrap();
             let published = Published::parse(second.get_payload_bytes()).expect("parses");
             assert_eq!(
-                (
-                    published.prev,
-                    published.entry.id,
-                    published.entry.message.cid
-                ),
+                (published.prev, published.entry.id, published.entry.cid),
                 (1, 2, None)
             );
             // The log holds what was published, origin included.
             let (read, more) = logs.entries_after(a.no, 0, 1, 10).await.unwrap();
             assert_eq!((read, more), (vec![entry], false));
+        });
+    }
+
+    fn edit(user: &str, target: u64, text: &str) -> Event {
+        Event {
+            target,
+            user: user.into(),
+            ts: 1_764_255_001_000,
+            change: Change::Edited {
+                text: Some(text.into()),
+                replaced: None,
+            },
+        }
+    }
+
+    fn delete(user: &str, target: u64) -> Event {
+        Event {
+            target,
+            user: user.into(),
+            ts: 1_764_255_002_000,
+            change: Change::Deleted,
+        }
+    }
+
+    /// Appends `event` by `author` (an admin if `None`), anything published.
+    async fn change(
+        logs: &RoomLogs,
+        room: &RoomRef,
+        event: Event,
+        author: Option<&str>,
+        cid: Option<&str>,
+    ) -> Appended {
+        logs.append_event(room, author, 0, &event, cid, MAX, ORIGIN)
+            .await
+            .unwrap()
+    }
+
+    const MAX: u64 = (1 << 53) - 1;
+
+    #[test]
+    fn edits_and_deletions_are_checked_stored_as_events_and_change_what_reads_return() {
+        let redis = TestRedis::start();
+        let logs = logs(&redis);
+        smol::block_on(async {
+            let a = room_ref("a", logs.ensure_room("a", 1).await.unwrap().no);
+            let sent = message("alice", "frist", None);
+            let Appended::New { id, .. } = logs.append(&a, "alice", &sent, ORIGIN).await.unwrap()
+            else {
+                panic!("stored")
+            };
+            // Someone else's message, or one that is not there.
+            let by_bob = change(&logs, &a, edit("bob", id, "x"), Some("bob"), None).await;
+            assert_eq!(by_bob, Appended::Forbidden);
+            let missing = change(&logs, &a, edit("alice", 99, "x"), Some("alice"), None).await;
+            assert_eq!(missing, Appended::NotFound);
+            let fixed = edit("alice", id, "first");
+            let Appended::New { id: seq, prev } =
+                change(&logs, &a, fixed.clone(), Some("alice"), Some("e1")).await
+            else {
+                panic!("edit stored")
+            };
+            assert_eq!(prev, id);
+            // A repeated cid is the original's.
+            let again = change(&logs, &a, edit("alice", id, "x"), Some("alice"), Some("e1")).await;
+            assert!(matches!(again, Appended::Duplicate(CidEntry { id, .. }) if id == seq));
+            let page = logs.messages_after(a.no, 0, 1000, 10).await.unwrap();
+            assert_eq!(page.messages.len(), 1, "the event is not a message");
+            let current = &page.messages[0].message;
+            assert_eq!(current.text, "first");
+            assert_eq!(current.edited_ts, Some(1_764_255_001_000));
+            let (entries, _) = logs.entries_after(a.no, 0, 1000, 10).await.unwrap();
+            assert_eq!(entries.len(), 2);
+            assert_eq!(entries[1].body, Body::Event(fixed));
+            assert_eq!(entries[1].cid.as_deref(), Some("e1"));
+
+            // An admin may delete anyone's; the text and its edits are gone from the log.
+            let removal = delete("[system]", id);
+            let Appended::New { id: deleted, .. } =
+                change(&logs, &a, removal.clone(), None, None).await
+            else {
+                panic!("deletion stored")
+            };
+            assert!(logs
+                .messages_after(a.no, 0, 1000, 10)
+                .await
+                .unwrap()
+                .messages
+                .is_empty());
+            let (entries, _) = logs.entries_after(a.no, 0, 1000, 10).await.unwrap();
+            let left: Vec<_> = entries.iter().map(|e| (e.id, e.body.clone())).collect();
+            assert_eq!(left, [(deleted, Body::Event(removal))]);
+            let twice = change(&logs, &a, delete("alice", id), Some("alice"), None).await;
+            assert_eq!(twice, Appended::NotFound);
+        });
+    }
+
+    #[test]
+    fn an_edit_beyond_what_the_node_published_or_by_a_newer_account_is_refused() {
+        let redis = TestRedis::start();
+        let logs = logs(&redis);
+        smol::block_on(async {
+            let a = room_ref("a", logs.ensure_room("a", 1).await.unwrap().no);
+            let sent = message("alice", "hi", None);
+            let Appended::New { id, .. } = logs.append(&a, "alice", &sent, ORIGIN).await.unwrap()
+            else {
+                panic!("stored")
+            };
+            let event = edit("alice", id, "hello");
+            let outcome = logs
+                .append_event(&a, Some("alice"), 0, &event, None, id - 1, ORIGIN)
+                .await
+                .unwrap();
+            assert_eq!(outcome, Appended::NotFound);
+            // An account made after the message (a new account of that name) may not edit it.
+            let outcome = logs
+                .append_event(&a, Some("alice"), sent.ts + 1, &event, None, id, ORIGIN)
+                .await
+                .unwrap();
+            assert_eq!(outcome, Appended::Forbidden);
+        });
+    }
+
+    #[test]
+    fn history_pages_skip_events_and_say_whether_more_messages_exist() {
+        let redis = TestRedis::start();
+        let logs = logs(&redis);
+        smol::block_on(async {
+            let a = room_ref("a", logs.ensure_room("a", 1).await.unwrap().no);
+            let mut ids = Vec::new();
+            for i in 0..4 {
+                let m = message("alice", &format!("m{i}"), None);
+                let Appended::New { id, .. } = logs.append(&a, "alice", &m, ORIGIN).await.unwrap()
+                else {
+                    panic!("stored")
+                };
+                ids.push(id);
+                // An edit after every message: pages must read past them.
+                change(
+                    &logs,
+                    &a,
+                    edit("alice", id, &format!("m{i}!")),
+                    Some("alice"),
+                    None,
+                )
+                .await;
+            }
+            let of = |p: &Page| p.messages.iter().map(|m| m.id).collect::<Vec<_>>();
+            let p = logs.messages_after(a.no, 0, MAX, 2).await.unwrap();
+            assert_eq!((of(&p), p.more), (ids[..2].to_vec(), true));
+            let p = logs.messages_after(a.no, ids[1], MAX, 2).await.unwrap();
+            assert_eq!((of(&p), p.more), (ids[2..].to_vec(), false));
+            let p = logs.messages_before(a.no, MAX, MAX, 3).await.unwrap();
+            assert_eq!((of(&p), p.more), (ids[1..].to_vec(), true));
+            let p = logs.messages_before(a.no, ids[1], MAX, 3).await.unwrap();
+            assert_eq!((of(&p), p.more), (ids[..1].to_vec(), false));
+            assert_eq!(p.messages[0].message.text, "m0!");
         });
     }
 }

@@ -16,14 +16,14 @@ use std::sync::Arc;
 
 use super::{now_ms, Hub, HubError, Member, Room, RoomState};
 use crate::cluster::feed::{Delivery, Rooms};
-use crate::cluster::log::{Appended, LogEntry, Origin};
+use crate::cluster::log::{Appended, Body, LogEntry, Origin};
 use crate::cluster::presence::{PresenceChange, Typing};
 use crate::cluster::Cluster;
-use crate::hub::message_event;
+use crate::hub::{event_frame, message_event};
 use crate::metrics::Metrics;
 use crate::outbox::corked;
 use crate::protocol::{encode, ServerFrame};
-use crate::store::Message;
+use crate::store::{Change, Event, Message};
 use crate::sync::lock;
 
 /// A user online in a room through other nodes.
@@ -123,6 +123,61 @@ impl Hub {
                 Ok(())
             }
             Appended::RoomGone => Err(HubError::RoomGone),
+            Appended::NotFound => Err(HubError::NotFound),
+            Appended::Forbidden => Err(HubError::Forbidden),
+        }
+    }
+
+    /// Cluster mode's `edit` and `delete` of `member`'s message `target`: checked and appended
+    /// in one script; acked and broadcast by the feed like a send.
+    pub(crate) async fn change_in_cluster(
+        &self,
+        cluster: &Cluster,
+        room: &Arc<Room>,
+        member: &Member,
+        target: u64,
+        change: Change,
+        cid: Option<String>,
+    ) -> Result<(), HubError> {
+        room.check_live()?;
+        room.touch();
+        let event = Event {
+            target,
+            user: member.name.to_string(),
+            ts: now_ms(),
+            change,
+        };
+        let published = lock(&room.state).published;
+        let origin = Origin {
+            node: cluster.node,
+            conn: member.conn,
+        };
+        let appended = cluster
+            .logs
+            .append_event(
+                &room.log_ref,
+                Some(&member.user_key),
+                member.account_created_ms,
+                &event,
+                cid.as_deref(),
+                published,
+                origin,
+            )
+            .await?;
+        match appended {
+            Appended::New { .. } => Ok(()),
+            Appended::Duplicate(original) => {
+                member.outbox.reply(encode(&ServerFrame::Ack {
+                    room: &original.room,
+                    cid: cid.as_deref(),
+                    id: original.id,
+                    ts: original.ts,
+                }));
+                Ok(())
+            }
+            Appended::RoomGone => Err(HubError::RoomGone),
+            Appended::NotFound => Err(HubError::NotFound),
+            Appended::Forbidden => Err(HubError::Forbidden),
         }
     }
 
@@ -159,16 +214,21 @@ impl Rooms for Hub {
                 };
             }
             state.published = entry.id;
-            let message = &entry.message;
+            let (frame, ts) = match &entry.body {
+                Body::Message(message) => (
+                    encode(&message_event(&room.name, entry.id, message)),
+                    message.ts,
+                ),
+                Body::Event(event) => (encode(&event_frame(&room.name, entry.id, event)), event.ts),
+            };
             if let Some(sender) = &sender {
                 sender.outbox.reply(encode(&ServerFrame::Ack {
                     room: &room.name,
-                    cid: message.cid.as_deref(),
+                    cid: entry.cid.as_deref(),
                     id: entry.id,
-                    ts: message.ts,
+                    ts,
                 }));
             }
-            let frame = encode(&message_event(&room.name, entry.id, message));
             room.fan_out(&state, &frame, None, &self.metrics);
             Delivery::Done
         })

@@ -134,6 +134,14 @@ enum Handled {
         cid: Option<String>,
         reference: String,
     },
+    /// Cluster mode: an edit or deletion, checked and appended in Redis.
+    ClusterChange {
+        room: Arc<Room>,
+        target: u64,
+        change: crate::store::Change,
+        cid: Option<String>,
+        reference: String,
+    },
     /// `history`, read from the room's log (with the frame's reference).
     History {
         room: Arc<Room>,
@@ -345,6 +353,19 @@ impl Session {
                             Box::pin(self.cluster_join(room, since, &reference)).await;
                             None
                         }
+                        Handled::ClusterChange {
+                            room,
+                            target,
+                            change,
+                            cid,
+                            reference,
+                        } => {
+                            let change = self.cluster_change(&room, target, change, cid);
+                            if let Err(rejection) = Box::pin(change).await {
+                                self.reject(rejection.with_ref(Some(&reference)));
+                            }
+                            None
+                        }
                         Handled::ClusterSend {
                             room,
                             text,
@@ -535,13 +556,38 @@ impl Session {
                     text: Some(text),
                     replaced: None,
                 };
-                self.change_own(&member, &room, id, edit, cid)
+                match self.cluster_room(&room) {
+                    Some(Ok(room)) => {
+                        return Handled::ClusterChange {
+                            room,
+                            target: id,
+                            change: edit,
+                            cid,
+                            reference: frame.reference,
+                        }
+                    }
+                    Some(Err(rejection)) => Err(rejection),
+                    None => self.change_own(&member, &room, id, edit, cid),
+                }
             }
             Request::Delete { room, id, cid } => {
                 if let Err(refused) = self.spend_send(&member, 0, reference) {
                     return refused;
                 }
-                self.change_own(&member, &room, id, crate::store::Change::Deleted, cid)
+                let delete = crate::store::Change::Deleted;
+                match self.cluster_room(&room) {
+                    Some(Ok(room)) => {
+                        return Handled::ClusterChange {
+                            room,
+                            target: id,
+                            change: delete,
+                            cid,
+                            reference: frame.reference,
+                        }
+                    }
+                    Some(Err(rejection)) => Err(rejection),
+                    None => self.change_own(&member, &room, id, delete, cid),
+                }
             }
         };
         if let Err(rejection) = result {
@@ -715,6 +761,29 @@ impl Session {
             Ok(None) => {}
             Err(rejection) => self.reject(rejection.with_ref(Some(reference))),
         }
+    }
+
+    /// In cluster mode, the joined room `name` (or why not); `None` in single-node mode.
+    fn cluster_room(&mut self, name: &str) -> Option<Result<Arc<Room>, Rejection>> {
+        self.state.hub.cluster()?;
+        Some(self.joined(name))
+    }
+
+    /// Cluster mode: appends an edit or deletion of the member's message `target`.
+    async fn cluster_change(
+        &self,
+        room: &Arc<Room>,
+        target: u64,
+        change: crate::store::Change,
+        cid: Option<String>,
+    ) -> Result<(), Rejection> {
+        let (Some(member), Some(cluster)) = (&self.member, self.state.hub.cluster()) else {
+            return Ok(());
+        };
+        let hub = &self.state.hub;
+        hub.change_in_cluster(cluster, room, member, target, change, cid)
+            .await
+            .map_err(|e| self.hub_error(e, room.name()))
     }
 
     /// Cluster mode: appends a `send` to the room's log; the ack comes with the broadcast.
