@@ -364,19 +364,21 @@ impl RoomLogs {
         appended(script.invoke_async(&mut self.link.commands()).await?)
     }
 
-    /// Appends `event` to `room`: by `author_key` (whose account was created at
-    /// `account_created_ms`), or by an admin (`None`); `published` is the highest id the
-    /// writer's node has announced.
+    /// Appends `event` by `changer` to `room`; `published` is the highest id the changer's
+    /// node has announced.
     pub(crate) async fn append_event(
         &self,
         room: &RoomRef,
-        author_key: Option<&str>,
-        account_created_ms: u64,
+        changer: &Changer<'_>,
         event: &Event,
         cid: Option<&str>,
         published: u64,
-        origin: Origin,
     ) -> Result<Appended, ClusterError> {
+        let Changer {
+            author_key,
+            account_created_ms,
+            origin,
+        } = *changer;
         let cid = cid.unwrap_or("");
         let (kind, text) = match &event.change {
             Change::Edited { text, .. } => ("edited", text.as_deref().unwrap_or("")),
@@ -551,6 +553,18 @@ impl RoomLogs {
         }
         Ok(())
     }
+}
+
+/// Who changes a message: its author (whose account was created at `account_created_ms`: a
+/// newer account of the same name is someone else), or an admin (`author_key` `None`).
+#[derive(Clone, Copy)]
+pub(crate) struct Changer<'a> {
+    /// The author's key, or `None` for an admin.
+    pub author_key: Option<&'a str>,
+    /// When the author's account was created.
+    pub account_created_ms: u64,
+    /// Where the change comes from.
+    pub origin: Origin,
 }
 
 /// What both append scripts write: by whom, when, with which cid, from where, and the text.
@@ -863,7 +877,12 @@ mod tests {
         author: Option<&str>,
         cid: Option<&str>,
     ) -> Appended {
-        logs.append_event(room, author, 0, &event, cid, MAX, ORIGIN)
+        let changer = Changer {
+            author_key: author,
+            account_created_ms: 0,
+            origin: ORIGIN,
+        };
+        logs.append_event(room, &changer, &event, cid, MAX)
             .await
             .unwrap()
     }
@@ -939,14 +958,20 @@ mod tests {
                 panic!("stored")
             };
             let event = edit("alice", id, "hello");
+            let mut changer = Changer {
+                author_key: Some("alice"),
+                account_created_ms: 0,
+                origin: ORIGIN,
+            };
             let outcome = logs
-                .append_event(&a, Some("alice"), 0, &event, None, id - 1, ORIGIN)
+                .append_event(&a, &changer, &event, None, id - 1)
                 .await
                 .unwrap();
             assert_eq!(outcome, Appended::NotFound);
             // An account made after the message (a new account of that name) may not edit it.
+            changer.account_created_ms = sent.ts + 1;
             let outcome = logs
-                .append_event(&a, Some("alice"), sent.ts + 1, &event, None, id, ORIGIN)
+                .append_event(&a, &changer, &event, None, id)
                 .await
                 .unwrap();
             assert_eq!(outcome, Appended::Forbidden);

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use super::{now_ms, Hub, HubError, Member, Room, RoomState};
 use crate::cluster::feed::{Delivery, Rooms};
-use crate::cluster::log::{Appended, Body, LogEntry, Origin};
+use crate::cluster::log::{Appended, Body, Changer, LogEntry, Origin};
 use crate::cluster::presence::{PresenceChange, Typing};
 use crate::cluster::Cluster;
 use crate::hub::{event_frame, message_event};
@@ -148,21 +148,17 @@ impl Hub {
             change,
         };
         let published = lock(&room.state).published;
-        let origin = Origin {
-            node: cluster.node,
-            conn: member.conn,
+        let changer = Changer {
+            author_key: Some(&member.user_key),
+            account_created_ms: member.account_created_ms,
+            origin: Origin {
+                node: cluster.node,
+                conn: member.conn,
+            },
         };
         let appended = cluster
             .logs
-            .append_event(
-                &room.log_ref,
-                Some(&member.user_key),
-                member.account_created_ms,
-                &event,
-                cid.as_deref(),
-                published,
-                origin,
-            )
+            .append_event(&room.log_ref, &changer, &event, cid.as_deref(), published)
             .await?;
         match appended {
             Appended::New { .. } => Ok(()),
