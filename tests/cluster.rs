@@ -334,3 +334,84 @@ fn seq_of_or_id(v: &Value) -> u64 {
         .and_then(Value::as_u64)
         .unwrap_or_else(|| id_of(v))
 }
+
+#[test]
+fn read_markers_and_the_conversation_list_follow_a_user_across_nodes() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let mut alice_a = a.register("alice");
+    alice_a.join11("general");
+    let mut alice_b = b.login("alice", PASSWORD);
+    alice_b.join11("general");
+    let mut bob = b.register("bob");
+    bob.join11("general");
+    let mut ids = Vec::new();
+    for text in ["hi", "@alice look", "bye"] {
+        let (ack, _) = bob.say("general", text);
+        ids.push(id_of(&ack));
+    }
+    let entry = alice_a.room_entry("general").expect("on alice's list");
+    assert_eq!(
+        (entry["unread"].as_u64(), entry["mentions"].as_u64()),
+        (Some(3), Some(1))
+    );
+    assert_eq!(entry["last"]["text"], "bye");
+
+    // Read on node A: both of alice's connections hear the marker, node B's too.
+    assert_eq!(alice_a.mark_read("general", ids[1]), ids[1]);
+    let (echo, _) = alice_b.wait_for(T, |v| v["type"] == "read");
+    assert_eq!(
+        (echo["room"].as_str(), id_of(&echo)),
+        (Some("general"), ids[1])
+    );
+    let entry = alice_b.room_entry("general").expect("listed");
+    assert_eq!(
+        (entry["read"].as_u64(), entry["unread"].as_u64()),
+        (Some(ids[1]), Some(1))
+    );
+    // Markers only move forward.
+    assert_eq!(alice_b.mark_read("general", ids[0]), ids[1]);
+    // A new connection's `joined` carries it.
+    let mut third = a.login("alice", PASSWORD);
+    assert_eq!(third.join11("general").read(), ids[1]);
+
+    // `leave` takes the room off the list on every node.
+    leave(&mut alice_a, "general");
+    assert!(alice_b.room_entry("general").is_none());
+}
+
+#[test]
+fn direct_messages_across_nodes_with_notifications_for_the_user_not_in_the_room() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let mut alice = a.register("alice");
+    let mut bob = b.register("bob");
+    let mut carol = a.register("carol");
+    let dm = dm_room("alice", "bob");
+    alice.join11(&dm);
+    let (ack, _) = alice.say(&dm, "psst");
+    // Bob is on the other node and has not joined: a notification.
+    let (notify, _) = bob.wait_for(T, |v| v["type"] == "notify");
+    assert_eq!(
+        (
+            notify["room"].as_str(),
+            id_of(&notify),
+            notify["user"].as_str(),
+            notify["text"].as_str()
+        ),
+        (Some(dm.as_str()), id_of(&ack), Some("alice"), Some("psst"))
+    );
+    let entry = bob.room_entry(&dm).expect("the DM is on bob's list");
+    assert_eq!(entry["unread"].as_u64(), Some(1));
+    // Others are kept out; a DM with nobody is not found.
+    carol.send_json(&json!({"type":"join","room":dm}));
+    carol.expect_error("forbidden");
+    carol.send_json(&json!({"type":"join","room":dm_room("carol", "nobody")}));
+    carol.expect_error("not_found");
+    // Bob joins from node B and answers.
+    let replay = bob.join11(&dm);
+    assert_eq!(replay.items.len(), 1);
+    bob.say(&dm, "hello");
+    alice.wait_for(T, |v| v["type"] == "message" && v["text"] == "hello");
+    alice.assert_quiet("no notification for a room alice has joined");
+}

@@ -24,6 +24,7 @@ use redis::aio::{PubSubSink, PubSubStream};
 
 use super::keys;
 use super::log::{LogEntry, Published, RoomLogs};
+use super::notices::Notice;
 use super::presence::{self, PresenceChange, Typing};
 use super::{ClusterError, Link};
 
@@ -59,6 +60,9 @@ pub(crate) trait Rooms: Send + Sync + 'static {
 
     /// Someone on a node is typing in room `name`.
     fn typing(&self, name: &str, typing: Typing);
+
+    /// A notice for a user's connections (on every node).
+    fn notice(&self, notice: Notice);
 }
 
 /// What [`Rooms::deliver`] did.
@@ -248,6 +252,7 @@ impl FeedTask {
     async fn subscribe_all(&mut self) -> Result<(PubSubSink, PubSubStream), ClusterError> {
         let pubsub = self.link.client().get_async_pubsub().await?;
         let (mut sink, stream) = pubsub.split();
+        sink.subscribe(keys::NOTICES).await?;
         for room in self.watches.keys() {
             sink.subscribe(keys::feed(room)).await?;
         }
@@ -326,6 +331,13 @@ impl FeedTask {
 
     async fn published(&mut self, msg: &redis::Msg) -> Result<(), ClusterError> {
         let channel = msg.get_channel_name();
+        if channel == keys::NOTICES {
+            match Notice::parse(msg.get_payload_bytes()) {
+                Some(notice) => self.rooms.notice(notice),
+                None => tracing::warn!("cluster feed: a notice chatd cannot read, ignored"),
+            }
+            return Ok(());
+        }
         let Some(room) = channel.strip_prefix(keys::feed("").as_str()) else {
             return Ok(());
         };
@@ -479,6 +491,8 @@ mod tests {
         fn presence_reset(&self, _: &str, _: Vec<PresenceChange>) {}
 
         fn typing(&self, _: &str, _: Typing) {}
+
+        fn notice(&self, _: Notice) {}
     }
 
     impl Recorder {

@@ -15,6 +15,7 @@
 //! | `chatd:skeleton:{skeleton}` | set | user keys whose names look alike (`rules::name_skeleton`) |
 //! | `chatd:users` | string (counter) | accounts created |
 //! | `chatd:session:{hex SHA-256 of the token}` | string, expires at `expires_ms` | the session record |
+//! | `chatd:memberships:{user key}` | hash | room → `{read}:{left_at}` (`left_at` empty while listed) |
 //! | `chatd:presence:{room}` | hash | `{node}:{user key}` → name, for every user online there on a node |
 //! | `chatd:nodes` | set | node ids (hex) that have been alive and not yet reaped |
 //! | `chatd:node:{node}` | string, expires | present while node `{node}` is alive (renewed by its heartbeat) |
@@ -23,13 +24,17 @@
 //! The room's log is keyed by its number, not its name, so a room deleted and created again
 //! starts an empty log and a write queued for the old one cannot land in the new one.
 //! Channels: `chatd:feed:{name}` carries every entry appended to the room's log ([`super::log`])
-//! and every change of presence in it ([`super::presence`]).
+//! and every change of presence in it ([`super::presence`]); `chatd:notices` carries read markers
+//! and notifications for a user's connections on every node ([`super::notices`]).
 
 /// The counter message ids are taken from.
 pub(crate) const NEXT_ID: &str = "chatd:next_id";
 
 /// The counter room numbers are taken from.
 pub(crate) const NEXT_ROOM_NO: &str = "chatd:next_room_no";
+
+/// The channel of notices for users' connections on every node (`super::notices`).
+pub(crate) const NOTICES: &str = "chatd:notices";
 
 /// The node ids that have been alive.
 pub(crate) const NODES: &str = "chatd:nodes";
@@ -42,6 +47,11 @@ pub(crate) fn node_alive(node: u64) -> String {
 /// The rooms where `node` has written presence.
 pub(crate) fn node_rooms(node: u64) -> String {
     format!("chatd:node-rooms:{node:x}")
+}
+
+/// A user's memberships (read markers, the conversation list).
+pub(crate) fn memberships(user_key: &str) -> String {
+    format!("chatd:memberships:{user_key}")
 }
 
 /// Who is online in `room`, per node.

@@ -451,6 +451,31 @@ impl RoomLogs {
         Ok((entries, more))
     }
 
+    /// Entries of room `room_no` with `after < id < before`, newest first, at most `limit`
+    /// (messages in their current state).
+    pub(crate) async fn entries_before(
+        &self,
+        room_no: u32,
+        before: u64,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, ClusterError> {
+        if before <= after + 1 || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let reply: StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(keys::log(room_no))
+            .arg(format!("({}", keys::entry_id(before)))
+            .arg(format!("({}", keys::entry_id(after)))
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut self.link.commands())
+            .await?;
+        let mut entries = parse_entries(reply.ids.into_iter())?;
+        self.apply_edits(room_no, &mut entries).await?;
+        Ok(entries)
+    }
+
     /// Messages of room `room_no` with `after < id <= upto`, oldest first, at most `limit`
     /// (events skipped), and whether more messages follow.
     pub(crate) async fn messages_after(

@@ -18,6 +18,8 @@ pub(crate) mod accounts;
 pub(crate) mod feed;
 pub(crate) mod keys;
 pub(crate) mod log;
+pub(crate) mod memberships;
+pub(crate) mod notices;
 pub(crate) mod presence;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -31,6 +33,7 @@ use crate::config::Durability;
 use accounts::ClusterAccounts;
 use feed::{Feed, Rooms};
 use log::RoomLogs;
+use memberships::ClusterMemberships;
 use presence::{PresenceChange, PresenceWriter, Typing};
 
 /// Why cluster mode could not start or a Redis operation failed.
@@ -220,6 +223,8 @@ pub(crate) struct Cluster {
     pub(crate) logs: RoomLogs,
     /// Users and sessions.
     pub(crate) accounts: ClusterAccounts,
+    /// Read markers and conversation lists.
+    pub(crate) memberships: ClusterMemberships,
     link: Link,
     feed: OnceLock<Feed>,
     presence: OnceLock<PresenceWriter>,
@@ -241,6 +246,7 @@ impl Cluster {
             node: u64::from_le_bytes(id),
             logs: RoomLogs::new(link.clone(), cid_ttl.as_secs()),
             accounts: ClusterAccounts::new(link.clone()),
+            memberships: ClusterMemberships::new(link.clone()),
             link,
             feed: OnceLock::new(),
             presence: OnceLock::new(),
@@ -271,6 +277,13 @@ impl Cluster {
                     online,
                 },
             );
+        }
+    }
+
+    /// Sends `notice` to the user's connections on every node (this one included).
+    pub(crate) fn send_notice(&self, notice: notices::Notice) {
+        if let Some(writer) = self.presence.get() {
+            writer.notice(notice);
         }
     }
 

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use redis::Script;
 
+use super::notices::Notice;
 use super::{keys, ClusterError, Link};
 
 /// The shortest time a node counts as alive after its last heartbeat.
@@ -183,10 +184,11 @@ impl Typing {
     }
 }
 
-/// What a node tells the others about a room.
+/// What a node tells the others.
 enum Announcement {
     Presence(PresenceChange),
     Typing(Typing),
+    Notice(Notice),
 }
 
 /// A node's announcer: presence changes and typing queued from under room locks, sent in
@@ -223,6 +225,18 @@ impl PresenceWriter {
         }
     }
 
+    /// Queues a notice for a user's connections on every node. Never waits; dropped (with a
+    /// warning) when Redis has been unreachable too long.
+    pub(crate) fn notice(&self, notice: Notice) {
+        if self
+            .changes
+            .try_send((String::new(), Announcement::Notice(notice)))
+            .is_err()
+        {
+            tracing::warn!("cluster notice dropped, Redis has been unreachable too long");
+        }
+    }
+
     /// Queues a `typing` to relay to the other nodes' members of `room`. Never waits; dropped
     /// when the queue is full (it is only a hint).
     pub(crate) fn typing(&self, room: &str, typing: Typing) {
@@ -237,13 +251,14 @@ async fn write_changes(link: Link, queued: async_channel::Receiver<(String, Anno
         let change = match announcement {
             Announcement::Presence(change) => change,
             Announcement::Typing(typing) => {
-                let relayed: Result<i64, redis::RedisError> = redis::cmd("PUBLISH")
-                    .arg(keys::feed(&room))
-                    .arg(typing.payload())
-                    .query_async(&mut link.commands())
-                    .await;
-                if let Err(e) = relayed {
+                if let Err(e) = publish(&link, &keys::feed(&room), typing.payload()).await {
                     tracing::debug!(room, error = %e, "cluster typing not relayed");
+                }
+                continue;
+            }
+            Announcement::Notice(notice) => {
+                if let Err(e) = publish(&link, keys::NOTICES, notice.payload()).await {
+                    tracing::warn!(error = %e, "cluster notice not sent");
                 }
                 continue;
             }
@@ -262,6 +277,15 @@ async fn write_changes(link: Link, queued: async_channel::Receiver<(String, Anno
             }
         }
     }
+}
+
+async fn publish(link: &Link, channel: &str, payload: String) -> Result<(), ClusterError> {
+    let _receivers: i64 = redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(payload)
+        .query_async(&mut link.commands())
+        .await?;
+    Ok(())
 }
 
 async fn write_change(

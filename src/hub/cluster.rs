@@ -17,13 +17,16 @@ use std::sync::Arc;
 use super::{now_ms, Hub, HubError, Member, Room, RoomState};
 use crate::cluster::feed::{Delivery, Rooms};
 use crate::cluster::log::{Appended, Body, Changer, LogEntry, Origin};
+use crate::cluster::notices::Notice;
 use crate::cluster::presence::{PresenceChange, Typing};
 use crate::cluster::Cluster;
 use crate::hub::{event_frame, message_event};
 use crate::metrics::Metrics;
 use crate::outbox::corked;
+use crate::protocol::Encoded;
 use crate::protocol::{encode, ServerFrame};
-use crate::store::{Change, Event, Message};
+use crate::rules;
+use crate::store::{user_key, Change, Event, Message};
 use crate::sync::lock;
 
 /// A user online in a room through other nodes.
@@ -54,7 +57,11 @@ impl Hub {
                 Some(record) => record,
                 None => {
                     self.spend_creation(creator)?;
-                    cluster.logs.ensure_room(name, now_ms()).await?
+                    let record = cluster.logs.ensure_room(name, now_ms()).await?;
+                    if record.created {
+                        cluster.memberships.add_dm_memberships(name).await?;
+                    }
+                    record
                 }
             };
             let mut rooms = lock(&self.rooms);
@@ -226,6 +233,10 @@ impl Rooms for Hub {
                 }));
             }
             room.fan_out(&state, &frame, None, &self.metrics);
+            let taken_here = entry.origin.is_some_and(|o| Some(o.node) == node);
+            if let (Body::Message(message), true) = (&entry.body, taken_here) {
+                self.notify_in_cluster(&room, entry.id, message);
+            }
             Delivery::Done
         })
     }
@@ -270,6 +281,44 @@ impl Rooms for Hub {
                 announce(&room, &state, &change.name, change.online, &self.metrics);
             }
         });
+    }
+
+    fn notice(&self, notice: Notice) {
+        match notice {
+            Notice::Read {
+                user_key,
+                room,
+                read,
+            } => super::conversations::send_read(&self.connections, &user_key, &room, read),
+            Notice::Notify {
+                user_key,
+                room,
+                id,
+                author,
+                ts,
+                text,
+            } => {
+                let recipients: Vec<Member> = lock(&self.connections).of_user(&user_key).to_vec();
+                if recipients.is_empty() {
+                    return;
+                }
+                let joined: Vec<u64> = self.loaded_room(&room).map_or_else(Vec::new, |room| {
+                    lock(&room.state).members.keys().copied().collect()
+                });
+                let frame = encode(&ServerFrame::Notify {
+                    room: &room,
+                    id,
+                    user: &author,
+                    text: &text,
+                    ts,
+                });
+                corked(|| {
+                    for member in recipients.iter().filter(|m| !joined.contains(&m.conn)) {
+                        member.outbox.reply(frame.clone());
+                    }
+                });
+            }
+        }
     }
 
     fn typing(&self, name: &str, typing: Typing) {
@@ -326,6 +375,126 @@ impl Rooms for Hub {
 }
 
 impl Hub {
+    /// Cluster mode: the notifications of message `id` of `room`, stored through this node
+    /// (each message is notified by the node that took it): to both users of a DM room, and to
+    /// users it mentions who have the room on their list, except its author. The membership
+    /// checks read Redis, so they run on a task of their own; each user's nodes hand the notice
+    /// to the connections that have not joined the room.
+    fn notify_in_cluster(&self, room: &Room, id: u64, message: &Message) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        let dm = rules::dm_participants(&room.name).ok().flatten();
+        if dm.is_none() && !message.text.contains('@') {
+            return;
+        }
+        let mut direct: Vec<String> = Vec::new();
+        if let Some((a, b)) = dm {
+            direct.extend([a, b].into_iter().map(str::to_owned));
+        }
+        let mentioned: Vec<String> = rules::mentioned_names(&message.text)
+            .map(user_key)
+            .filter(|key| !direct.contains(key))
+            .collect();
+        let author = user_key(&message.user);
+        let room = room.name.clone();
+        let message = message.clone();
+        self.executor
+            .spawn(async move {
+                let mut users = direct;
+                for key in mentioned {
+                    match cluster.memberships.membership(&key, &room).await {
+                        Ok(Some(m)) if m.left_at.is_none() && !users.contains(&key) => {
+                            users.push(key);
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(%room, error = %e, "mention not notified"),
+                    }
+                }
+                for user_key in users.into_iter().filter(|u| *u != author) {
+                    cluster.send_notice(Notice::Notify {
+                        user_key,
+                        room: room.clone(),
+                        id,
+                        author: message.user.clone(),
+                        ts: message.ts,
+                        text: message.text.clone(),
+                    });
+                }
+            })
+            .detach();
+    }
+
+    /// The newest id of room `name` clients can see: its published id while loaded, else its
+    /// record's. `None` if there is no such room.
+    pub(crate) async fn newest_in_cluster(
+        &self,
+        cluster: &Cluster,
+        name: &str,
+    ) -> Result<Option<u64>, HubError> {
+        if let Some(room) = self.loaded_room(name) {
+            return Ok(Some(lock(&room.state).published));
+        }
+        Ok(cluster.logs.room(name).await?.map(|r| r.last_id))
+    }
+
+    /// Cluster mode's `read`: moves `member`'s marker in room `name` forward (to at most its
+    /// newest id); every connection of the user, on every node, gets the marker in force.
+    /// `Ok(false)` if there is no such room.
+    pub(crate) async fn mark_read_in_cluster(
+        &self,
+        cluster: &Cluster,
+        member: &Member,
+        name: &str,
+        id: u64,
+    ) -> Result<bool, HubError> {
+        let Some(newest) = self.newest_in_cluster(cluster, name).await? else {
+            return Ok(false);
+        };
+        let read = cluster
+            .memberships
+            .mark_read(&member.user_key, name, id.min(newest))
+            .await?;
+        cluster.send_notice(Notice::Read {
+            user_key: member.user_key.to_string(),
+            room: name.to_string(),
+            read,
+        });
+        Ok(true)
+    }
+
+    /// Cluster mode's `rooms`: `member`'s conversation list.
+    pub(crate) async fn conversations_in_cluster(
+        &self,
+        cluster: &Cluster,
+        member: &Member,
+    ) -> Result<Encoded, HubError> {
+        let mut listed = Vec::new();
+        for (name, membership) in cluster.memberships.memberships(&member.user_key).await? {
+            let Some(record) = cluster.logs.room(&name).await? else {
+                continue; // deleted by an admin
+            };
+            let upto = self
+                .loaded_room(&name)
+                .map_or(record.last_id, |room| lock(&room.state).published);
+            let conversation = cluster
+                .memberships
+                .conversation(
+                    &cluster.logs,
+                    &member.user_key,
+                    &name,
+                    record.no,
+                    &membership,
+                    upto,
+                )
+                .await?;
+            if let Some(conversation) = conversation {
+                listed.push((name, conversation));
+            }
+        }
+        Ok(super::conversations::rooms_reply(listed))
+    }
+
     /// Cluster mode: relays `typing` to the other nodes (nothing in single-node mode).
     pub(super) fn relay_typing(&self, room: &Room, member: &Member) {
         if let Some(cluster) = &self.cluster {

@@ -95,7 +95,7 @@ impl Notices {
 }
 
 /// Sends `{"type":"read"}` with marker `read` of `room` to every connection of `user`.
-fn send_read(connections: &Mutex<Connections>, user: &str, room: &str, read: u64) {
+pub(super) fn send_read(connections: &Mutex<Connections>, user: &str, room: &str, read: u64) {
     let frame = encode(&ServerFrame::Read { room, id: read });
     let targets: Vec<Member> = lock(connections).of_user(user).to_vec();
     corked(|| {
@@ -317,22 +317,27 @@ impl Hub {
                 listed.push((name, conversation));
             }
         }
-        listed.sort_by(|a, b| b.1.last_id.cmp(&a.1.last_id).then_with(|| a.0.cmp(&b.0)));
-        Ok(encode(&ServerFrame::Rooms {
-            rooms: listed
-                .iter()
-                .map(|(name, c)| RoomSummary {
-                    room: name,
-                    last_id: c.last_id,
-                    read: c.read,
-                    unread: c.unread,
-                    mentions: c.mentions,
-                    last: c
-                        .last
-                        .as_ref()
-                        .map(|m| message_event(name, m.id, &m.message)),
-                })
-                .collect(),
-        }))
+        Ok(rooms_reply(listed))
     }
+}
+
+/// The `rooms` reply for these conversations: newest activity first.
+pub(super) fn rooms_reply(mut listed: Vec<(String, Conversation)>) -> Encoded {
+    listed.sort_by(|a, b| b.1.last_id.cmp(&a.1.last_id).then_with(|| a.0.cmp(&b.0)));
+    encode(&ServerFrame::Rooms {
+        rooms: listed
+            .iter()
+            .map(|(name, c)| RoomSummary {
+                room: name,
+                last_id: c.last_id,
+                read: c.read,
+                unread: c.unread,
+                mentions: c.mentions,
+                last: c
+                    .last
+                    .as_ref()
+                    .map(|m| message_event(name, m.id, &m.message)),
+            })
+            .collect(),
+    })
 }

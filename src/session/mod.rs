@@ -16,6 +16,7 @@
 //! writer then sends the Close frame and the reader waits for the peer's reply, each bounded by
 //! [`CLOSE_LINGER`]: a peer that vanished cannot keep a connection alive.
 
+mod cluster;
 mod conversations;
 
 use std::future::Future;
@@ -121,27 +122,9 @@ enum Handled {
     AfterFlush(Deferred, String),
     /// `rooms`, built off the executor threads (with the frame's reference).
     Conversations(String),
-    /// Cluster mode: a join of a room this node has to load from Redis first.
-    ClusterJoin {
-        room: String,
-        since: Option<u64>,
-        reference: String,
-    },
-    /// Cluster mode: a send, appended to the room's log in Redis.
-    ClusterSend {
-        room: Arc<Room>,
-        text: String,
-        cid: Option<String>,
-        reference: String,
-    },
-    /// Cluster mode: an edit or deletion, checked and appended in Redis.
-    ClusterChange {
-        room: Arc<Room>,
-        target: u64,
-        change: crate::store::Change,
-        cid: Option<String>,
-        reference: String,
-    },
+    /// Cluster mode: a frame naming a room, or `rooms`, answered from Redis (with the
+    /// frame's reference).
+    Cluster(Request, String),
     /// `history`, read from the room's log (with the frame's reference).
     History {
         room: Arc<Room>,
@@ -345,34 +328,8 @@ impl Session {
                             Box::pin(self.history(&room, page, limit, &reference)).await;
                             None
                         }
-                        Handled::ClusterJoin {
-                            room,
-                            since,
-                            reference,
-                        } => {
-                            Box::pin(self.cluster_join(room, since, &reference)).await;
-                            None
-                        }
-                        Handled::ClusterChange {
-                            room,
-                            target,
-                            change,
-                            cid,
-                            reference,
-                        } => {
-                            let change = self.cluster_change(&room, target, change, cid);
-                            if let Err(rejection) = Box::pin(change).await {
-                                self.reject(rejection.with_ref(Some(&reference)));
-                            }
-                            None
-                        }
-                        Handled::ClusterSend {
-                            room,
-                            text,
-                            cid,
-                            reference,
-                        } => {
-                            Box::pin(self.cluster_send(&room, text, cid, &reference)).await;
+                        Handled::Cluster(request, reference) => {
+                            Box::pin(self.cluster_request(request, &reference)).await;
                             None
                         }
                     };
@@ -471,6 +428,12 @@ impl Session {
                 }
             };
         };
+        if self.state.hub.cluster().is_some() && Self::answered_by_cluster(&frame.request) {
+            if let Err(refused) = self.spend_on(&member, &frame.request, reference) {
+                return refused;
+            }
+            return Handled::Cluster(frame.request, frame.reference);
+        }
         if let Some(room) = frame.request.room() {
             if let Err(rejection) = self.check_room_access(&member, room) {
                 self.reject(rejection.with_ref(reference));
@@ -487,15 +450,6 @@ impl Session {
                     .reply(protocol::encode(&ServerFrame::Pong { t: t.as_ref() }));
                 Ok(())
             }
-            Request::Join { room, since }
-                if self.state.hub.cluster().is_some() && self.joined(&room).is_err() =>
-            {
-                return Handled::ClusterJoin {
-                    room,
-                    since,
-                    reference: frame.reference,
-                }
-            }
             Request::Join { room, since } => match self.join(&member, &room, since) {
                 Ok(Some(deferred)) => return Handled::AfterFlush(deferred, frame.reference),
                 Ok(None) => Ok(()),
@@ -509,22 +463,12 @@ impl Session {
                 if let Err(refused) = self.spend_send(&member, text.len(), reference) {
                     return refused;
                 }
-                match self.joined(&room) {
-                    Ok(room) if self.state.hub.cluster().is_some() => {
-                        return Handled::ClusterSend {
-                            room,
-                            text,
-                            cid,
-                            reference: frame.reference,
-                        }
-                    }
-                    Ok(room) => self
-                        .state
+                self.joined(&room).and_then(|room| {
+                    self.state
                         .hub
                         .send(&room, &member, text, cid)
-                        .map_err(|e| self.hub_error(e, room.name())),
-                    Err(rejection) => Err(rejection),
-                }
+                        .map_err(|e| self.hub_error(e, room.name()))
+                })
             }
             Request::History { room, page, limit } => match self.joined(&room) {
                 Ok(room) => {
@@ -556,38 +500,13 @@ impl Session {
                     text: Some(text),
                     replaced: None,
                 };
-                match self.cluster_room(&room) {
-                    Some(Ok(room)) => {
-                        return Handled::ClusterChange {
-                            room,
-                            target: id,
-                            change: edit,
-                            cid,
-                            reference: frame.reference,
-                        }
-                    }
-                    Some(Err(rejection)) => Err(rejection),
-                    None => self.change_own(&member, &room, id, edit, cid),
-                }
+                self.change_own(&member, &room, id, edit, cid)
             }
             Request::Delete { room, id, cid } => {
                 if let Err(refused) = self.spend_send(&member, 0, reference) {
                     return refused;
                 }
-                let delete = crate::store::Change::Deleted;
-                match self.cluster_room(&room) {
-                    Some(Ok(room)) => {
-                        return Handled::ClusterChange {
-                            room,
-                            target: id,
-                            change: delete,
-                            cid,
-                            reference: frame.reference,
-                        }
-                    }
-                    Some(Err(rejection)) => Err(rejection),
-                    None => self.change_own(&member, &room, id, delete, cid),
-                }
+                self.change_own(&member, &room, id, crate::store::Change::Deleted, cid)
             }
         };
         if let Err(rejection) = result {
@@ -731,76 +650,6 @@ impl Session {
             ));
         }
         Ok(())
-    }
-
-    /// Cluster mode: loads room `name` from Redis, then joins it as [`Session::join`] does.
-    async fn cluster_join(&mut self, name: String, since: Option<u64>, reference: &str) {
-        let (Some(member), Some(cluster)) =
-            (self.member.clone(), self.state.hub.cluster().cloned())
-        else {
-            return;
-        };
-        let loaded = match self.room_allowance() {
-            Ok(()) => self
-                .state
-                .hub
-                .load_cluster_room(&cluster, &name, &member.user_key)
-                .await
-                .map_err(|e| self.hub_error(e, &name)),
-            Err(rejection) => Err(rejection),
-        };
-        let joined = match loaded {
-            Ok(room) => {
-                self.rooms.push(room);
-                self.join(&member, &name, since)
-            }
-            Err(rejection) => Err(rejection),
-        };
-        match joined {
-            Ok(Some(deferred)) => self.after_flush(deferred, reference).await,
-            Ok(None) => {}
-            Err(rejection) => self.reject(rejection.with_ref(Some(reference))),
-        }
-    }
-
-    /// In cluster mode, the joined room `name` (or why not); `None` in single-node mode.
-    fn cluster_room(&mut self, name: &str) -> Option<Result<Arc<Room>, Rejection>> {
-        self.state.hub.cluster()?;
-        Some(self.joined(name))
-    }
-
-    /// Cluster mode: appends an edit or deletion of the member's message `target`.
-    async fn cluster_change(
-        &self,
-        room: &Arc<Room>,
-        target: u64,
-        change: crate::store::Change,
-        cid: Option<String>,
-    ) -> Result<(), Rejection> {
-        let (Some(member), Some(cluster)) = (&self.member, self.state.hub.cluster()) else {
-            return Ok(());
-        };
-        let hub = &self.state.hub;
-        hub.change_in_cluster(cluster, room, member, target, change, cid)
-            .await
-            .map_err(|e| self.hub_error(e, room.name()))
-    }
-
-    /// Cluster mode: appends a `send` to the room's log; the ack comes with the broadcast.
-    async fn cluster_send(
-        &self,
-        room: &Arc<Room>,
-        text: String,
-        cid: Option<String>,
-        reference: &str,
-    ) {
-        let (Some(member), Some(cluster)) = (&self.member, self.state.hub.cluster()) else {
-            return;
-        };
-        let hub = &self.state.hub;
-        if let Err(e) = hub.send_to_cluster(cluster, room, member, text, cid).await {
-            self.reject(self.hub_error(e, room.name()).with_ref(Some(reference)));
-        }
     }
 
     /// The hub's part of a join: `joined` (with the user's marker `read`), the replay and

@@ -1,0 +1,110 @@
+//! What goes to all of a user's connections, whichever nodes they are on: the read marker in
+//! force after a `read` (so the user's other devices clear their unread state) and `notify`
+//! (protocol 1.1). One channel, `chatd:notices`, that every node subscribes to; each node hands
+//! a notice to its own connections of that user.
+
+/// A notice for one user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Notice {
+    /// The user's read marker in `room` is now `read`.
+    Read {
+        /// The user's key.
+        user_key: String,
+        /// The room.
+        room: String,
+        /// The marker in force.
+        read: u64,
+    },
+    /// A message the user should hear of: in one of their DM rooms, or mentioning them.
+    Notify {
+        /// The user's key.
+        user_key: String,
+        /// The room.
+        room: String,
+        /// The message's id.
+        id: u64,
+        /// Its author, as displayed.
+        author: String,
+        /// Its time.
+        ts: u64,
+        /// Its text.
+        text: String,
+    },
+}
+
+impl Notice {
+    /// The notice as published.
+    pub(crate) fn payload(&self) -> String {
+        match self {
+            Notice::Read {
+                user_key,
+                room,
+                read,
+            } => format!("R\n{user_key}\n{room}\n{read}"),
+            Notice::Notify {
+                user_key,
+                room,
+                id,
+                author,
+                ts,
+                text,
+            } => format!("N\n{user_key}\n{room}\n{id}\n{ts}\n{author}\n{text}"),
+        }
+    }
+
+    /// Parses a published notice; `None` for anything else.
+    pub(crate) fn parse(payload: &[u8]) -> Option<Notice> {
+        let payload = std::str::from_utf8(payload).ok()?;
+        let (kind, rest) = payload.split_once('\n')?;
+        match kind {
+            "R" => {
+                let mut parts = rest.splitn(3, '\n');
+                Some(Notice::Read {
+                    user_key: parts.next()?.to_string(),
+                    room: parts.next()?.to_string(),
+                    read: parts.next()?.parse().ok()?,
+                })
+            }
+            "N" => {
+                let mut parts = rest.splitn(6, '\n');
+                Some(Notice::Notify {
+                    user_key: parts.next()?.to_string(),
+                    room: parts.next()?.to_string(),
+                    id: parts.next()?.parse().ok()?,
+                    ts: parts.next()?.parse().ok()?,
+                    author: parts.next()?.to_string(),
+                    text: parts.next()?.to_string(),
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_notice_reads_back_as_published() {
+        let notices = [
+            Notice::Read {
+                user_key: "alice".into(),
+                room: "dm:alice+bob".into(),
+                read: 42,
+            },
+            Notice::Notify {
+                user_key: "bob".into(),
+                room: "general".into(),
+                id: 7,
+                author: "Alice".into(),
+                ts: 1_764_255_000_000,
+                text: "@bob look\nat this".into(),
+            },
+        ];
+        for notice in notices {
+            assert_eq!(Notice::parse(notice.payload().as_bytes()), Some(notice));
+        }
+        assert_eq!(Notice::parse(b"R\nalice\nroom\nnot a number"), None);
+    }
+}
