@@ -280,6 +280,15 @@ impl Cluster {
         }
     }
 
+    /// Returns once this node's presence changes queued so far are in Redis (at most
+    /// [`RESPONSE_TIMEOUT`]): a join that made its user online then goes on only after the
+    /// other nodes can know it, so they hear of the user before anything the user sends.
+    pub(crate) async fn presence_sent(&self) {
+        if let Some(writer) = self.presence.get() {
+            writer.sent(RESPONSE_TIMEOUT).await;
+        }
+    }
+
     /// Sends `notice` to the user's connections on every node (this one included).
     pub(crate) fn send_notice(&self, notice: notices::Notice) {
         if let Some(writer) = self.presence.get() {

@@ -189,6 +189,8 @@ enum Announcement {
     Presence(PresenceChange),
     Typing(Typing),
     Notice(Notice),
+    /// Everything queued before it was sent: tell the waiter.
+    Sent(async_channel::Sender<()>),
 }
 
 /// A node's announcer: presence changes and typing queued from under room locks, sent in
@@ -237,6 +239,22 @@ impl PresenceWriter {
         }
     }
 
+    /// Returns once everything queued before this call reached Redis (or after `limit`).
+    pub(crate) async fn sent(&self, limit: Duration) {
+        let (done, finished) = async_channel::bounded(1);
+        let queued = self
+            .changes
+            .send((String::new(), Announcement::Sent(done)))
+            .await;
+        if queued.is_ok() {
+            let _ = futures_lite::future::or(async { finished.recv().await.is_ok() }, async {
+                smol::Timer::after(limit).await;
+                false
+            })
+            .await;
+        }
+    }
+
     /// Queues a `typing` to relay to the other nodes' members of `room`. Never waits; dropped
     /// when the queue is full (it is only a hint).
     pub(crate) fn typing(&self, room: &str, typing: Typing) {
@@ -260,6 +278,10 @@ async fn write_changes(link: Link, queued: async_channel::Receiver<(String, Anno
                 if let Err(e) = publish(&link, keys::NOTICES, notice.payload()).await {
                     tracing::warn!(error = %e, "cluster notice not sent");
                 }
+                continue;
+            }
+            Announcement::Sent(done) => {
+                let _ = done.try_send(());
                 continue;
             }
         };

@@ -29,6 +29,11 @@ pub const MAX_SAFE_ID: u64 = (1u64 << 53) - 1;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_chatd");
 
+/// Whether this run stands a two-node cluster in for each server (`CHATD_TEST_CLUSTER=1`).
+pub fn in_cluster_run() -> bool {
+    std::env::var_os("CHATD_TEST_CLUSTER").is_some_and(|v| v == "1")
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -55,6 +60,18 @@ pub struct TestServer {
     addr: SocketAddr,
     args: Vec<String>,
     log: Arc<Mutex<Vec<u8>>>,
+    /// With `CHATD_TEST_CLUSTER=1`: a second node and the Redis both share.
+    cluster: Option<Box<Peers>>,
+}
+
+/// The rest of a two-node cluster that stands in for one server (`CHATD_TEST_CLUSTER=1`):
+/// [`TestServer::addr`] alternates between the nodes, so consecutive clients of a test are on
+/// different nodes and everything the protocol promises must hold across them.
+struct Peers {
+    other: TestServer,
+    turn: AtomicU64,
+    /// Dropped last: the nodes go first.
+    redis: redis::Redis,
 }
 
 impl TestServer {
@@ -65,26 +82,45 @@ impl TestServer {
     }
 
     pub fn start_in(dir: TempDir, args: &[&str]) -> TestServer {
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let as_cluster = in_cluster_run() && !args.iter().any(|a| a == "--cluster");
+        let redis = as_cluster.then(redis::Redis::start);
+        if let Some(redis) = &redis {
+            args.extend(["--cluster".to_string(), redis.url()]);
+        }
         let log = Arc::new(Mutex::new(Vec::new()));
-        match spawn_server(dir.path(), "127.0.0.1:0", &args, &log) {
+        let mut server = match spawn_server(dir.path(), "127.0.0.1:0", &args, &log) {
             Ok((child, addr)) => TestServer {
                 child: Some(child),
                 dir: Some(dir),
                 addr,
-                args,
+                args: args.clone(),
                 log,
+                cluster: None,
             },
             Err(e) => panic!("could not start chatd: {e}"),
+        };
+        if let Some(redis) = redis {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            server.cluster = Some(Box::new(Peers {
+                other: TestServer::start(&args),
+                turn: AtomicU64::new(0),
+                redis,
+            }));
+        }
+        server
+    }
+
+    /// The server's address; for a cluster, each call the next node's.
+    pub fn addr(&self) -> SocketAddr {
+        match &self.cluster {
+            Some(peers) if peers.turn.fetch_add(1, Ordering::Relaxed) % 2 == 1 => peers.other.addr,
+            _ => self.addr,
         }
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     pub fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
+        format!("ws://{}/ws", self.addr())
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -157,12 +193,20 @@ impl TestServer {
         }
     }
 
-    /// SIGKILL and reap.
+    /// SIGKILL and reap (for a cluster, every node: the server crashed).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+        if let Some(peers) = &mut self.cluster {
+            peers.other.kill9();
+        }
+    }
+
+    /// Whether this server is a two-node cluster standing in for one (`CHATD_TEST_CLUSTER=1`).
+    pub fn is_cluster(&self) -> bool {
+        self.cluster.is_some()
     }
 
     /// Start again on the same data dir and the same address, with the same arguments.
@@ -176,7 +220,18 @@ impl TestServer {
         self.restart_with_args(args.iter().map(|s| s.to_string()).collect());
     }
 
-    fn restart_with_args(&mut self, args: Vec<String>) {
+    fn restart_with_args(&mut self, mut args: Vec<String>) {
+        if let Some(peers) = &mut self.cluster {
+            // Both nodes take the new settings, still in the same cluster.
+            if !args.iter().any(|a| a == "--cluster") {
+                args.extend(["--cluster".to_string(), peers.redis.url()]);
+            }
+            if peers.other.is_running() {
+                peers.other.sigterm();
+                peers.other.wait_exit(Duration::from_secs(10));
+            }
+            peers.other.restart_with_args(args.clone());
+        }
         if self.child.is_some() && self.try_wait_exit(T).is_none() {
             self.kill9();
         }
@@ -209,22 +264,22 @@ impl TestServer {
 
     // Convenience constructors for clients of this server.
     pub fn connect(&self) -> Client {
-        Client::connect(self.addr)
+        Client::connect(self.addr())
     }
     pub fn register(&self, name: &str) -> Client {
-        Client::register(self.addr, name, PASSWORD)
+        Client::register(self.addr(), name, PASSWORD)
     }
     pub fn login(&self, name: &str, password: &str) -> Client {
-        Client::login(self.addr, name, password)
+        Client::login(self.addr(), name, password)
     }
     pub fn resume(&self, token: &str) -> Client {
-        Client::resume(self.addr, token)
+        Client::resume(self.addr(), token)
     }
     pub fn raw(&self) -> RawWs {
-        RawWs::connect(self.addr)
+        RawWs::connect(self.addr())
     }
     pub fn get(&self, path: &str) -> HttpResponse {
-        http_get(self.addr, path)
+        http_get(self.addr(), path)
     }
     pub fn healthz(&self) -> Value {
         let r = self.get("/healthz");
@@ -592,9 +647,14 @@ impl Client {
         }
     }
 
-    /// The next JSON frame must have this `type`.
+    /// The next JSON frame must have this `type`. Against a cluster, other nodes' presence
+    /// events reach a connection whenever their node's announcement arrives, not in step with
+    /// this connection's own replies: they are skipped unless `presence` is what is expected.
     pub fn expect(&mut self, ty: &str) -> Value {
-        let v = self.recv_json(T);
+        let mut v = self.recv_json(T);
+        while in_cluster_run() && ty != "presence" && v["type"] == "presence" {
+            v = self.recv_json(T);
+        }
         assert_eq!(
             v["type"], ty,
             "[{}] expected a `{ty}` frame, got {v}",
