@@ -11,6 +11,7 @@ use argh::FromArgs;
 use chatd::admin::offline::{self, GenerateSpec, Need, Target};
 use chatd::admin::progress::{Mode, Progress, Tick};
 use chatd::admin::{format, AdminError, ErrorKind, Reply, Request};
+use chatd::cluster::import::ClusterImport;
 use chatd::store::maintenance::{validate_line, Imported, Line, PruneRule, Search};
 
 /// Administer a chatd instance: query, moderate, prune, back up. Works whether or not
@@ -511,6 +512,10 @@ struct Import {
     /// data directory (default ./data, or CHATD_DATA_DIR)
     #[argh(option)]
     data_dir: Option<String>,
+    /// import into a cluster's Redis instead (redis://HOST:PORT[/DB], or CHATD_CLUSTER): how a
+    /// single-node database moves into a cluster
+    #[argh(option)]
+    cluster: Option<String>,
     /// print JSON
     #[argh(switch)]
     json: bool,
@@ -1087,6 +1092,23 @@ fn export(c: Export) -> Result<(), AdminError> {
     Ok(())
 }
 
+/// Where an import goes: the data directory (or the server running on it), or a cluster.
+enum ImportTarget {
+    Store(Target),
+    Cluster(ClusterImport),
+}
+
+impl ImportTarget {
+    fn import(&mut self, lines: Vec<Line>) -> Result<Reply, AdminError> {
+        match self {
+            ImportTarget::Store(target) => target.run(Request::Import { lines }, &mut |_| Ok(())),
+            ImportTarget::Cluster(cluster) => smol::block_on(cluster.import(&lines))
+                .map(Reply::Imported)
+                .map_err(|e| AdminError::failed(format!("the import into Redis failed: {e}"))),
+        }
+    }
+}
+
 /// Lines per import request, and a byte budget per request well under the server's limit.
 const IMPORT_BATCH_LINES: usize = 1000;
 const IMPORT_BATCH_BYTES: usize = 8 * 1024 * 1024;
@@ -1137,7 +1159,17 @@ fn import(c: Import) -> Result<(), AdminError> {
     if lines.is_empty() {
         return Err(AdminError::usage(format!("{} is empty", c.file)));
     }
-    let mut target = offline::open(&dir, Need::Any, true)?;
+    let cluster = c
+        .cluster
+        .clone()
+        .or_else(|| std::env::var("CHATD_CLUSTER").ok());
+    let mut target = match &cluster {
+        Some(url) => ImportTarget::Cluster(
+            smol::block_on(ClusterImport::connect(url))
+                .map_err(|e| AdminError::failed(e.to_string()))?,
+        ),
+        None => ImportTarget::Store(offline::open(&dir, Need::Any, true)?),
+    };
     let is_message = |line: &Line| matches!(line, Line::Message { .. });
     let messages = lines.iter().filter(|(line, _)| is_message(line)).count() as u64;
     let progress = Progress::new(mode, "import", "messages", Some(messages));
@@ -1150,12 +1182,7 @@ fn import(c: Import) -> Result<(), AdminError> {
         bytes += size;
         if batch.len() == IMPORT_BATCH_LINES || bytes >= IMPORT_BATCH_BYTES || i + 1 == count {
             let in_batch = batch.iter().filter(|line| is_message(line)).count() as u64;
-            let reply = target.run(
-                Request::Import {
-                    lines: std::mem::take(&mut batch),
-                },
-                &mut |_| Ok(()),
-            )?;
+            let reply = target.import(std::mem::take(&mut batch))?;
             bytes = 0;
             if let Reply::Imported(r) = reply {
                 total.users += r.users;

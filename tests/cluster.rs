@@ -1,11 +1,13 @@
 //! Cluster mode (`--cluster redis://…`): several nodes sharing rooms and accounts through one
 //! Redis. Each test starts its own Redis (tests/common/redis.rs) and its own nodes.
 
+mod admin_common;
 mod common;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use admin_common::admin;
 use common::redis::Redis;
 use common::*;
 use serde_json::{json, Value};
@@ -414,4 +416,71 @@ fn direct_messages_across_nodes_with_notifications_for_the_user_not_in_the_room(
     bob.say(&dm, "hello");
     alice.wait_for(T, |v| v["type"] == "message" && v["text"] == "hello");
     alice.assert_quiet("no notification for a room alice has joined");
+}
+
+#[test]
+fn a_single_node_database_moves_into_a_cluster_with_its_ids_tokens_and_cids() {
+    // A single server with history: rooms, a DM, an edit, cids, a session.
+    let mut single = TestServer::start(&[]);
+    let mut alice = single.register("alice");
+    let mut bob = single.register("bob");
+    alice.join("general");
+    bob.join("general");
+    alice.expect("presence");
+    let mut acked = Vec::new();
+    for i in 0..3 {
+        let (ack, _) = alice.say_cid("general", &format!("m{i}"), &format!("c{i}"));
+        acked.push(id_of(&ack));
+    }
+    alice.edit_and_echo("general", acked[0], "m0, edited");
+    let dm = dm_room("alice", "bob");
+    alice.join(&dm);
+    let (dm_ack, _) = alice.say(&dm, "psst");
+    let token = alice.token.clone();
+    drop((alice, bob));
+    single.sigterm();
+    single.wait_exit(T);
+    let export = tempfile::tempdir().unwrap();
+    let file = export.path().join("all.jsonl");
+    let file = file.to_str().unwrap();
+    admin(
+        single.data_dir(),
+        &["export", "--with-secrets", "--out", file],
+    )
+    .ok();
+
+    let redis = Redis::start();
+    let empty = tempfile::tempdir().unwrap();
+    let imported = admin(empty.path(), &["import", file, "--cluster", &redis.url()]);
+    assert!(imported.ok().contains("2 user"), "{}", imported.stdout);
+    // Importing again changes nothing.
+    let again = admin(
+        empty.path(),
+        &["import", file, "--cluster", &redis.url(), "--json"],
+    );
+    let again: Value = serde_json::from_str(again.ok()).unwrap();
+    assert_eq!(
+        (again["users"].as_u64(), again["messages"].as_u64()),
+        (Some(0), Some(0)),
+        "{again}"
+    );
+
+    let (a, b) = (node(&redis), node(&redis));
+    let mut alice = a.resume(&token);
+    let replay = alice.join_since("general", 0);
+    assert_eq!(replay.ids(), acked);
+    assert_eq!(replay.messages[0]["text"], "m0, edited");
+    assert!(
+        replay.messages[0]["edited_ts"].is_u64(),
+        "{:?}",
+        replay.messages[0]
+    );
+    // New ids go on above the imported ones; a resent cid is still the original.
+    let (next, _) = alice.say("general", "after the move");
+    assert!(id_of(&next) > id_of(&dm_ack), "{next}");
+    let ack = alice.send_msg("general", "m1 again", Some("c1"));
+    assert_eq!(id_of(&ack), acked[1]);
+    let mut bob = b.login("bob", PASSWORD);
+    assert_eq!(bob.join_since(&dm, 0).ids(), vec![id_of(&dm_ack)]);
+    assert!(bob.room_entry(&dm).is_some(), "the DM is on bob's list");
 }

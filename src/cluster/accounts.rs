@@ -100,6 +100,24 @@ impl ClusterAccounts {
         Ok(())
     }
 
+    /// Stores a session unless one is stored under `token_hash` already; returns whether it was
+    /// stored (an import keeps the sessions it finds).
+    pub(crate) async fn insert_new_session(
+        &self,
+        token_hash: &[u8],
+        session: &Session,
+    ) -> Result<bool, ClusterError> {
+        let stored: Option<String> = redis::cmd("SET")
+            .arg(keys::session(token_hash))
+            .arg(codec::encode(session))
+            .arg("NX")
+            .arg("PXAT")
+            .arg(session.expires_ms.max(1))
+            .query_async(&mut self.link.commands())
+            .await?;
+        Ok(stored.is_some())
+    }
+
     /// The session stored under `token_hash`, unless it expired.
     pub(crate) async fn session(&self, token_hash: &[u8]) -> Result<Option<Session>, ClusterError> {
         let key = keys::session(token_hash);

@@ -16,6 +16,7 @@
 
 pub(crate) mod accounts;
 pub(crate) mod feed;
+pub mod import;
 pub(crate) mod keys;
 pub(crate) mod log;
 pub(crate) mod memberships;
