@@ -1095,7 +1095,7 @@ fn export(c: Export) -> Result<(), AdminError> {
 /// Where an import goes: the data directory (or the server running on it), or a cluster.
 enum ImportTarget {
     Store(Target),
-    Cluster(ClusterImport),
+    Cluster(Box<ClusterImport>),
 }
 
 impl ImportTarget {
@@ -1164,10 +1164,10 @@ fn import(c: Import) -> Result<(), AdminError> {
         .clone()
         .or_else(|| std::env::var("CHATD_CLUSTER").ok());
     let mut target = match &cluster {
-        Some(url) => ImportTarget::Cluster(
+        Some(url) => ImportTarget::Cluster(Box::new(
             smol::block_on(ClusterImport::connect(url))
                 .map_err(|e| AdminError::failed(e.to_string()))?,
-        ),
+        )),
         None => ImportTarget::Store(offline::open(&dir, Need::Any, true)?),
     };
     let is_message = |line: &Line| matches!(line, Line::Message { .. });
