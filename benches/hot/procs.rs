@@ -57,7 +57,7 @@ pub fn pin_self(core: Option<usize>) {
     }
 }
 
-fn pinned(program: impl AsRef<std::ffi::OsStr>, core: Option<usize>) -> Command {
+pub fn pinned(program: impl AsRef<std::ffi::OsStr>, core: Option<usize>) -> Command {
     let mut cmd = Command::new(program);
     if let Some(core) = core {
         // SAFETY: only sched_setaffinity (async-signal-safe) runs between fork and exec.
@@ -309,6 +309,17 @@ pub fn now_ms() -> u64 {
 /// is involved, so 10,000 accounts take a second instead of 10,000 argon2 hashes. The accounts
 /// have no usable password; they log in by token (PROTOCOL.md's resume). Returns the tokens.
 pub fn import_accounts(data_dir: &Path, prefix: &str, n: usize) -> Vec<String> {
+    import_accounts_into(data_dir, None, prefix, n)
+}
+
+/// [`import_accounts`] into a cluster's Redis (`chatd admin import --cluster URL`) when
+/// `cluster` is given.
+pub fn import_accounts_into(
+    data_dir: &Path,
+    cluster: Option<&str>,
+    prefix: &str,
+    n: usize,
+) -> Vec<String> {
     use sha2::Digest;
     let now = now_ms();
     let mut seed = [0u8; 16];
@@ -335,12 +346,15 @@ pub fn import_accounts(data_dir: &Path, prefix: &str, n: usize) -> Vec<String> {
     }
     let file = data_dir.join("bench-accounts.jsonl");
     std::fs::write(&file, text).expect("writing the import file");
-    let out = Command::new(chatd_bin())
+    let mut import = Command::new(chatd_bin());
+    import
         .args(["admin", "import", "--json", "--data-dir"])
         .arg(data_dir)
-        .arg(&file)
-        .output()
-        .expect("running chatd admin import");
+        .arg(&file);
+    if let Some(url) = cluster {
+        import.args(["--cluster", url]);
+    }
+    let out = import.output().expect("running chatd admin import");
     assert!(
         out.status.success(),
         "chatd admin import failed: {}",
