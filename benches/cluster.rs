@@ -13,7 +13,7 @@
 //! `--nodes N`, `--no-pin`).
 
 #[path = "hot/mod.rs"]
-mod hot;
+pub(crate) mod hot;
 
 use std::net::TcpListener;
 use std::process::{Child, Stdio};
@@ -132,11 +132,49 @@ fn cpu_pct(side: &Side, before: u64, secs: f64) -> f64 {
 
 fn main() {
     let (flags, pin, _) = hot::setup::prologue();
-    let members = flags.num("--members", 30, 1000);
-    let nodes = flags.num("--nodes", 2, 3);
-    let pubs = flags.num("--publishers", 4, 64);
-    let secs = flags.seconds.unwrap_or(if flags.smoke { 1.0 } else { 8.0 });
-    let runs = flags.runs.unwrap_or(if flags.smoke { 1 } else { 3 });
+    let options = Options {
+        members: flags.num("--members", 30, 1000),
+        nodes: flags.num("--nodes", 2, 3),
+        pubs: flags.num("--publishers", 4, 64),
+        secs: flags.seconds.unwrap_or(if flags.smoke { 1.0 } else { 8.0 }),
+        runs: flags.runs.unwrap_or(if flags.smoke { 1 } else { 3 }),
+        pin,
+    };
+    if run(&options).incomplete {
+        println!("\nsome windows were incomplete (deliveries or acks missing, or connections closed): see above");
+    }
+}
+
+/// What to run.
+#[derive(Clone, Copy)]
+pub struct Options {
+    pub members: usize,
+    pub nodes: usize,
+    pub pubs: usize,
+    pub secs: f64,
+    pub runs: usize,
+    pub pin: hot::procs::Pinning,
+}
+
+/// What a run saw, beyond the printed tables: per side (one chatd, the cluster), the windows.
+pub struct Summary {
+    pub fan: Vec<Vec<Paced>>,
+    pub saturated: Vec<Vec<Saturated>>,
+    pub durable: Vec<Vec<Durable>>,
+    /// A window lost a delivery or an ack, or a connection closed.
+    pub incomplete: bool,
+}
+
+/// Runs the scenarios and prints the table.
+pub fn run(o: &Options) -> Summary {
+    let Options {
+        members,
+        nodes,
+        pubs,
+        secs,
+        runs,
+        pin,
+    } = *o;
     println!(
         "cluster: {nodes} nodes + Redis against one chatd; {members} members at 20 msg/s, saturation 4x4, durable {pubs}x8; {secs} s windows, {runs} runs; pinning {pin:?}"
     );
@@ -339,7 +377,19 @@ fn main() {
         cpu(&dur[0]).show(0),
         cpu(&dur[1]).show(0)
     );
-    if incomplete {
-        println!("\nsome windows were incomplete (deliveries or acks missing, or connections closed): see above");
+    Summary {
+        fan: fan
+            .into_iter()
+            .map(|v| v.into_iter().map(|(w, _)| w).collect())
+            .collect(),
+        saturated: sat
+            .into_iter()
+            .map(|v| v.into_iter().map(|(w, _)| w).collect())
+            .collect(),
+        durable: dur
+            .into_iter()
+            .map(|v| v.into_iter().map(|(d, _)| d).collect())
+            .collect(),
+        incomplete,
     }
 }
