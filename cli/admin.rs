@@ -11,6 +11,7 @@ use argh::FromArgs;
 use chatd::admin::offline::{self, GenerateSpec, Need, Target};
 use chatd::admin::progress::{Mode, Progress, Tick};
 use chatd::admin::{format, AdminError, ErrorKind, Reply, Request};
+use chatd::cluster::admin::ClusterAdmin;
 use chatd::cluster::import::ClusterImport;
 use chatd::store::maintenance::{validate_line, Imported, Line, PruneRule, Search};
 
@@ -143,6 +144,10 @@ struct UsersBan {
     /// user name
     #[argh(positional)]
     name: String,
+    /// act on a cluster through its Redis (redis://HOST:PORT[/DB], or CHATD_CLUSTER): on every
+    /// node
+    #[argh(option)]
+    cluster: Option<String>,
     /// data directory (default ./data, or CHATD_DATA_DIR)
     #[argh(option)]
     data_dir: Option<String>,
@@ -158,6 +163,10 @@ struct UsersUnban {
     /// user name
     #[argh(positional)]
     name: String,
+    /// act on a cluster through its Redis (redis://HOST:PORT[/DB], or CHATD_CLUSTER): on every
+    /// node
+    #[argh(option)]
+    cluster: Option<String>,
     /// data directory (default ./data, or CHATD_DATA_DIR)
     #[argh(option)]
     data_dir: Option<String>,
@@ -458,6 +467,10 @@ struct Kick {
     /// user name
     #[argh(positional)]
     name: String,
+    /// act on a cluster through its Redis (redis://HOST:PORT[/DB], or CHATD_CLUSTER): on every
+    /// node
+    #[argh(option)]
+    cluster: Option<String>,
     /// data directory (default ./data, or CHATD_DATA_DIR)
     #[argh(option)]
     data_dir: Option<String>,
@@ -476,6 +489,10 @@ struct Announce {
     /// only this room (default: every room)
     #[argh(option)]
     room: Option<String>,
+    /// act on a cluster through its Redis (redis://HOST:PORT[/DB], or CHATD_CLUSTER): on every
+    /// node
+    #[argh(option)]
+    cluster: Option<String>,
     /// data directory (default ./data, or CHATD_DATA_DIR)
     #[argh(option)]
     data_dir: Option<String>,
@@ -668,6 +685,28 @@ fn query(data_dir_flag: &Option<String>, request: Request, json: bool) -> Result
 }
 
 /// Runs one request where the instance is, and prints the reply.
+/// The cluster a command acts on: `--cluster`, else `CHATD_CLUSTER`.
+fn cluster_url(flag: &Option<String>) -> Option<String> {
+    flag.clone().or_else(|| std::env::var("CHATD_CLUSTER").ok())
+}
+
+/// Runs a cluster-wide command against the cluster's Redis and prints its reply.
+fn on_cluster(
+    url: &str,
+    json: bool,
+    command: impl FnOnce(
+        &ClusterAdmin,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Reply, AdminError>> + '_>,
+    >,
+) -> Result<(), AdminError> {
+    let reply = smol::block_on(async {
+        let admin = ClusterAdmin::connect(url).await?;
+        command(&admin).await
+    })?;
+    print(&reply, json)
+}
+
 fn simple(
     dir: &Path,
     need: Need,
@@ -740,12 +779,18 @@ impl Admin {
                     )?;
                     print(&reply, c.json)
                 }
-                UsersCommand::Ban(c) => {
-                    query(&c.data_dir, Request::UsersBan { name: c.name }, c.json)
-                }
-                UsersCommand::Unban(c) => {
-                    query(&c.data_dir, Request::UsersUnban { name: c.name }, c.json)
-                }
+                UsersCommand::Ban(c) => match cluster_url(&c.cluster) {
+                    Some(url) => on_cluster(&url, c.json, |admin| {
+                        Box::pin(async move { admin.ban(&c.name).await })
+                    }),
+                    None => query(&c.data_dir, Request::UsersBan { name: c.name }, c.json),
+                },
+                UsersCommand::Unban(c) => match cluster_url(&c.cluster) {
+                    Some(url) => on_cluster(&url, c.json, |admin| {
+                        Box::pin(async move { admin.unban(&c.name).await })
+                    }),
+                    None => query(&c.data_dir, Request::UsersUnban { name: c.name }, c.json),
+                },
                 UsersCommand::Delete(c) => {
                     let delete_messages = match (c.keep_messages, c.delete_messages) {
                         (true, true) => {
@@ -900,25 +945,35 @@ impl Admin {
                 Request::Online,
                 c.json,
             ),
-            Command::Kick(c) => simple(
-                &data_dir(&c.data_dir),
-                Need::Server("kick"),
-                false,
-                Request::Kick { name: c.name },
-                c.json,
-            ),
+            Command::Kick(c) => match cluster_url(&c.cluster) {
+                Some(url) => on_cluster(&url, c.json, |admin| {
+                    Box::pin(async move { admin.kick(&c.name).await })
+                }),
+                None => simple(
+                    &data_dir(&c.data_dir),
+                    Need::Server("kick"),
+                    false,
+                    Request::Kick { name: c.name },
+                    c.json,
+                ),
+            },
             Command::Announce(c) => {
                 let text = c.text.join(" ");
                 if text.trim().is_empty() {
                     return Err(AdminError::usage("give the announcement text"));
                 }
-                simple(
-                    &data_dir(&c.data_dir),
-                    Need::Server("announce"),
-                    false,
-                    Request::Announce { room: c.room, text },
-                    c.json,
-                )
+                match cluster_url(&c.cluster) {
+                    Some(url) => on_cluster(&url, c.json, |admin| {
+                        Box::pin(async move { admin.announce(c.room.as_deref(), &text).await })
+                    }),
+                    None => simple(
+                        &data_dir(&c.data_dir),
+                        Need::Server("announce"),
+                        false,
+                        Request::Announce { room: c.room, text },
+                        c.json,
+                    ),
+                }
             }
             Command::Export(c) => export(c),
             Command::Import(c) => import(c),

@@ -484,3 +484,69 @@ fn a_single_node_database_moves_into_a_cluster_with_its_ids_tokens_and_cids() {
     assert_eq!(bob.join_since(&dm, 0).ids(), vec![id_of(&dm_ack)]);
     assert!(bob.room_entry(&dm).is_some(), "the DM is on bob's list");
 }
+
+/// Reads until the connection closes, skipping frames; returns the close code and the frames.
+fn until_closed(c: &mut Client) -> (Option<u16>, Vec<Value>) {
+    let mut frames = Vec::new();
+    loop {
+        match c.recv(Duration::from_secs(10)) {
+            Event::Json(v) => frames.push(v),
+            Event::Closed(code) => return (code, frames),
+            other => panic!("[{}] expected frames then a close, got {other:?}", c.user),
+        }
+    }
+}
+
+#[test]
+fn announcements_kicks_and_bans_from_the_admin_cli_reach_every_node() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let url = redis.url();
+    let cli = tempfile::tempdir().unwrap();
+    let admin_on = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--cluster", url.as_str()]);
+        admin(cli.path(), &all)
+    };
+    let mut alice_a = a.register("alice");
+    let mut alice_b = b.login("alice", PASSWORD);
+    let mut bob = b.register("bob");
+    for c in [&mut alice_a, &mut alice_b, &mut bob] {
+        c.join("general");
+    }
+    admin_on(&["announce", "--room", "general", "maintenance at noon"]).ok();
+    for c in [&mut alice_a, &mut alice_b, &mut bob] {
+        let (m, _) = c.wait_for(T, |v| v["type"] == "message");
+        assert_eq!(
+            (m["user"].as_str(), m["text"].as_str()),
+            (Some("[system]"), Some("maintenance at noon"))
+        );
+    }
+    admin_on(&["announce", "--room", "nowhere", "hello"]).fails(1);
+
+    // A kick closes alice's connections on both nodes.
+    let kicked = admin_on(&["kick", "alice", "--json"]);
+    let kicked: Value = serde_json::from_str(kicked.ok()).unwrap();
+    assert_eq!(kicked["closed_connections"], 2, "{kicked}");
+    for c in [&mut alice_a, &mut alice_b] {
+        assert_eq!(until_closed(c).0, Some(1008));
+    }
+    admin_on(&["kick", "nobody"]).fails(1);
+
+    // A ban closes bob's connection with `banned`, and keeps him out of every node.
+    let token = bob.token.clone();
+    admin_on(&["users", "ban", "bob"]).ok();
+    let (code, frames) = until_closed(&mut bob);
+    assert_eq!(code, Some(1008));
+    assert!(frames.iter().any(|v| v["code"] == "banned"), "{frames:?}");
+    for node in [&a, &b] {
+        let mut again = node.connect();
+        let refused = again.auth(json!({"type":"auth","token":token}));
+        assert_eq!(refused["code"], "banned", "{refused}");
+        let mut login = node.connect();
+        let refused = login.auth(json!({"type":"auth","user":"bob","password":PASSWORD}));
+        assert_eq!(refused["code"], "banned", "{refused}");
+    }
+    admin_on(&["users", "unban", "bob"]).ok();
+    a.login("bob", PASSWORD);
+}

@@ -84,6 +84,17 @@ impl ClusterAccounts {
         }
     }
 
+    /// Replaces the record of an existing user (an admin's ban or unban).
+    pub(crate) async fn put_user(&self, user: &User) -> Result<(), ClusterError> {
+        let () = redis::cmd("SET")
+            .arg(keys::user(&user_key(&user.name)))
+            .arg(codec::encode(user))
+            .arg("XX")
+            .query_async(&mut self.link.commands())
+            .await?;
+        Ok(())
+    }
+
     /// Stores a session under its token's hash until it expires.
     pub(crate) async fn insert_session(
         &self,

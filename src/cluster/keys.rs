@@ -20,6 +20,7 @@
 //! | `chatd:nodes` | set | node ids (hex) that have been alive and not yet reaped |
 //! | `chatd:node:{node}` | string, expires | present while node `{node}` is alive (renewed by its heartbeat) |
 //! | `chatd:node-rooms:{node}` | set | rooms where node `{node}` has written presence |
+//! | `chatd:closing:{request}` | hash, expires | an admin's kick or ban: `nodes` that answered, `closed` connections |
 //!
 //! The room's log is keyed by its number, not its name, so a room deleted and created again
 //! starts an empty log and a write queued for the old one cannot land in the new one.
@@ -35,6 +36,11 @@ pub(crate) const NEXT_ROOM_NO: &str = "chatd:next_room_no";
 
 /// The channel of notices for users' connections on every node (`super::notices`).
 pub(crate) const NOTICES: &str = "chatd:notices";
+
+/// Where nodes report what they closed for an admin's request (expires).
+pub(crate) fn closing(request: &str) -> String {
+    format!("chatd:closing:{request}")
+}
 
 /// The node ids that have been alive.
 pub(crate) const NODES: &str = "chatd:nodes";

@@ -15,12 +15,13 @@
 //! checks that and refuses otherwise, unless the server runs with relaxed durability.
 
 pub(crate) mod accounts;
+pub mod admin;
 pub(crate) mod feed;
 pub mod import;
 pub(crate) mod keys;
 pub(crate) mod log;
 pub(crate) mod memberships;
-pub(crate) mod notices;
+pub mod notices;
 pub(crate) mod presence;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -287,6 +288,24 @@ impl Cluster {
     pub(crate) async fn presence_sent(&self) {
         if let Some(writer) = self.presence.get() {
             writer.sent(RESPONSE_TIMEOUT).await;
+        }
+    }
+
+    /// Reports to an admin's kick or ban `request` that this node closed `closed` connections.
+    pub(crate) async fn report_closed(&self, request: &str, closed: usize) {
+        let key = keys::closing(request);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hincr(&key, "nodes", 1)
+            .ignore()
+            .hincr(&key, "closed", closed)
+            .ignore()
+            .expire(&key, 60)
+            .ignore();
+        let reported: Result<(), redis::RedisError> =
+            pipe.query_async(&mut self.link.commands()).await;
+        if let Err(e) = reported {
+            tracing::warn!(error = %e, "an admin's close request was not answered");
         }
     }
 

@@ -3,9 +3,18 @@
 //! (protocol 1.1). One channel, `chatd:notices`, that every node subscribes to; each node hands
 //! a notice to its own connections of that user.
 
+/// Why an admin closes a user's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closing {
+    /// `chatd admin kick`.
+    Kick,
+    /// `chatd admin users ban`.
+    Ban,
+}
+
 /// A notice for one user.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Notice {
+pub enum Notice {
     /// The user's read marker in `room` is now `read`.
     Read {
         /// The user's key.
@@ -14,6 +23,16 @@ pub(crate) enum Notice {
         room: String,
         /// The marker in force.
         read: u64,
+    },
+    /// An admin closes the user's connections on every node; each node reports into
+    /// `chatd:closing:{request}` (fields `nodes`, `closed`).
+    Close {
+        /// The admin's request id.
+        request: String,
+        /// The user's key.
+        user_key: String,
+        /// Why.
+        how: Closing,
     },
     /// A message the user should hear of: in one of their DM rooms, or mentioning them.
     Notify {
@@ -34,7 +53,7 @@ pub(crate) enum Notice {
 
 impl Notice {
     /// The notice as published.
-    pub(crate) fn payload(&self) -> String {
+    pub fn payload(&self) -> String {
         match self {
             Notice::Read {
                 user_key,
@@ -49,11 +68,22 @@ impl Notice {
                 ts,
                 text,
             } => format!("N\n{user_key}\n{room}\n{id}\n{ts}\n{author}\n{text}"),
+            Notice::Close {
+                request,
+                user_key,
+                how,
+            } => {
+                let how = match how {
+                    Closing::Kick => "kick",
+                    Closing::Ban => "ban",
+                };
+                format!("C\n{request}\n{user_key}\n{how}")
+            }
         }
     }
 
     /// Parses a published notice; `None` for anything else.
-    pub(crate) fn parse(payload: &[u8]) -> Option<Notice> {
+    pub fn parse(payload: &[u8]) -> Option<Notice> {
         let payload = std::str::from_utf8(payload).ok()?;
         let (kind, rest) = payload.split_once('\n')?;
         match kind {
@@ -74,6 +104,21 @@ impl Notice {
                     ts: parts.next()?.parse().ok()?,
                     author: parts.next()?.to_string(),
                     text: parts.next()?.to_string(),
+                })
+            }
+            "C" => {
+                let mut parts = rest.splitn(3, '\n');
+                let request = parts.next()?.to_string();
+                let user_key = parts.next()?.to_string();
+                let how = match parts.next()? {
+                    "kick" => Closing::Kick,
+                    "ban" => Closing::Ban,
+                    _ => return None,
+                };
+                Some(Notice::Close {
+                    request,
+                    user_key,
+                    how,
                 })
             }
             _ => None,
@@ -100,6 +145,11 @@ mod tests {
                 author: "Alice".into(),
                 ts: 1_764_255_000_000,
                 text: "@bob look\nat this".into(),
+            },
+            Notice::Close {
+                request: "00ff".into(),
+                user_key: "carol".into(),
+                how: Closing::Ban,
             },
         ];
         for notice in notices {

@@ -17,13 +17,14 @@ use std::sync::Arc;
 use super::{now_ms, Hub, HubError, Member, Room, RoomState};
 use crate::cluster::feed::{Delivery, Rooms};
 use crate::cluster::log::{Appended, Body, Changer, LogEntry, Origin};
-use crate::cluster::notices::Notice;
+use crate::cluster::notices::{Closing, Notice};
 use crate::cluster::presence::{PresenceChange, Typing};
 use crate::cluster::Cluster;
 use crate::hub::{event_frame, message_event};
 use crate::metrics::Metrics;
 use crate::outbox::corked;
-use crate::protocol::Encoded;
+use crate::outbox::CloseRequest;
+use crate::protocol::{close, Encoded, ErrorCode, Rejection};
 use crate::protocol::{encode, ServerFrame};
 use crate::rules;
 use crate::store::{user_key, Change, Event, Message};
@@ -285,6 +286,38 @@ impl Rooms for Hub {
 
     fn notice(&self, notice: Notice) {
         match notice {
+            Notice::Close {
+                request,
+                user_key,
+                how,
+            } => {
+                let (frame, reason) = match how {
+                    Closing::Ban => (
+                        Some(
+                            Rejection::new(
+                                ErrorCode::Banned,
+                                "this account was banned by an admin",
+                            )
+                            .encode(),
+                        ),
+                        "banned",
+                    ),
+                    Closing::Kick => (None, "kicked by an admin"),
+                };
+                let closed = self.close_user(
+                    &user_key,
+                    frame,
+                    CloseRequest {
+                        code: close::POLICY,
+                        reason,
+                    },
+                );
+                if let Some(cluster) = self.cluster.clone() {
+                    self.executor
+                        .spawn(async move { cluster.report_closed(&request, closed).await })
+                        .detach();
+                }
+            }
             Notice::Read {
                 user_key,
                 room,
