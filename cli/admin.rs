@@ -452,6 +452,10 @@ struct Prune {
 #[derive(FromArgs)]
 #[argh(subcommand, name = "online")]
 struct Online {
+    /// act on a cluster through its Redis (redis://HOST:PORT[/DB], or CHATD_CLUSTER): on every
+    /// node
+    #[argh(option)]
+    cluster: Option<String>,
     /// data directory (default ./data, or CHATD_DATA_DIR)
     #[argh(option)]
     data_dir: Option<String>,
@@ -938,13 +942,16 @@ impl Admin {
                 progress.finish();
                 print(&reply, c.json)
             }
-            Command::Online(c) => simple(
-                &data_dir(&c.data_dir),
-                Need::Server("online"),
-                false,
-                Request::Online,
-                c.json,
-            ),
+            Command::Online(c) => match cluster_url(&c.cluster) {
+                Some(url) => on_cluster(&url, c.json, |admin| Box::pin(admin.online())),
+                None => simple(
+                    &data_dir(&c.data_dir),
+                    Need::Server("online"),
+                    false,
+                    Request::Online,
+                    c.json,
+                ),
+            },
             Command::Kick(c) => match cluster_url(&c.cluster) {
                 Some(url) => on_cluster(&url, c.json, |admin| {
                     Box::pin(async move { admin.kick(&c.name).await })

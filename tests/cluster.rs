@@ -514,6 +514,27 @@ fn announcements_kicks_and_bans_from_the_admin_cli_reach_every_node() {
     for c in [&mut alice_a, &mut alice_b, &mut bob] {
         c.join("general");
     }
+    let online = admin_on(&["online", "--json"]);
+    let online: Value = serde_json::from_str(online.ok()).unwrap();
+    let users: Vec<&str> = online
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        users,
+        ["alice", "alice", "bob"],
+        "every node's connections, oldest first: {online}"
+    );
+    assert!(
+        online
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["rooms"] == json!(["general"])),
+        "{online}"
+    );
     admin_on(&["announce", "--room", "general", "maintenance at noon"]).ok();
     for c in [&mut alice_a, &mut alice_b, &mut bob] {
         let (m, _) = c.wait_for(T, |v| v["type"] == "message");

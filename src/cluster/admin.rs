@@ -14,7 +14,7 @@ use super::accounts::ClusterAccounts;
 use super::log::{Appended, Origin, RoomLogs};
 use super::notices::{Closing, Notice};
 use super::{keys, ClusterError, Link};
-use crate::admin::{AdminError, Done, ErrorKind, Reply, SYSTEM_AUTHOR};
+use crate::admin::{AdminError, Connection, Done, ErrorKind, Reply, SYSTEM_AUTHOR};
 use crate::config::Durability;
 use crate::hub::now_ms;
 use crate::rules;
@@ -32,6 +32,13 @@ pub struct ClusterAdmin {
 
 fn failed(e: ClusterError) -> AdminError {
     AdminError::failed(format!("Redis: {e}"))
+}
+
+/// A random id for a request the nodes answer in Redis.
+fn request_id() -> Result<String, AdminError> {
+    let mut request = [0u8; 8];
+    getrandom::fill(&mut request).map_err(|e| AdminError::failed(e.to_string()))?;
+    Ok(format!("{:016x}", u64::from_le_bytes(request)))
 }
 
 fn done(summary: String, details: serde_json::Value) -> Reply {
@@ -119,23 +126,69 @@ impl ClusterAdmin {
         ))
     }
 
+    /// `online`: every node's connections, oldest first (the nodes that answered within
+    /// [`REPORT_WAIT`]).
+    pub async fn online(&self) -> Result<Reply, AdminError> {
+        let request = request_id()?;
+        let nodes = self
+            .publish(&Notice::Online {
+                request: request.clone(),
+            })
+            .await?;
+        let key = keys::online(&request);
+        let deadline = Instant::now() + REPORT_WAIT;
+        loop {
+            let reported: u64 = redis::cmd("LLEN")
+                .arg(&key)
+                .query_async(&mut self.link.commands())
+                .await
+                .map_err(|e| failed(e.into()))?;
+            if reported >= nodes || Instant::now() >= deadline {
+                break;
+            }
+            // Waiting on other processes' reports in Redis: poll with a deadline.
+            smol::Timer::after(Duration::from_millis(20)).await;
+        }
+        let arrays: Vec<String> = redis::cmd("LRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.link.commands())
+            .await
+            .map_err(|e| failed(e.into()))?;
+        let mut all: Vec<Connection> = Vec::new();
+        for array in arrays {
+            let connections: Vec<Connection> = serde_json::from_str(&array).map_err(|e| {
+                AdminError::failed(format!(
+                    "a node answered `online` with something unreadable: {e}"
+                ))
+            })?;
+            all.extend(connections);
+        }
+        all.sort_by_key(|c| c.since_ms);
+        Ok(Reply::Online(all))
+    }
+
+    /// Publishes `notice`; returns how many nodes received it.
+    async fn publish(&self, notice: &Notice) -> Result<u64, AdminError> {
+        redis::cmd("PUBLISH")
+            .arg(keys::NOTICES)
+            .arg(notice.payload())
+            .query_async(&mut self.link.commands())
+            .await
+            .map_err(|e| failed(e.into()))
+    }
+
     /// Asks every node to close `user_key`'s connections; returns how many they closed (those
     /// that reported within [`REPORT_WAIT`]).
     async fn close_everywhere(&self, user_key: &str, how: Closing) -> Result<u64, AdminError> {
-        let mut request = [0u8; 8];
-        getrandom::fill(&mut request).map_err(|e| AdminError::failed(e.to_string()))?;
-        let request = format!("{:016x}", u64::from_le_bytes(request));
+        let request = request_id()?;
         let notice = Notice::Close {
             request: request.clone(),
             user_key: user_key.to_string(),
             how,
         };
-        let nodes: u64 = redis::cmd("PUBLISH")
-            .arg(keys::NOTICES)
-            .arg(notice.payload())
-            .query_async(&mut self.link.commands())
-            .await
-            .map_err(|e| failed(e.into()))?;
+        let nodes = self.publish(&notice).await?;
         let deadline = Instant::now() + REPORT_WAIT;
         loop {
             let (reported, closed): (Option<u64>, Option<u64>) = redis::cmd("HMGET")

@@ -20,6 +20,7 @@
 //! | `chatd:nodes` | set | node ids (hex) that have been alive and not yet reaped |
 //! | `chatd:node:{node}` | string, expires | present while node `{node}` is alive (renewed by its heartbeat) |
 //! | `chatd:node-rooms:{node}` | set | rooms where node `{node}` has written presence |
+//! | `chatd:online:{request}` | list, expires | an admin's `online`: one JSON array of connections per node |
 //! | `chatd:closing:{request}` | hash, expires | an admin's kick or ban: `nodes` that answered, `closed` connections |
 //!
 //! The room's log is keyed by its number, not its name, so a room deleted and created again
@@ -40,6 +41,11 @@ pub(crate) const NOTICES: &str = "chatd:notices";
 /// Where nodes report what they closed for an admin's request (expires).
 pub(crate) fn closing(request: &str) -> String {
     format!("chatd:closing:{request}")
+}
+
+/// Where nodes put their connections for an admin's `online` request (expires).
+pub(crate) fn online(request: &str) -> String {
+    format!("chatd:online:{request}")
 }
 
 /// The node ids that have been alive.

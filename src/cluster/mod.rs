@@ -309,6 +309,22 @@ impl Cluster {
         }
     }
 
+    /// Answers an admin's `online` request with this node's connections (a JSON array).
+    pub(crate) async fn report_online(&self, request: &str, connections: String) {
+        let key = keys::online(request);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .rpush(&key, connections)
+            .ignore()
+            .expire(&key, 60)
+            .ignore();
+        let reported: Result<(), redis::RedisError> =
+            pipe.query_async(&mut self.link.commands()).await;
+        if let Err(e) = reported {
+            tracing::warn!(error = %e, "an admin's online request was not answered");
+        }
+    }
+
     /// Sends `notice` to the user's connections on every node (this one included).
     pub(crate) fn send_notice(&self, notice: notices::Notice) {
         if let Some(writer) = self.presence.get() {

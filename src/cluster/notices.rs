@@ -34,6 +34,12 @@ pub enum Notice {
         /// Why.
         how: Closing,
     },
+    /// An admin asks every node for its connections; each node appends a JSON array of them to
+    /// the list `chatd:online:{request}`.
+    Online {
+        /// The admin's request id.
+        request: String,
+    },
     /// A message the user should hear of: in one of their DM rooms, or mentioning them.
     Notify {
         /// The user's key.
@@ -79,6 +85,7 @@ impl Notice {
                 };
                 format!("C\n{request}\n{user_key}\n{how}")
             }
+            Notice::Online { request } => format!("O\n{request}"),
         }
     }
 
@@ -106,6 +113,9 @@ impl Notice {
                     text: parts.next()?.to_string(),
                 })
             }
+            "O" => Some(Notice::Online {
+                request: rest.to_string(),
+            }),
             "C" => {
                 let mut parts = rest.splitn(3, '\n');
                 let request = parts.next()?.to_string();
@@ -150,6 +160,9 @@ mod tests {
                 request: "00ff".into(),
                 user_key: "carol".into(),
                 how: Closing::Ban,
+            },
+            Notice::Online {
+                request: "00fe".into(),
             },
         ];
         for notice in notices {

@@ -286,6 +286,24 @@ impl Rooms for Hub {
 
     fn notice(&self, notice: Notice) {
         match notice {
+            Notice::Online { request } => {
+                let connections: Vec<crate::admin::Connection> = self
+                    .connections()
+                    .into_iter()
+                    .map(|(m, rooms)| crate::admin::Connection {
+                        user: m.name.to_string(),
+                        peer: m.peer.to_string(),
+                        since_ms: m.since_ms,
+                        rooms,
+                    })
+                    .collect();
+                let json = serde_json::to_string(&connections).unwrap_or_else(|_| "[]".into());
+                if let Some(cluster) = self.cluster.clone() {
+                    self.executor
+                        .spawn(async move { cluster.report_online(&request, json).await })
+                        .detach();
+                }
+            }
             Notice::Close {
                 request,
                 user_key,
