@@ -45,6 +45,10 @@ enum Command {
 #[derive(FromArgs)]
 #[argh(subcommand, name = "stats")]
 struct Stats {
+    /// act on a cluster through its Redis (redis://HOST:PORT[/DB], or CHATD_CLUSTER): on every
+    /// node
+    #[argh(option)]
+    cluster: Option<String>,
     /// data directory (default ./data, or CHATD_DATA_DIR)
     #[argh(option)]
     data_dir: Option<String>,
@@ -78,6 +82,10 @@ enum UsersCommand {
 #[derive(FromArgs)]
 #[argh(subcommand, name = "list")]
 struct UsersList {
+    /// act on a cluster through its Redis (redis://HOST:PORT[/DB], or CHATD_CLUSTER): on every
+    /// node
+    #[argh(option)]
+    cluster: Option<String>,
     /// data directory (default ./data, or CHATD_DATA_DIR)
     #[argh(option)]
     data_dir: Option<String>,
@@ -93,6 +101,10 @@ struct UsersShow {
     /// user name
     #[argh(positional)]
     name: String,
+    /// act on a cluster through its Redis (redis://HOST:PORT[/DB], or CHATD_CLUSTER): on every
+    /// node
+    #[argh(option)]
+    cluster: Option<String>,
     /// data directory (default ./data, or CHATD_DATA_DIR)
     #[argh(option)]
     data_dir: Option<String>,
@@ -111,6 +123,10 @@ struct UsersAdd {
     /// read the password from the first line of standard input
     #[argh(switch)]
     password_stdin: bool,
+    /// act on a cluster through its Redis (redis://HOST:PORT[/DB], or CHATD_CLUSTER): on every
+    /// node
+    #[argh(option)]
+    cluster: Option<String>,
     /// data directory (default ./data, or CHATD_DATA_DIR)
     #[argh(option)]
     data_dir: Option<String>,
@@ -129,6 +145,10 @@ struct UsersPasswd {
     /// read the password from the first line of standard input
     #[argh(switch)]
     password_stdin: bool,
+    /// act on a cluster through its Redis (redis://HOST:PORT[/DB], or CHATD_CLUSTER): on every
+    /// node
+    #[argh(option)]
+    cluster: Option<String>,
     /// data directory (default ./data, or CHATD_DATA_DIR)
     #[argh(option)]
     data_dir: Option<String>,
@@ -297,6 +317,10 @@ struct RoomsList {
     /// only direct-message rooms (dm:USER+USER)
     #[argh(switch)]
     dm: bool,
+    /// act on a cluster through its Redis (redis://HOST:PORT[/DB], or CHATD_CLUSTER): on every
+    /// node
+    #[argh(option)]
+    cluster: Option<String>,
     /// data directory (default ./data, or CHATD_DATA_DIR)
     #[argh(option)]
     data_dir: Option<String>,
@@ -312,6 +336,10 @@ struct RoomsShow {
     /// room name
     #[argh(positional)]
     name: String,
+    /// act on a cluster through its Redis (redis://HOST:PORT[/DB], or CHATD_CLUSTER): on every
+    /// node
+    #[argh(option)]
+    cluster: Option<String>,
     /// data directory (default ./data, or CHATD_DATA_DIR)
     #[argh(option)]
     data_dir: Option<String>,
@@ -412,6 +440,10 @@ struct MessagesDelete {
     /// the room the messages are in (faster; otherwise every room is searched)
     #[argh(option)]
     room: Option<String>,
+    /// act on a cluster through its Redis (redis://HOST:PORT[/DB], or CHATD_CLUSTER): on every
+    /// node
+    #[argh(option)]
+    cluster: Option<String>,
     /// data directory (default ./data, or CHATD_DATA_DIR)
     #[argh(option)]
     data_dir: Option<String>,
@@ -737,18 +769,33 @@ impl Admin {
 
     fn dispatch(self) -> Result<(), AdminError> {
         match self.command {
-            Command::Stats(c) => query(&c.data_dir, Request::Stats, c.json),
+            Command::Stats(c) => match cluster_url(&c.cluster) {
+                Some(url) => on_cluster(&url, c.json, |admin| Box::pin(admin.stats())),
+                None => query(&c.data_dir, Request::Stats, c.json),
+            },
             Command::Users(u) => match u.command {
-                UsersCommand::List(c) => query(&c.data_dir, Request::UsersList, c.json),
-                UsersCommand::Show(c) => {
-                    query(&c.data_dir, Request::UsersShow { name: c.name }, c.json)
-                }
+                UsersCommand::List(c) => match cluster_url(&c.cluster) {
+                    Some(url) => on_cluster(&url, c.json, |admin| Box::pin(admin.users_list())),
+                    None => query(&c.data_dir, Request::UsersList, c.json),
+                },
+                UsersCommand::Show(c) => match cluster_url(&c.cluster) {
+                    Some(url) => on_cluster(&url, c.json, |admin| {
+                        Box::pin(async move { admin.users_show(&c.name).await })
+                    }),
+                    None => query(&c.data_dir, Request::UsersShow { name: c.name }, c.json),
+                },
                 UsersCommand::Add(c) => {
                     if !chatd::rules::valid_user_name(&c.name) {
                         return Err(AdminError::usage(format!(
                             "`{}` is not a user name (1 to 32 of A-Z a-z 0-9 _ . -)",
                             c.name
                         )));
+                    }
+                    if let Some(url) = cluster_url(&c.cluster) {
+                        let password_hash = read_password(c.password_stdin, &c.name)?;
+                        return on_cluster(&url, c.json, |admin| {
+                            Box::pin(async move { admin.users_add(&c.name, password_hash).await })
+                        });
                     }
                     let dir = data_dir(&c.data_dir);
                     // Find the instance first, so a wrong --data-dir fails before the prompt.
@@ -764,6 +811,14 @@ impl Admin {
                     print(&reply, c.json)
                 }
                 UsersCommand::Passwd(c) => {
+                    if let Some(url) = cluster_url(&c.cluster) {
+                        let password_hash = read_password(c.password_stdin, &c.name)?;
+                        return on_cluster(&url, c.json, |admin| {
+                            Box::pin(
+                                async move { admin.users_passwd(&c.name, password_hash).await },
+                            )
+                        });
+                    }
                     let dir = data_dir(&c.data_dir);
                     let mut target = offline::open(&dir, Need::Any, false)?;
                     // Check the user exists before asking for a password.
@@ -826,12 +881,18 @@ impl Admin {
                 UsersCommand::Reads(c) => reads(c),
             },
             Command::Rooms(r) => match r.command {
-                RoomsCommand::List(c) => {
-                    query(&c.data_dir, Request::RoomsList { dm: c.dm }, c.json)
-                }
-                RoomsCommand::Show(c) => {
-                    query(&c.data_dir, Request::RoomsShow { name: c.name }, c.json)
-                }
+                RoomsCommand::List(c) => match cluster_url(&c.cluster) {
+                    Some(url) => on_cluster(&url, c.json, |admin| {
+                        Box::pin(async move { admin.rooms_list(c.dm).await })
+                    }),
+                    None => query(&c.data_dir, Request::RoomsList { dm: c.dm }, c.json),
+                },
+                RoomsCommand::Show(c) => match cluster_url(&c.cluster) {
+                    Some(url) => on_cluster(&url, c.json, |admin| {
+                        Box::pin(async move { admin.rooms_show(&c.name).await })
+                    }),
+                    None => query(&c.data_dir, Request::RoomsShow { name: c.name }, c.json),
+                },
                 RoomsCommand::Delete(c) => {
                     query(&c.data_dir, Request::RoomsDelete { name: c.name }, c.json)
                 }
@@ -897,14 +958,19 @@ impl Admin {
                     },
                     c.json,
                 ),
-                MessagesCommand::Delete(c) => query(
-                    &c.data_dir,
-                    Request::MessagesDelete {
-                        ids: c.ids,
-                        room: c.room,
-                    },
-                    c.json,
-                ),
+                MessagesCommand::Delete(c) => match (cluster_url(&c.cluster), c.room) {
+                    (Some(url), Some(room)) => on_cluster(&url, c.json, |admin| {
+                        Box::pin(async move { admin.messages_delete(&room, &c.ids).await })
+                    }),
+                    (Some(_), None) => Err(AdminError::usage(
+                        "with --cluster, name the room the messages are in (--room ROOM)",
+                    )),
+                    (None, room) => query(
+                        &c.data_dir,
+                        Request::MessagesDelete { ids: c.ids, room },
+                        c.json,
+                    ),
+                },
             },
             Command::Prune(c) => {
                 let rule = PruneRule {

@@ -571,3 +571,110 @@ fn announcements_kicks_and_bans_from_the_admin_cli_reach_every_node() {
     admin_on(&["users", "unban", "bob"]).ok();
     a.login("bob", PASSWORD);
 }
+
+#[test]
+fn the_admin_cli_reads_and_changes_what_the_nodes_share() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let url = redis.url();
+    let cli = tempfile::tempdir().unwrap();
+    let on = |args: &[&str], stdin: Option<&str>| {
+        let mut all = args.to_vec();
+        all.extend(["--cluster", url.as_str()]);
+        admin_common::admin_in(cli.path(), &all, stdin)
+    };
+    let json = |args: &[&str]| -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        serde_json::from_str(on(&all, None).ok()).unwrap()
+    };
+    let mut alice = a.register("alice");
+    alice.join("general");
+    let (first, _) = alice.say("general", "one");
+    alice.say("general", "two");
+    let mut bob = b.register("bob");
+    bob.join(&dm_room("alice", "bob"));
+    bob.join("general");
+
+    let stats = json(&["stats"]);
+    assert_eq!(
+        (
+            &stats["users"],
+            &stats["rooms"],
+            &stats["dm_rooms"],
+            &stats["messages"]
+        ),
+        (&json!(2), &json!(2), &json!(1), &json!(2)),
+        "{stats}"
+    );
+    let users: Vec<Value> = serde_json::from_value(json(&["users", "list"])).unwrap();
+    let names: Vec<&str> = users.iter().map(|u| u["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["alice", "bob"]);
+    assert_eq!(json(&["users", "show", "ALICE"])["name"], "alice");
+    let rooms = json(&["rooms", "list", "--dm"]);
+    assert_eq!(rooms.as_array().unwrap().len(), 1, "{rooms}");
+    assert_eq!(rooms[0]["participants"], json!(["alice", "bob"]));
+    let general = json(&["rooms", "show", "general"]);
+    assert_eq!(
+        (general["messages"].as_u64(), general["last_id"].as_u64()),
+        (Some(2), Some(id_of(&first) + 1)),
+        "{general}"
+    );
+
+    // Accounts made and changed by the CLI work on every node.
+    on(
+        &["users", "add", "carol", "--password-stdin"],
+        Some("first-password\n"),
+    )
+    .ok();
+    let carol = b.login("carol", "first-password");
+    on(
+        &["users", "passwd", "carol", "--password-stdin"],
+        Some("second-password\n"),
+    )
+    .ok();
+    let mut stale = a.connect();
+    assert_eq!(
+        stale.auth(json!({"type":"auth","token":carol.token}))["code"],
+        "auth_failed"
+    );
+    a.login("carol", "second-password");
+    on(
+        &["users", "add", "carol", "--password-stdin"],
+        Some("whatever-else\n"),
+    )
+    .fails(1);
+
+    // An admin deletion reaches the members on both nodes as a `deleted` event by [system].
+    on(
+        &[
+            "messages",
+            "delete",
+            "--room",
+            "general",
+            &id_of(&first).to_string(),
+        ],
+        None,
+    )
+    .ok();
+    for c in [&mut alice, &mut bob] {
+        let (deleted, _) = c.wait_for(T, |v| v["type"] == "deleted");
+        assert_eq!(
+            (deleted["id"].as_u64(), deleted["user"].as_str()),
+            (Some(id_of(&first)), Some("[system]"))
+        );
+    }
+    on(
+        &[
+            "messages",
+            "delete",
+            "--room",
+            "general",
+            &id_of(&first).to_string(),
+        ],
+        None,
+    )
+    .fails(1);
+    on(&["messages", "delete", &id_of(&first).to_string()], None).fails(2);
+    assert_eq!(json(&["stats"])["messages"], 1);
+}

@@ -519,7 +519,7 @@ fn user_or_404(store: &Store, name: &str) -> Result<User, AdminError> {
 }
 
 /// Checks that `name` is a room name: an ordinary one or a direct-message one.
-fn room_name_or_usage(name: &str) -> Result<(), AdminError> {
+pub(crate) fn room_name_or_usage(name: &str) -> Result<(), AdminError> {
     if rules::valid_any_room_name(name) {
         return Ok(());
     }
@@ -547,7 +547,7 @@ fn room_or_404(store: &Store, name: &str) -> Result<crate::store::Room, AdminErr
     })
 }
 
-fn check_user_name(name: &str) -> Result<(), AdminError> {
+pub(crate) fn check_user_name(name: &str) -> Result<(), AdminError> {
     if rules::valid_user_name(name) {
         Ok(())
     } else {
@@ -557,7 +557,7 @@ fn check_user_name(name: &str) -> Result<(), AdminError> {
     }
 }
 
-fn check_hash(hash: &str) -> Result<(), AdminError> {
+pub(crate) fn check_hash(hash: &str) -> Result<(), AdminError> {
     if hash.starts_with("$argon2") {
         Ok(())
     } else {
@@ -576,7 +576,7 @@ fn done(summary: String, details: serde_json::Value) -> Result<Reply, AdminError
     Ok(Reply::Done(Done { summary, details }))
 }
 
-fn user_info(u: &User) -> UserInfo {
+pub(crate) fn user_info(u: &User) -> UserInfo {
     UserInfo {
         name: u.name.clone(),
         created_ms: u.created_ms,

@@ -11,14 +11,19 @@
 use std::time::{Duration, Instant};
 
 use super::accounts::ClusterAccounts;
+use super::log::Changer;
 use super::log::{Appended, Origin, RoomLogs};
 use super::notices::{Closing, Notice};
 use super::{keys, ClusterError, Link};
-use crate::admin::{AdminError, Connection, Done, ErrorKind, Reply, SYSTEM_AUTHOR};
+use crate::admin::{
+    check_hash, check_user_name, room_name_or_usage, user_info, AdminError, Connection, Done,
+    ErrorKind, Reply, RoomInfo, Stats, SYSTEM_AUTHOR,
+};
 use crate::config::Durability;
 use crate::hub::now_ms;
 use crate::rules;
 use crate::store::{user_key, Message, RoomRef};
+use crate::store::{Change, Event, NewUser, User};
 
 /// How long a kick or ban waits for every node to report its closed connections.
 const REPORT_WAIT: Duration = Duration::from_secs(3);
@@ -39,6 +44,13 @@ fn request_id() -> Result<String, AdminError> {
     let mut request = [0u8; 8];
     getrandom::fill(&mut request).map_err(|e| AdminError::failed(e.to_string()))?;
     Ok(format!("{:016x}", u64::from_le_bytes(request)))
+}
+
+fn no_room(name: &str) -> AdminError {
+    AdminError::new(
+        ErrorKind::NotFound,
+        format!("there is no room `{name}` in the cluster"),
+    )
 }
 
 fn done(summary: String, details: serde_json::Value) -> Reply {
@@ -69,6 +81,262 @@ impl ClusterAdmin {
                     format!("there is no user `{name}` in the cluster"),
                 )
             })
+    }
+
+    /// Every key with `prefix`, without the prefix, sorted.
+    async fn scan(&self, prefix: &str) -> Result<Vec<String>, AdminError> {
+        let mut found_all = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{prefix}*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut self.link.commands())
+                .await
+                .map_err(|e| failed(e.into()))?;
+            found_all.extend(
+                found
+                    .into_iter()
+                    .filter_map(|k| k.strip_prefix(prefix).map(str::to_string)),
+            );
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        found_all.sort();
+        found_all.dedup();
+        Ok(found_all)
+    }
+
+    /// `users list`.
+    pub async fn users_list(&self) -> Result<Reply, AdminError> {
+        let mut users = Vec::new();
+        for key in self.scan(&keys::user("")).await? {
+            if let Some(user) = self.accounts.user(&key).await.map_err(failed)? {
+                users.push(user_info(&user));
+            }
+        }
+        Ok(Reply::Users(users))
+    }
+
+    /// `users show`.
+    pub async fn users_show(&self, name: &str) -> Result<Reply, AdminError> {
+        Ok(Reply::User(user_info(&self.user_or_404(name).await?)))
+    }
+
+    /// `users add` (the CLI hashed the password).
+    pub async fn users_add(&self, name: &str, password_hash: String) -> Result<Reply, AdminError> {
+        check_user_name(name)?;
+        check_hash(&password_hash)?;
+        let user = User {
+            name: name.to_string(),
+            password_hash,
+            created_ms: now_ms(),
+            banned: false,
+            token_epoch: 0,
+        };
+        if self.accounts.add_user(&user, false).await.map_err(failed)? != NewUser::Created {
+            return Err(AdminError::new(
+                ErrorKind::Conflict,
+                format!("user `{name}` already exists; change the password with `chatd admin users passwd {name} --cluster …`"),
+            ));
+        }
+        Ok(done(
+            format!("created user {name}"),
+            serde_json::json!({"user": name}),
+        ))
+    }
+
+    /// `users passwd`: a new password; the user's tokens are revoked.
+    pub async fn users_passwd(
+        &self,
+        name: &str,
+        password_hash: String,
+    ) -> Result<Reply, AdminError> {
+        check_hash(&password_hash)?;
+        let mut user = self.user_or_404(name).await?;
+        user.password_hash = password_hash;
+        user.token_epoch = user.token_epoch.wrapping_add(1);
+        self.accounts.put_user(&user).await.map_err(failed)?;
+        Ok(done(
+            format!(
+                "set the password of {}; their session tokens are revoked (connected clients stay connected until they reconnect)",
+                user.name
+            ),
+            serde_json::json!({"user": user.name, "tokens_revoked": true}),
+        ))
+    }
+
+    async fn room_info(&self, name: &str) -> Result<Option<RoomInfo>, AdminError> {
+        let Some((no, created_ms, last_id, count)) =
+            self.logs.room_record(name).await.map_err(failed)?
+        else {
+            return Ok(None);
+        };
+        let (oldest_ts, newest_ts) = self.logs.ends(no).await.map_err(failed)?;
+        let (mut participants, mut participants_deleted) = (None, Vec::new());
+        if let Ok(Some((a, b))) = rules::dm_participants(name) {
+            let mut names = Vec::with_capacity(2);
+            for key in [a, b] {
+                match self.accounts.user(key).await.map_err(failed)? {
+                    Some(user) => names.push(user.name),
+                    None => {
+                        names.push(key.to_owned());
+                        participants_deleted.push(key.to_owned());
+                    }
+                }
+            }
+            participants = Some(names);
+        }
+        Ok(Some(RoomInfo {
+            name: name.to_string(),
+            created_ms,
+            messages: count,
+            last_id,
+            oldest_ts,
+            newest_ts,
+            online: None,
+            participants,
+            participants_deleted,
+        }))
+    }
+
+    /// `rooms list` (`dm`: direct-message rooms only).
+    pub async fn rooms_list(&self, dm: bool) -> Result<Reply, AdminError> {
+        let mut rooms = Vec::new();
+        for name in self.scan(&keys::room("")).await? {
+            if dm && !matches!(rules::dm_participants(&name), Ok(Some(_))) {
+                continue;
+            }
+            rooms.extend(self.room_info(&name).await?);
+        }
+        Ok(Reply::Rooms(rooms))
+    }
+
+    /// `rooms show`.
+    pub async fn rooms_show(&self, name: &str) -> Result<Reply, AdminError> {
+        room_name_or_usage(name)?;
+        self.room_info(name)
+            .await?
+            .map(Reply::Room)
+            .ok_or_else(|| no_room(name))
+    }
+
+    /// `stats`: what the cluster's Redis holds (no per-node figures).
+    pub async fn stats(&self) -> Result<Reply, AdminError> {
+        let users: Option<u64> = redis::cmd("GET")
+            .arg(keys::USER_COUNT)
+            .query_async(&mut self.link.commands())
+            .await
+            .map_err(|e| failed(e.into()))?;
+        let info: String = redis::cmd("INFO")
+            .arg("persistence")
+            .query_async(&mut self.link.commands())
+            .await
+            .map_err(|e| failed(e.into()))?;
+        let aof_bytes = info
+            .lines()
+            .find_map(|l| l.strip_prefix("aof_current_size:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let mut stats = Stats {
+            users: users.unwrap_or(0),
+            rooms: 0,
+            dm_rooms: 0,
+            messages: 0,
+            db_bytes: aof_bytes,
+            oldest_ts: None,
+            newest_ts: None,
+            server: None,
+        };
+        for name in self.scan(&keys::room("")).await? {
+            let Some(room) = self.room_info(&name).await? else {
+                continue;
+            };
+            stats.rooms += 1;
+            stats.dm_rooms += u64::from(room.participants.is_some());
+            stats.messages += room.messages;
+            if let Some(ts) = room.oldest_ts {
+                stats.oldest_ts = Some(stats.oldest_ts.map_or(ts, |o| o.min(ts)));
+            }
+            if let Some(ts) = room.newest_ts {
+                stats.newest_ts = Some(stats.newest_ts.map_or(ts, |n| n.max(ts)));
+            }
+        }
+        Ok(Reply::Stats(stats))
+    }
+
+    /// `messages delete --room ROOM IDS`: each a `deleted` event by `[system]`, delivered by
+    /// every node to the room's members in order. Nothing is deleted unless every id is a
+    /// message of the room.
+    pub async fn messages_delete(&self, room: &str, ids: &[u64]) -> Result<Reply, AdminError> {
+        if ids.is_empty() {
+            return Err(AdminError::usage("name at least one message id"));
+        }
+        room_name_or_usage(room)?;
+        let record = self
+            .logs
+            .room(room)
+            .await
+            .map_err(failed)?
+            .ok_or_else(|| no_room(room))?;
+        let mut missing = Vec::new();
+        for &id in ids {
+            let (found, _) = self
+                .logs
+                .entries_after(record.no, id.saturating_sub(1), id, 1)
+                .await
+                .map_err(failed)?;
+            if !found
+                .iter()
+                .any(|e| e.id == id && matches!(e.body, super::log::Body::Message(_)))
+            {
+                missing.push(id.to_string());
+            }
+        }
+        if !missing.is_empty() {
+            return Err(AdminError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "no message with id {} in `{room}`; nothing was deleted",
+                    missing.join(", ")
+                ),
+            ));
+        }
+        let room_ref = RoomRef {
+            name: room.into(),
+            no: record.no,
+        };
+        let changer = Changer {
+            author_key: None,
+            account_created_ms: 0,
+            origin: Origin { node: 0, conn: 0 },
+        };
+        let mut deleted = Vec::new();
+        for &id in ids {
+            let event = Event {
+                target: id,
+                user: SYSTEM_AUTHOR.into(),
+                ts: now_ms(),
+                change: Change::Deleted,
+            };
+            let appended = self
+                .logs
+                .append_event(&room_ref, &changer, &event, None, u64::MAX)
+                .await
+                .map_err(failed)?;
+            if let Appended::New { .. } = appended {
+                deleted.push(serde_json::json!({"room": room, "id": id}));
+            }
+        }
+        Ok(done(
+            format!("deleted {} message(s)", deleted.len()),
+            serde_json::json!({"deleted": deleted}),
+        ))
     }
 
     /// `users ban`: the account can neither log in nor resume, on any node; its tokens are
@@ -219,10 +487,7 @@ impl ClusterAdmin {
         let mut posted = Vec::new();
         for name in rooms {
             let Some(record) = self.logs.room(&name).await.map_err(failed)? else {
-                return Err(AdminError::new(
-                    ErrorKind::NotFound,
-                    format!("there is no room `{name}` in the cluster"),
-                ));
+                return Err(no_room(&name));
             };
             let message = Message::new(SYSTEM_AUTHOR.into(), text.into(), now_ms(), None);
             let room = RoomRef {
@@ -244,32 +509,10 @@ impl ClusterAdmin {
 
     /// Every room's name but direct-message rooms', sorted.
     async fn room_names(&self) -> Result<Vec<String>, AdminError> {
-        let prefix = keys::room("");
-        let mut names = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{prefix}*"))
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut self.link.commands())
-                .await
-                .map_err(|e| failed(e.into()))?;
-            names.extend(
-                found
-                    .into_iter()
-                    .filter_map(|k| k.strip_prefix(&prefix).map(str::to_string))
-                    .filter(|n| !matches!(rules::dm_participants(n), Ok(Some(_)))),
-            );
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        names.sort();
-        names.dedup();
-        Ok(names)
+        let names = self.scan(&keys::room("")).await?;
+        Ok(names
+            .into_iter()
+            .filter(|n| !matches!(rules::dm_participants(n), Ok(Some(_))))
+            .collect())
     }
 }

@@ -324,6 +324,49 @@ impl RoomLogs {
         })
     }
 
+    /// Room `name`'s record as an admin sees it: number, creation time, newest id, messages
+    /// held; `None` if there is no such room.
+    pub(crate) async fn room_record(
+        &self,
+        name: &str,
+    ) -> Result<Option<(u32, u64, u64, u64)>, ClusterError> {
+        let fields: (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        ) = redis::cmd("HMGET")
+            .arg(keys::room(name))
+            .arg("no")
+            .arg("created_ms")
+            .arg("last_id")
+            .arg("count")
+            .query_async(&mut self.link.commands())
+            .await?;
+        let (Some(no), created, last, count) = fields else {
+            return Ok(None);
+        };
+        let num = |v: Option<String>, what: &str| number(v.as_deref().unwrap_or("0"), what);
+        Ok(Some((
+            number(&no, "room number")?,
+            num(created, "room creation time")?,
+            num(last, "room last_id")?,
+            num(count, "room count")?,
+        )))
+    }
+
+    /// The times of the oldest and newest messages of room `room_no`.
+    pub(crate) async fn ends(
+        &self,
+        room_no: u32,
+    ) -> Result<(Option<u64>, Option<u64>), ClusterError> {
+        let max = (1u64 << 53) - 1;
+        let first = self.messages_after(room_no, 0, max, 1).await?;
+        let last = self.messages_before(room_no, u64::MAX, max, 1).await?;
+        let ts = |p: Page| p.messages.first().map(|m| m.message.ts);
+        Ok((ts(first), ts(last)))
+    }
+
     /// Room `name` if it exists (`created` is false).
     pub(crate) async fn room(&self, name: &str) -> Result<Option<RoomState>, ClusterError> {
         let (no, last_id): (Option<String>, Option<String>) = redis::cmd("HMGET")
