@@ -547,6 +547,10 @@ struct Export {
     /// include password hashes and sessions (needed for a full restore)
     #[argh(switch)]
     with_secrets: bool,
+    /// export what a cluster's nodes share, from its Redis (redis://HOST:PORT[/DB], or
+    /// CHATD_CLUSTER)
+    #[argh(option)]
+    cluster: Option<String>,
     /// data directory (default ./data, or CHATD_DATA_DIR)
     #[argh(option)]
     data_dir: Option<String>,
@@ -1132,7 +1136,11 @@ fn io_failed(what: &str, path: &Path, e: std::io::Error) -> AdminError {
 
 fn export(c: Export) -> Result<(), AdminError> {
     let dir = data_dir(&c.data_dir);
-    let mut target = offline::open(&dir, Need::Any, false)?;
+    let cluster = cluster_url(&c.cluster);
+    let mut target = match &cluster {
+        Some(url) => ExportSource::Cluster(Box::new(smol::block_on(ClusterAdmin::connect(url))?)),
+        None => ExportSource::Store(offline::open(&dir, Need::Any, false)?),
+    };
     // Write to a side file and rename at the end: a failed export never looks complete.
     let (mut out, paths): (Box<dyn Write>, Option<(PathBuf, PathBuf)>) = match &c.out {
         Some(file) => {
@@ -1162,29 +1170,24 @@ fn export(c: Export) -> Result<(), AdminError> {
     let progress = Progress::new(mode, "export", "messages", None);
     let mut in_rooms = 0u64;
     let mut counting = true;
-    let result = target.run(
-        Request::Export {
-            with_secrets: c.with_secrets,
-        },
-        &mut |line: Line| {
-            match &line {
-                Line::Room { count, .. } => in_rooms += count,
-                Line::Message { .. } => {
-                    if counting {
-                        counting = false;
-                        progress.set_total(Some(in_rooms));
-                    }
-                    progress.inc(1);
+    let result = target.export(c.with_secrets, &mut |line: Line| {
+        match &line {
+            Line::Room { count, .. } => in_rooms += count,
+            Line::Message { .. } => {
+                if counting {
+                    counting = false;
+                    progress.set_total(Some(in_rooms));
                 }
-                _ => {}
+                progress.inc(1);
             }
-            let mut bytes = serde_json::to_vec(&line)
-                .map_err(|e| AdminError::failed(format!("cannot encode a line: {e}")))?;
-            bytes.push(b'\n');
-            out.write_all(&bytes)
-                .map_err(|e| AdminError::failed(format!("cannot write the export: {e}")))
-        },
-    );
+            _ => {}
+        }
+        let mut bytes = serde_json::to_vec(&line)
+            .map_err(|e| AdminError::failed(format!("cannot encode a line: {e}")))?;
+        bytes.push(b'\n');
+        out.write_all(&bytes)
+            .map_err(|e| AdminError::failed(format!("cannot write the export: {e}")))
+    });
     let flushed = out
         .flush()
         .map_err(|e| AdminError::failed(format!("cannot write the export: {e}")));
@@ -1206,7 +1209,7 @@ fn export(c: Export) -> Result<(), AdminError> {
     }
     progress.finish();
     let summary = format::human(&reply);
-    let consistency = if target.is_server() {
+    let consistency = if target.is_live() {
         " (taken from the running server: as of the start of the export)"
     } else {
         ""
@@ -1218,6 +1221,33 @@ fn export(c: Export) -> Result<(), AdminError> {
         eprint!("{note}");
     }
     Ok(())
+}
+
+/// Where an export comes from: the data directory (or the server running on it), or a cluster.
+enum ExportSource {
+    Store(Target),
+    Cluster(Box<ClusterAdmin>),
+}
+
+impl ExportSource {
+    fn export(
+        &mut self,
+        with_secrets: bool,
+        sink: &mut dyn FnMut(Line) -> Result<(), AdminError>,
+    ) -> Result<Reply, AdminError> {
+        match self {
+            ExportSource::Store(target) => target.run(Request::Export { with_secrets }, sink),
+            ExportSource::Cluster(admin) => smol::block_on(admin.export(with_secrets, sink)),
+        }
+    }
+
+    /// Whether what is exported changes while the export runs.
+    fn is_live(&self) -> bool {
+        match self {
+            ExportSource::Store(target) => target.is_server(),
+            ExportSource::Cluster(_) => true,
+        }
+    }
 }
 
 /// Where an import goes: the data directory (or the server running on it), or a cluster.

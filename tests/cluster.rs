@@ -483,6 +483,29 @@ fn a_single_node_database_moves_into_a_cluster_with_its_ids_tokens_and_cids() {
     let mut bob = b.login("bob", PASSWORD);
     assert_eq!(bob.join_since(&dm, 0).ids(), vec![id_of(&dm_ack)]);
     assert!(bob.room_entry(&dm).is_some(), "the DM is on bob's list");
+
+    // And back: the cluster's export restores into a single server.
+    let back = export.path().join("back.jsonl");
+    let back = back.to_str().unwrap();
+    let out = admin(
+        empty.path(),
+        &[
+            "export",
+            "--with-secrets",
+            "--out",
+            back,
+            "--cluster",
+            &redis.url(),
+        ],
+    );
+    assert!(out.ok().contains("exported 2 user(s)"), "{}", out.stdout);
+    let restored = tempfile::tempdir().unwrap();
+    admin(restored.path(), &["import", back]).ok();
+    let single = TestServer::start_in(restored, &[]);
+    let mut alice = single.resume(&token);
+    let mut ids = acked.clone();
+    ids.push(id_of(&next));
+    assert_eq!(alice.join_since("general", 0).ids(), ids);
 }
 
 /// Reads until the connection closes, skipping frames; returns the close code and the frames.

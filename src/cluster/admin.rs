@@ -22,6 +22,7 @@ use crate::admin::{
 use crate::config::Durability;
 use crate::hub::now_ms;
 use crate::rules;
+use crate::store::maintenance::Line;
 use crate::store::{user_key, Message, RoomRef};
 use crate::store::{Change, Event, NewUser, User};
 
@@ -44,6 +45,16 @@ fn request_id() -> Result<String, AdminError> {
     let mut request = [0u8; 8];
     getrandom::fill(&mut request).map_err(|e| AdminError::failed(e.to_string()))?;
     Ok(format!("{:016x}", u64::from_le_bytes(request)))
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 fn no_room(name: &str) -> AdminError {
@@ -336,6 +347,112 @@ impl ClusterAdmin {
         Ok(done(
             format!("deleted {} message(s)", deleted.len()),
             serde_json::json!({"deleted": deleted}),
+        ))
+    }
+
+    /// `export`: everything the nodes share, as export lines (the format of a single node's
+    /// export, so `import` takes it into either kind of server). Each room's messages are
+    /// those up to its newest id when its record was read; the header's `id_floor` is the id
+    /// counter before anything else is read, raised to every room's newest id.
+    pub async fn export(
+        &self,
+        with_secrets: bool,
+        sink: &mut dyn FnMut(Line) -> Result<(), AdminError>,
+    ) -> Result<Reply, AdminError> {
+        let floor: Option<u64> = redis::cmd("GET")
+            .arg(keys::NEXT_ID)
+            .query_async(&mut self.link.commands())
+            .await
+            .map_err(|e| failed(e.into()))?;
+        let mut rooms = Vec::new();
+        for name in self.scan(&keys::room("")).await? {
+            if let Some(record) = self.logs.room_record(&name).await.map_err(failed)? {
+                rooms.push((name, record));
+            }
+        }
+        let id_floor = rooms
+            .iter()
+            .map(|(_, (_, _, last, _))| *last)
+            .fold(floor.unwrap_or(0), u64::max);
+        sink(Line::Header {
+            format: "chatd-export".into(),
+            version: 1,
+            exported_ms: now_ms(),
+            id_floor,
+        })?;
+        let mut counts = [0u64; 4];
+        for key in self.scan(&keys::user("")).await? {
+            let Some(user) = self.accounts.user(&key).await.map_err(failed)? else {
+                continue;
+            };
+            counts[0] += 1;
+            sink(Line::User {
+                name: user.name,
+                created_ms: user.created_ms,
+                banned: user.banned,
+                token_epoch: user.token_epoch,
+                password_hash: with_secrets.then_some(user.password_hash),
+            })?;
+        }
+        if with_secrets {
+            for hash in self.scan(&keys::session(&[])).await? {
+                let Some(bytes) = unhex(&hash) else {
+                    continue;
+                };
+                let Some(session) = self.accounts.session(&bytes).await.map_err(failed)? else {
+                    continue; // expired meanwhile
+                };
+                counts[1] += 1;
+                sink(Line::Session {
+                    token_sha256: hash,
+                    user: session.user_key,
+                    created_ms: session.created_ms,
+                    expires_ms: session.expires_ms,
+                    epoch: session.epoch,
+                })?;
+            }
+        }
+        for (name, (_, created_ms, last_id, count)) in &rooms {
+            counts[2] += 1;
+            sink(Line::Room {
+                name: name.clone(),
+                created_ms: *created_ms,
+                last_id: *last_id,
+                count: *count,
+            })?;
+        }
+        for (name, (no, _, last_id, _)) in &rooms {
+            let mut after = 0;
+            loop {
+                let page = self
+                    .logs
+                    .messages_after(*no, after, *last_id, 500)
+                    .await
+                    .map_err(failed)?;
+                for m in page.messages {
+                    after = m.id;
+                    counts[3] += 1;
+                    sink(Line::Message {
+                        room: name.clone(),
+                        id: m.id,
+                        user: m.message.user,
+                        text: m.message.text,
+                        ts: m.message.ts,
+                        cid: m.message.cid,
+                        edited_ts: m.message.edited_ts,
+                    })?;
+                }
+                if !page.more {
+                    break;
+                }
+            }
+        }
+        Ok(done(
+            format!(
+                "exported {} user(s), {} session(s), {} room(s), {} message(s)",
+                counts[0], counts[1], counts[2], counts[3]
+            ),
+            serde_json::json!({"users": counts[0], "sessions": counts[1], "rooms": counts[2], "messages": counts[3], "with_secrets": with_secrets}),
         ))
     }
 
