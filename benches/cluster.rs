@@ -15,72 +15,18 @@
 #[path = "hot/mod.rs"]
 pub(crate) mod hot;
 
-use std::net::TcpListener;
-use std::process::{Child, Stdio};
+// The tests' Redis harness: one Redis, fsync on every write, as cluster mode requires.
+#[allow(dead_code)]
+#[path = "../tests/common/redis.rs"]
+mod redis;
+
 use std::time::Duration;
 
 use hot::durable::{window, Durable};
 use hot::fanout::{paced, saturate, Flow, Group, Paced, Saturated};
 use hot::net::Net;
-use hot::procs::{cpu_ticks, import_accounts_into, pinned, start_chatd, ticks_per_sec, Server};
+use hot::procs::{cpu_ticks, import_accounts_into, start_chatd, ticks_per_sec, Server};
 use hot::setup::{open_members, ratio, settle, Member, Spread};
-
-/// A Redis of the bench's own, fsync on every write, as cluster mode requires.
-struct Redis {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start(core: Option<usize>) -> Redis {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let child = pinned("redis-server", core)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (apt-get install redis-server)");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Redis {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One side of the comparison: its processes and where its clients connect.
 struct Side {
@@ -179,7 +125,7 @@ pub fn run(o: &Options) -> Summary {
         "cluster: {nodes} nodes + Redis against one chatd; {members} members at 20 msg/s, saturation 4x4, durable {pubs}x8; {secs} s windows, {runs} runs; pinning {pin:?}"
     );
     let core = pin.server_core;
-    let redis = Redis::start(core);
+    let redis = redis::Redis::start_pinned(redis::DURABLE, core);
     let single_dir = tempfile::tempdir().expect("temp dir");
     let cluster_dirs: Vec<tempfile::TempDir> = (0..nodes)
         .map(|_| tempfile::tempdir().expect("temp dir"))
@@ -218,7 +164,7 @@ pub fn run(o: &Options) -> Summary {
         })
         .collect();
     let mut pids: Vec<u32> = cluster_nodes.iter().filter_map(|s| s.pid).collect();
-    pids.push(redis.child.id());
+    pids.push(redis.pid());
     let cluster = Side {
         name: "cluster",
         nodes: cluster_nodes,

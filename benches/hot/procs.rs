@@ -57,7 +57,7 @@ pub fn pin_self(core: Option<usize>) {
     }
 }
 
-pub fn pinned(program: impl AsRef<std::ffi::OsStr>, core: Option<usize>) -> Command {
+fn pinned(program: impl AsRef<std::ffi::OsStr>, core: Option<usize>) -> Command {
     let mut cmd = Command::new(program);
     if let Some(core) = core {
         // SAFETY: only sched_setaffinity (async-signal-safe) runs between fork and exec.

@@ -45,9 +45,13 @@ impl ClusterAccounts {
 
     /// The user named `name` (any case).
     pub(crate) async fn user(&self, name: &str) -> Result<Option<User>, ClusterError> {
-        let key = keys::user(&user_key(name));
+        self.record(&keys::user(&user_key(name))).await
+    }
+
+    /// The versioned record stored under `key`, if any.
+    async fn record<R: crate::store::Record>(&self, key: &str) -> Result<Option<R>, ClusterError> {
         let value: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(&key)
+            .arg(key)
             .query_async(&mut self.link.commands())
             .await?;
         value
@@ -131,22 +135,13 @@ impl ClusterAccounts {
 
     /// The session stored under `token_hash`, unless it expired.
     pub(crate) async fn session(&self, token_hash: &[u8]) -> Result<Option<Session>, ClusterError> {
-        let key = keys::session(token_hash);
-        let value: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(&key)
-            .query_async(&mut self.link.commands())
-            .await?;
-        value
-            .map(|v| {
-                codec::decode(&v, key.as_bytes()).map_err(|e| ClusterError::Corrupt(e.to_string()))
-            })
-            .transpose()
+        self.record(&keys::session(token_hash)).await
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::TestRedis;
+    use super::super::testing::Redis as TestRedis;
     use super::*;
     use crate::config::Durability;
 

@@ -22,7 +22,7 @@ use crate::admin::{
 use crate::config::Durability;
 use crate::hub::now_ms;
 use crate::rules;
-use crate::store::maintenance::Line;
+use crate::store::maintenance::{message_line, session_line, unhex, user_line, Line};
 use crate::store::{user_key, Message, RoomRef};
 use crate::store::{Change, Event, NewUser, User};
 
@@ -45,16 +45,6 @@ fn request_id() -> Result<String, AdminError> {
     let mut request = [0u8; 8];
     getrandom::fill(&mut request).map_err(|e| AdminError::failed(e.to_string()))?;
     Ok(format!("{:016x}", u64::from_le_bytes(request)))
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 fn no_room(name: &str) -> AdminError {
@@ -386,13 +376,7 @@ impl ClusterAdmin {
                 continue;
             };
             counts[0] += 1;
-            sink(Line::User {
-                name: user.name,
-                created_ms: user.created_ms,
-                banned: user.banned,
-                token_epoch: user.token_epoch,
-                password_hash: with_secrets.then_some(user.password_hash),
-            })?;
+            sink(user_line(user, with_secrets))?;
         }
         if with_secrets {
             for hash in self.scan(&keys::session(&[])).await? {
@@ -403,13 +387,7 @@ impl ClusterAdmin {
                     continue; // expired meanwhile
                 };
                 counts[1] += 1;
-                sink(Line::Session {
-                    token_sha256: hash,
-                    user: session.user_key,
-                    created_ms: session.created_ms,
-                    expires_ms: session.expires_ms,
-                    epoch: session.epoch,
-                })?;
+                sink(session_line(&bytes, session))?;
             }
         }
         for (name, (_, created_ms, last_id, count)) in &rooms {
@@ -432,15 +410,7 @@ impl ClusterAdmin {
                 for m in page.messages {
                     after = m.id;
                     counts[3] += 1;
-                    sink(Line::Message {
-                        room: name.clone(),
-                        id: m.id,
-                        user: m.message.user,
-                        text: m.message.text,
-                        ts: m.message.ts,
-                        cid: m.message.cid,
-                        edited_ts: m.message.edited_ts,
-                    })?;
+                    sink(message_line(name, m))?;
                 }
                 if !page.more {
                     break;

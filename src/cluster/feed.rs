@@ -429,7 +429,7 @@ mod tests {
     use std::time::Instant;
 
     use super::super::log::{Appended, Origin};
-    use super::super::testing::TestRedis;
+    use super::super::testing::Redis as TestRedis;
     use super::*;
     use crate::config::Durability;
     use crate::store::{Message, RoomRef};
@@ -686,7 +686,7 @@ mod tests {
             .map(|i| send(&node.logs, &room, &format!("b{i}")))
             .collect();
         assert_eq!(node.rooms.wait_for("phoenix", 3), before);
-        redis.kill_and_restart(&["--appendonly", "yes", "--appendfsync", "always"]);
+        redis.kill_and_restart();
         // The commands connection died with Redis; a writer on a fresh link appends while the
         // feed is still reconnecting, and after.
         let writer = logs(&redis);

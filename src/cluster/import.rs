@@ -15,8 +15,8 @@ use super::accounts::ClusterAccounts;
 use super::log::RoomLogs;
 use super::{keys, ClusterError, Link};
 use crate::config::Durability;
-use crate::store::maintenance::{Imported, Line};
-use crate::store::{NewUser, Session, User};
+use crate::store::maintenance::{imported_session, imported_user, Imported, Line};
+use crate::store::NewUser;
 
 /// Messages of one room written by one script at most.
 const CHUNK: usize = 500;
@@ -98,46 +98,18 @@ impl ClusterImport {
         while i < lines.len() {
             match &lines[i] {
                 Line::Header { id_floor, .. } => self.raise_next_id(*id_floor).await?,
-                Line::User {
-                    name,
-                    created_ms,
-                    banned,
-                    token_epoch,
-                    password_hash,
-                } => {
-                    let user = User {
-                        name: name.clone(),
-                        password_hash: password_hash.clone().unwrap_or_else(|| "!".into()),
-                        created_ms: *created_ms,
-                        banned: *banned,
-                        token_epoch: *token_epoch,
-                    };
-                    if self.accounts.add_user(&user, false).await? == NewUser::Created {
-                        report.users += 1;
-                        if password_hash.is_none() {
-                            report.users_without_password.push(name.clone());
-                        }
-                    } else {
-                        report.users_skipped += 1;
+                line @ Line::User { .. } => {
+                    if let Some(user) = imported_user(line) {
+                        let created =
+                            self.accounts.add_user(&user, false).await? == NewUser::Created;
+                        report.count_user(created, line);
                     }
                 }
-                Line::Session {
-                    token_sha256,
-                    user,
-                    created_ms,
-                    expires_ms,
-                    epoch,
-                } => {
-                    let Some(hash) = unhex(token_sha256) else {
-                        return Err(ClusterError::Corrupt(format!(
-                            "session {token_sha256:?} is not hex"
-                        )));
-                    };
-                    let session = Session {
-                        user_key: user.clone(),
-                        created_ms: *created_ms,
-                        expires_ms: *expires_ms,
-                        epoch: *epoch,
+                line @ Line::Session { .. } => {
+                    let Some((hash, session)) = imported_session(line) else {
+                        return Err(ClusterError::Corrupt(
+                            "a session line's hash is not hex".into(),
+                        ));
                     };
                     if self.accounts.insert_new_session(&hash, &session).await? {
                         report.sessions += 1;
@@ -248,14 +220,4 @@ impl ClusterImport {
         report.messages_skipped += count - stored;
         Ok(())
     }
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }

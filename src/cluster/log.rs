@@ -736,7 +736,7 @@ mod tests {
 
     use futures_lite::StreamExt;
 
-    use super::super::testing::TestRedis;
+    use super::super::testing::Redis as TestRedis;
     use super::*;
     use crate::config::Durability;
 

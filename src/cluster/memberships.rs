@@ -16,7 +16,7 @@ use redis::Script;
 use super::log::{Body, RoomLogs};
 use super::{keys, ClusterError, Link};
 use crate::rules;
-use crate::store::{Conversation, Membership, UNREAD_CAP};
+use crate::store::{listed, Conversation, Membership, UNREAD_CAP};
 
 /// The user's own messages skipped at most while counting one room's unread ones.
 const OWN_SKIP_CAP: u64 = 4 * UNREAD_CAP;
@@ -178,12 +178,7 @@ impl ClusterMemberships {
             .await?
             .messages
             .pop();
-        let dm = matches!(rules::dm_participants(room), Ok(Some(_)));
-        let listed = match membership.left_at {
-            None => true,
-            Some(left) => dm && last.as_ref().is_some_and(|last| last.id > left),
-        };
-        if !listed {
+        if !listed(room, membership, last.as_ref()) {
             return Ok(None);
         }
         let (unread, mentions) = count_unread(logs, reader, room_no, membership.read, upto).await?;

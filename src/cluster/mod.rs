@@ -23,7 +23,10 @@ pub(crate) mod log;
 pub(crate) mod memberships;
 pub mod notices;
 pub(crate) mod presence;
+// The black-box tests' Redis harness, shared so there is one.
 #[cfg(test)]
+#[allow(dead_code)]
+#[path = "../../tests/common/redis.rs"]
 pub(crate) mod testing;
 
 use std::sync::{Arc, OnceLock};
@@ -295,33 +298,29 @@ impl Cluster {
     pub(crate) async fn report_closed(&self, request: &str, closed: usize) {
         let key = keys::closing(request);
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hincr(&key, "nodes", 1)
+        pipe.hincr(&key, "nodes", 1)
             .ignore()
             .hincr(&key, "closed", closed)
-            .ignore()
-            .expire(&key, 60)
             .ignore();
-        let reported: Result<(), redis::RedisError> =
-            pipe.query_async(&mut self.link.commands()).await;
-        if let Err(e) = reported {
-            tracing::warn!(error = %e, "an admin's close request was not answered");
-        }
+        self.report(pipe, &key, "close").await;
     }
 
     /// Answers an admin's `online` request with this node's connections (a JSON array).
     pub(crate) async fn report_online(&self, request: &str, connections: String) {
         let key = keys::online(request);
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .rpush(&key, connections)
-            .ignore()
-            .expire(&key, 60)
-            .ignore();
+        pipe.rpush(&key, connections).ignore();
+        self.report(pipe, &key, "online").await;
+    }
+
+    /// Runs an answer to an admin's request (`pipe`, writing `key`) atomically, and lets the
+    /// answer expire: the admin reads it within seconds.
+    async fn report(&self, mut pipe: redis::Pipeline, key: &str, what: &str) {
+        pipe.atomic().expire(key, 60).ignore();
         let reported: Result<(), redis::RedisError> =
             pipe.query_async(&mut self.link.commands()).await;
         if let Err(e) = reported {
-            tracing::warn!(error = %e, "an admin's online request was not answered");
+            tracing::warn!(error = %e, request = what, "an admin's request was not answered");
         }
     }
 
@@ -380,7 +379,7 @@ fn redacted(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::TestRedis;
+    use super::testing::Redis as TestRedis;
     use super::*;
 
     #[test]

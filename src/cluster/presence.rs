@@ -390,7 +390,7 @@ pub(crate) async fn beat(link: &Link, node: u64, ttl: Duration) -> Result<usize,
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::TestRedis;
+    use super::super::testing::Redis as TestRedis;
     use super::*;
     use crate::config::Durability;
     use futures_lite::StreamExt;

@@ -112,28 +112,14 @@ impl Hub {
             node: cluster.node,
             conn: member.conn,
         };
-        match cluster
+        let appended = cluster
             .logs
             .append(&room.log_ref, &member.user_key, &message, origin)
-            .await?
-        {
-            Appended::New { .. } => {
-                self.metrics.messages_stored.inc();
-                Ok(())
-            }
-            Appended::Duplicate(original) => {
-                member.outbox.reply(encode(&ServerFrame::Ack {
-                    room: &original.room,
-                    cid: message.cid.as_deref(),
-                    id: original.id,
-                    ts: original.ts,
-                }));
-                Ok(())
-            }
-            Appended::RoomGone => Err(HubError::RoomGone),
-            Appended::NotFound => Err(HubError::NotFound),
-            Appended::Forbidden => Err(HubError::Forbidden),
+            .await?;
+        if matches!(appended, Appended::New { .. }) {
+            self.metrics.messages_stored.inc();
         }
+        answer_append(appended, member, message.cid.as_deref())
     }
 
     /// Cluster mode's `edit` and `delete` of `member`'s message `target`: checked and appended
@@ -168,21 +154,7 @@ impl Hub {
             .logs
             .append_event(&room.log_ref, &changer, &event, cid.as_deref(), published)
             .await?;
-        match appended {
-            Appended::New { .. } => Ok(()),
-            Appended::Duplicate(original) => {
-                member.outbox.reply(encode(&ServerFrame::Ack {
-                    room: &original.room,
-                    cid: cid.as_deref(),
-                    id: original.id,
-                    ts: original.ts,
-                }));
-                Ok(())
-            }
-            Appended::RoomGone => Err(HubError::RoomGone),
-            Appended::NotFound => Err(HubError::NotFound),
-            Appended::Forbidden => Err(HubError::Forbidden),
-        }
+        answer_append(appended, member, cid.as_deref())
     }
 
     /// Cluster mode: tells the other nodes that `user_key` is online in `room` here, or no
@@ -376,17 +348,9 @@ impl Rooms for Hub {
         if self.cluster.as_ref().is_some_and(|c| c.node == typing.node) {
             return;
         }
-        let Some(room) = self.loaded_room(name) else {
-            return;
-        };
-        let frame = encode(&ServerFrame::Typing {
-            room: &room.name,
-            user: &typing.name,
-        });
-        corked(|| {
-            let state = lock(&room.state);
-            room.fan_out(&state, &frame, Some(&typing.user_key), &self.metrics);
-        });
+        if let Some(room) = self.loaded_room(name) {
+            self.typing_here(&room, &typing.user_key, &typing.name);
+        }
     }
 
     fn presence_reset(&self, name: &str, online: Vec<PresenceChange>) {
@@ -551,6 +515,26 @@ impl Hub {
         if let Some(cluster) = &self.cluster {
             cluster.relay_typing(&room.name, &member.user_key, &member.name);
         }
+    }
+}
+
+/// What the writer hears of an append made for `member` (with `cid`): nothing yet if it was
+/// stored (the feed acks it in log order), the original's ack for a repeated cid, or why not.
+fn answer_append(appended: Appended, member: &Member, cid: Option<&str>) -> Result<(), HubError> {
+    match appended {
+        Appended::New { .. } => Ok(()),
+        Appended::Duplicate(original) => {
+            member.outbox.reply(encode(&ServerFrame::Ack {
+                room: &original.room,
+                cid,
+                id: original.id,
+                ts: original.ts,
+            }));
+            Ok(())
+        }
+        Appended::RoomGone => Err(HubError::RoomGone),
+        Appended::NotFound => Err(HubError::NotFound),
+        Appended::Forbidden => Err(HubError::Forbidden),
     }
 }
 

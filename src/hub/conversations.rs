@@ -277,15 +277,20 @@ impl Hub {
 
     /// Relays `member`'s typing in `room` to every other user's connections there.
     pub fn typing(&self, room: &Room, member: &Member) {
+        self.typing_here(room, &member.user_key, &member.name);
+        self.relay_typing(room, member);
+    }
+
+    /// Tells the connections of `room` on this node, but `user_key`'s, that `name` is typing.
+    pub(super) fn typing_here(&self, room: &Room, user_key: &str, name: &str) {
         let frame = encode(&ServerFrame::Typing {
             room: &room.name,
-            user: &member.name,
+            user: name,
         });
         corked(|| {
             let state = lock(&room.state);
-            room.fan_out(&state, &frame, Some(&member.user_key), &self.metrics);
+            room.fan_out(&state, &frame, Some(user_key), &self.metrics);
         });
-        self.relay_typing(room, member);
     }
 
     /// [`Hub::conversations`] on the blocking pool, at most [`LIST_BUILDS`] at a time: the

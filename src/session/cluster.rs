@@ -10,11 +10,11 @@
 
 use std::sync::Arc;
 
+use super::conversations::{dm_other, no_such_user};
 use super::{Handled, Session};
 use crate::cluster::Cluster;
 use crate::hub::{Member, Room};
 use crate::protocol::{self, ErrorCode, Rejection, Request, ServerFrame};
-use crate::rules::dm_participants;
 use crate::store::Change;
 
 impl Session {
@@ -138,25 +138,12 @@ impl Session {
         cluster: &Cluster,
         name: &str,
     ) -> Result<(), Rejection> {
-        let Ok(Some((a, b))) = dm_participants(name) else {
+        let Some(other) = dm_other(member, name)? else {
             return Ok(());
-        };
-        let other = if *member.user_key == *a {
-            b
-        } else if *member.user_key == *b {
-            a
-        } else {
-            return Err(Rejection::new(
-                ErrorCode::Forbidden,
-                format!("`{name}` is a conversation between two other users"),
-            ));
         };
         match cluster.accounts.user(other).await {
             Ok(Some(_)) => Ok(()),
-            Ok(None) => Err(Rejection::new(
-                ErrorCode::NotFound,
-                format!("there is no user `{other}`"),
-            )),
+            Ok(None) => Err(no_such_user(other)),
             Err(e) => Err(self.hub_error(e.into(), name)),
         }
     }

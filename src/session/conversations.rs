@@ -18,6 +18,29 @@ use crate::store::Change;
 /// A connection relays `typing` for a room at most this often; clients send it every 3 s.
 const TYPING_INTERVAL: Duration = Duration::from_secs(1);
 
+/// For a DM room `name`, the other user's key (`forbidden` if `member` is not one of its two
+/// users); `None` for any other room.
+pub(super) fn dm_other<'a>(member: &Member, name: &'a str) -> Result<Option<&'a str>, Rejection> {
+    let Ok(Some((a, b))) = dm_participants(name) else {
+        return Ok(None);
+    };
+    if *member.user_key == *a {
+        Ok(Some(b))
+    } else if *member.user_key == *b {
+        Ok(Some(a))
+    } else {
+        Err(Rejection::new(
+            ErrorCode::Forbidden,
+            format!("`{name}` is a conversation between two other users"),
+        ))
+    }
+}
+
+/// The answer for a DM room whose other user does not exist.
+pub(super) fn no_such_user(other: &str) -> Rejection {
+    Rejection::new(ErrorCode::NotFound, format!("there is no user `{other}`"))
+}
+
 impl Session {
     /// Whether `member` may name room `name` at all (see the module doc).
     pub(super) fn check_room_access(
@@ -25,25 +48,12 @@ impl Session {
         member: &Member,
         name: &str,
     ) -> Result<(), Rejection> {
-        let Ok(Some((a, b))) = dm_participants(name) else {
+        let Some(other) = dm_other(member, name)? else {
             return Ok(());
-        };
-        let other = if *member.user_key == *a {
-            b
-        } else if *member.user_key == *b {
-            a
-        } else {
-            return Err(Rejection::new(
-                ErrorCode::Forbidden,
-                format!("`{name}` is a conversation between two other users"),
-            ));
         };
         match self.state.store.user(other) {
             Ok(Some(_)) => Ok(()),
-            Ok(None) => Err(Rejection::new(
-                ErrorCode::NotFound,
-                format!("there is no user `{other}`"),
-            )),
+            Ok(None) => Err(no_such_user(other)),
             Err(e) => Err(self.internal(e)),
         }
     }

@@ -92,6 +92,19 @@ pub struct Conversation {
     pub last: Option<StoredMessage>,
 }
 
+/// Whether `room` is on its user's list, given the user's `membership` and the room's newest
+/// message: joined and not left since; or a direct-message room with a message newer than the
+/// user's `leave` (or any message, if the user never joined it).
+pub(crate) fn listed(room: &str, membership: &Membership, last: Option<&StoredMessage>) -> bool {
+    match membership.left_at {
+        None => true,
+        Some(left) => {
+            matches!(rules::dm_participants(room), Ok(Some(_)))
+                && last.is_some_and(|last| last.id > left)
+        }
+    }
+}
+
 fn membership_key(user_key: &str, room: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(user_key.len() + 1 + room.len());
     key.extend_from_slice(user_key.as_bytes());
@@ -296,12 +309,7 @@ impl Store {
             .messages_before(room.no, u64::MAX, upto, 1)?
             .messages
             .pop();
-        let dm = matches!(rules::dm_participants(&room.name), Ok(Some(_)));
-        let listed = match membership.left_at {
-            None => true,
-            Some(left) => dm && last.as_ref().is_some_and(|last| last.id > left),
-        };
-        if !listed {
+        if !listed(&room.name, membership, last.as_ref()) {
             return Ok(None);
         }
         let (unread, mentions) =

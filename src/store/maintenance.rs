@@ -184,11 +184,113 @@ pub struct Imported {
     pub touched_rooms: Vec<(String, u64)>,
 }
 
+impl Imported {
+    /// Counts a `user` line: created, or skipped because the name exists.
+    pub(crate) fn count_user(&mut self, created: bool, line: &Line) {
+        let Line::User {
+            name,
+            password_hash,
+            ..
+        } = line
+        else {
+            return;
+        };
+        if !created {
+            self.users_skipped += 1;
+            return;
+        }
+        self.users += 1;
+        if password_hash.is_none() {
+            self.users_without_password.push(name.clone());
+        }
+    }
+}
+
+/// The account a `user` line makes (an unusable password hash when the export had none).
+pub(crate) fn imported_user(line: &Line) -> Option<User> {
+    let Line::User {
+        name,
+        created_ms,
+        banned,
+        token_epoch,
+        password_hash,
+    } = line
+    else {
+        return None;
+    };
+    Some(User {
+        name: name.clone(),
+        password_hash: password_hash.clone().unwrap_or_else(|| "!".into()),
+        created_ms: *created_ms,
+        banned: *banned,
+        token_epoch: *token_epoch,
+    })
+}
+
+/// The token hash and session a `session` line makes (`None` for a hash that is not hex:
+/// [`validate_line`] refuses those).
+pub(crate) fn imported_session(line: &Line) -> Option<(Vec<u8>, Session)> {
+    let Line::Session {
+        token_sha256,
+        user,
+        created_ms,
+        expires_ms,
+        epoch,
+    } = line
+    else {
+        return None;
+    };
+    Some((
+        unhex(token_sha256)?,
+        Session {
+            user_key: user.clone(),
+            created_ms: *created_ms,
+            expires_ms: *expires_ms,
+            epoch: *epoch,
+        },
+    ))
+}
+
+/// The `user` line of an account (its password hash only `with_secrets`).
+pub(crate) fn user_line(user: User, with_secrets: bool) -> Line {
+    Line::User {
+        name: user.name,
+        created_ms: user.created_ms,
+        banned: user.banned,
+        token_epoch: user.token_epoch,
+        password_hash: with_secrets.then_some(user.password_hash),
+    }
+}
+
+/// The `session` line of a session stored under `token_hash`.
+pub(crate) fn session_line(token_hash: &[u8], session: Session) -> Line {
+    Line::Session {
+        token_sha256: hex(token_hash),
+        user: session.user_key,
+        created_ms: session.created_ms,
+        expires_ms: session.expires_ms,
+        epoch: session.epoch,
+    }
+}
+
+/// The `message` line of message `m` of `room`, in its current state.
+pub(crate) fn message_line(room: &str, m: StoredMessage) -> Line {
+    Line::Message {
+        room: room.to_string(),
+        id: m.id,
+        user: m.message.user,
+        text: m.message.text,
+        ts: m.message.ts,
+        cid: m.message.cid,
+        edited_ts: m.message.edited_ts,
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
     if text.len() % 2 != 0 {
         return None;
     }
@@ -602,26 +704,13 @@ impl Store {
             id_floor,
         })?;
         for user in self.users() {
-            let user = user.map_err(E::from)?;
-            sink(Line::User {
-                name: user.name,
-                created_ms: user.created_ms,
-                banned: user.banned,
-                token_epoch: user.token_epoch,
-                password_hash: with_secrets.then_some(user.password_hash),
-            })?;
+            sink(user_line(user.map_err(E::from)?, with_secrets))?;
         }
         if with_secrets {
             for kv in self.sessions.iter() {
                 let (k, v) = kv.map_err(|e| E::from(e.into()))?;
                 let s: Session = codec::decode(&v, &k).map_err(E::from)?;
-                sink(Line::Session {
-                    token_sha256: hex(&k),
-                    user: s.user_key,
-                    created_ms: s.created_ms,
-                    expires_ms: s.expires_ms,
-                    epoch: s.epoch,
-                })?;
+                sink(session_line(&k, s))?;
             }
         }
         for room in &rooms {
@@ -637,15 +726,7 @@ impl Store {
             for kv in self.messages.range(range) {
                 let (k, v) = kv.map_err(|e| E::from(e.into()))?;
                 let m = super::decode_message(&k, &v).map_err(E::from)?;
-                sink(Line::Message {
-                    room: room.name.clone(),
-                    id: m.id,
-                    user: m.message.user,
-                    text: m.message.text,
-                    ts: m.message.ts,
-                    cid: m.message.cid,
-                    edited_ts: m.message.edited_ts,
-                })?;
+                sink(message_line(&room.name, m))?;
             }
         }
         Ok(())
@@ -663,49 +744,22 @@ impl Store {
                     self.raise_id_floor(*id_floor)?;
                     self.raise_next_id(*id_floor);
                 }
-                Line::User {
-                    name,
-                    created_ms,
-                    banned,
-                    token_epoch,
-                    password_hash,
-                } => {
-                    let user = User {
-                        name: name.clone(),
-                        password_hash: password_hash.clone().unwrap_or_else(|| "!".into()),
-                        created_ms: *created_ms,
-                        banned: *banned,
-                        token_epoch: *token_epoch,
-                    };
-                    if self.insert_user(&user)? {
-                        report.users += 1;
-                        if password_hash.is_none() {
-                            report.users_without_password.push(name.clone());
-                        }
-                    } else {
-                        report.users_skipped += 1;
+                line @ Line::User { .. } => {
+                    if let Some(user) = imported_user(line) {
+                        let created = self.insert_user(&user)?;
+                        report.count_user(created, line);
                     }
                 }
-                Line::Session {
-                    token_sha256,
-                    user,
-                    created_ms,
-                    expires_ms,
-                    epoch,
-                } => {
-                    let key = unhex(token_sha256).unwrap_or_default();
-                    let value = codec::encode(&Session {
-                        user_key: user.clone(),
-                        created_ms: *created_ms,
-                        expires_ms: *expires_ms,
-                        epoch: *epoch,
-                    });
-                    if self
-                        .sessions
-                        .compare_and_swap(key, None as Option<&[u8]>, Some(value))?
-                        .is_ok()
-                    {
-                        report.sessions += 1;
+                line @ Line::Session { .. } => {
+                    // Validated lines hold hex hashes: `None` never happens here.
+                    if let Some((key, session)) = imported_session(line) {
+                        let value = codec::encode(&session);
+                        let stored = self.sessions.compare_and_swap(
+                            key,
+                            None as Option<&[u8]>,
+                            Some(value),
+                        )?;
+                        report.sessions += u64::from(stored.is_ok());
                     }
                 }
                 Line::Room {

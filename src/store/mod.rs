@@ -48,6 +48,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 pub use codec::Record;
+pub(crate) use conversations::listed;
 pub use conversations::{Conversation, ReadState, UNREAD_CAP};
 pub use log::{Applied, EntryPage, LogBackend, LogItem, LogWrite, NewEntry, RoomRef};
 use records::MessageV1;

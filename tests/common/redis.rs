@@ -1,6 +1,7 @@
-//! A Redis for cluster tests: the machine's `redis-server` on a free loopback port, its data in
-//! a temporary directory, `appendonly yes` and `appendfsync always` unless told otherwise.
-//! Killed (SIGKILL) when dropped.
+//! A Redis for cluster tests and benchmarks: the machine's `redis-server` on a free loopback
+//! port, its data in a temporary directory, `appendonly yes` and `appendfsync always` unless
+//! told otherwise, pinned to a core if asked. Killed (SIGKILL) when dropped. Shared by the black-
+//! box tests (tests/common), the library's unit tests (src/cluster) and benches/cluster.rs.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -15,6 +16,7 @@ pub struct Redis {
     child: Child,
     pub port: u16,
     dir: TempDir,
+    core: Option<usize>,
 }
 
 impl Redis {
@@ -23,20 +25,35 @@ impl Redis {
     }
 
     pub fn start_with(settings: &[&str]) -> Redis {
+        Redis::start_pinned(settings, None)
+    }
+
+    /// Starts one pinned to `core` (with `taskset`), when given.
+    pub fn start_pinned(settings: &[&str], core: Option<usize>) -> Redis {
         let dir = TempDir::new().expect("tempdir");
         for _ in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
                 .expect("free port")
                 .port();
-            let mut child = launch(&dir, port, settings);
+            let mut child = launch(&dir, port, settings, core);
             if answers_ping(&mut child, port) {
-                return Redis { child, port, dir };
+                return Redis {
+                    child,
+                    port,
+                    dir,
+                    core,
+                };
             }
             let _ = child.kill();
             let _ = child.wait();
         }
         panic!("redis-server did not start (install it: apt-get install redis-server)");
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn url(&self) -> String {
@@ -49,7 +66,7 @@ impl Redis {
         let _ = self.child.wait();
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let mut child = launch(&self.dir, self.port, DURABLE);
+            let mut child = launch(&self.dir, self.port, DURABLE, self.core);
             if answers_ping(&mut child, self.port) {
                 self.child = child;
                 return;
@@ -73,8 +90,16 @@ impl Drop for Redis {
     }
 }
 
-fn launch(dir: &TempDir, port: u16, settings: &[&str]) -> Child {
-    Command::new("redis-server")
+fn launch(dir: &TempDir, port: u16, settings: &[&str], core: Option<usize>) -> Child {
+    let mut command = match core {
+        Some(core) => {
+            let mut taskset = Command::new("taskset");
+            taskset.args(["-c", &core.to_string(), "redis-server"]);
+            taskset
+        }
+        None => Command::new("redis-server"),
+    };
+    command
         .args([
             "--port",
             &port.to_string(),
