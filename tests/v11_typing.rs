@@ -177,7 +177,12 @@ fn extra_typing_frames_within_a_second_are_dropped_silently() {
     alice.typing("r");
     alice.typing("r");
     let (ack, _) = alice.say("r", "marker");
-    let (_, before) = bob.wait_for(T, |v| v["type"] == "message" && v["id"] == ack["id"]);
+    let (_, mut before) = bob.wait_for(T, |v| v["type"] == "message" && v["id"] == ack["id"]);
+    if in_cluster_run() {
+        // Alice's `online` reaches bob's node when her node's announcement does (PROTOCOL.md
+        // section 13), possibly after bob joined.
+        before.retain(|v| v["type"] != "presence");
+    }
     assert_eq!(
         before,
         [json!({"type":"typing","room":"r","user":"alice"})],

@@ -24,8 +24,11 @@ const OWN_SKIP_CAP: u64 = 4 * UNREAD_CAP;
 /// Entries read at a time while counting.
 const COUNT_PAGE: usize = 200;
 
-/// Changes one membership. KEYS: the user's memberships. ARGV: room, operation, id.
-/// Replies the marker in force (`list`, `mark`), or 1/0 (`unlist`: changed; `set`: existed).
+/// Changes one membership. KEYS: the user's memberships. ARGV: room, operation, id, and for
+/// `mark` the notices channel and the user's key. Replies the marker in force (`list`, `mark`),
+/// or 1/0 (`unlist`: changed; `set`: existed). `mark` publishes the marker in force on the
+/// notices channel in the same step, so every node sees a user's markers in the order they
+/// took effect: never moving backwards.
 const CHANGE: &str = r"
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 local read, left = 0, nil
@@ -44,13 +47,16 @@ elseif op == 'unlist' then
   redis.call('HSET', KEYS[1], ARGV[1], read .. ':' .. ARGV[3])
   return 1
 elseif op == 'mark' then
+  local now = read
   if not v then
     redis.call('HSET', KEYS[1], ARGV[1], ARGV[3] .. ':0')
-    return id
+    now = id
+  elseif read < id then
+    redis.call('HSET', KEYS[1], ARGV[1], ARGV[3] .. ':' .. left)
+    now = id
   end
-  if read >= id then return read end
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3] .. ':' .. left)
-  return id
+  redis.call('PUBLISH', ARGV[4], 'R\n' .. ARGV[5] .. '\n' .. ARGV[1] .. '\n' .. string.format('%d', now))
+  return now
 elseif op == 'set' then
   if not v then return 0 end
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[3] .. ':' .. left)
@@ -140,14 +146,23 @@ impl ClusterMemberships {
             .map(drop)
     }
 
-    /// Moves `user_key`'s marker in `room` forward to `id`; returns the marker in force.
+    /// Moves `user_key`'s marker in `room` forward to `id`; returns the marker in force, which
+    /// every node hands to the user's connections (published by the same script).
     pub(crate) async fn mark_read(
         &self,
         user_key: &str,
         room: &str,
         id: u64,
     ) -> Result<u64, ClusterError> {
-        self.change(user_key, room, "mark", id).await
+        Ok(change_script()
+            .key(keys::memberships(user_key))
+            .arg(room)
+            .arg("mark")
+            .arg(id)
+            .arg(keys::NOTICES)
+            .arg(user_key)
+            .invoke_async(&mut self.link.commands())
+            .await?)
     }
 
     /// Gives both users of a direct-message room a membership (not joined), so it shows on

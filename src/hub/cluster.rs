@@ -454,7 +454,8 @@ impl Hub {
     }
 
     /// Cluster mode's `read`: moves `member`'s marker in room `name` forward (to at most its
-    /// newest id); every connection of the user, on every node, gets the marker in force.
+    /// newest id); every connection of the user, on every node, gets the marker in force, in
+    /// the order the markers took effect.
     /// `Ok(false)` if there is no such room.
     pub(crate) async fn mark_read_in_cluster(
         &self,
@@ -466,15 +467,11 @@ impl Hub {
         let Some(newest) = self.newest_in_cluster(cluster, name).await? else {
             return Ok(false);
         };
-        let read = cluster
+        // The marker in force reaches the user's connections from the script itself.
+        cluster
             .memberships
             .mark_read(&member.user_key, name, id.min(newest))
             .await?;
-        cluster.send_notice(Notice::Read {
-            user_key: member.user_key.to_string(),
-            room: name.to_string(),
-            read,
-        });
         Ok(true)
     }
 
