@@ -355,6 +355,10 @@ struct RoomsDelete {
     /// room name
     #[argh(positional)]
     name: String,
+    /// act on a cluster through its Redis (redis://HOST:PORT[/DB], or CHATD_CLUSTER): on every
+    /// node
+    #[argh(option)]
+    cluster: Option<String>,
     /// data directory (default ./data, or CHATD_DATA_DIR)
     #[argh(option)]
     data_dir: Option<String>,
@@ -897,9 +901,12 @@ impl Admin {
                     }),
                     None => query(&c.data_dir, Request::RoomsShow { name: c.name }, c.json),
                 },
-                RoomsCommand::Delete(c) => {
-                    query(&c.data_dir, Request::RoomsDelete { name: c.name }, c.json)
-                }
+                RoomsCommand::Delete(c) => match cluster_url(&c.cluster) {
+                    Some(url) => on_cluster(&url, c.json, |admin| {
+                        Box::pin(async move { admin.rooms_delete(&c.name).await })
+                    }),
+                    None => query(&c.data_dir, Request::RoomsDelete { name: c.name }, c.json),
+                },
                 RoomsCommand::Prune(c) => {
                     if !c.empty {
                         return Err(AdminError::usage(

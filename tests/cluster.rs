@@ -701,3 +701,46 @@ fn the_admin_cli_reads_and_changes_what_the_nodes_share() {
     on(&["messages", "delete", &id_of(&first).to_string()], None).fails(2);
     assert_eq!(json(&["stats"])["messages"], 1);
 }
+
+#[test]
+fn a_room_deleted_by_the_admin_cli_is_left_on_every_node_and_starts_afresh() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let cli = tempfile::tempdir().unwrap();
+    let mut alice = a.register("alice");
+    let mut bob = b.register("bob");
+    alice.join("doomed");
+    bob.join("doomed");
+    alice.wait_for(T, is_presence("bob", "online"));
+    alice.say("doomed", "one");
+    alice.say("doomed", "two");
+    bob.wait_for(T, |v| v["type"] == "message" && v["text"] == "two");
+    let out = admin(
+        cli.path(),
+        &[
+            "rooms",
+            "delete",
+            "doomed",
+            "--cluster",
+            &redis.url(),
+            "--json",
+        ],
+    );
+    let out: Value = serde_json::from_str(out.ok()).unwrap();
+    assert_eq!(out["messages_deleted"], 2, "{out}");
+    for c in [&mut alice, &mut bob] {
+        let (left, _) = c.wait_for(T, |v| v["type"] == "left");
+        assert_eq!(left["room"], "doomed");
+    }
+    alice.send_json(&json!({"type":"send","room":"doomed","text":"still here?"}));
+    alice.expect_error("not_joined");
+    admin(
+        cli.path(),
+        &["rooms", "show", "doomed", "--cluster", &redis.url()],
+    )
+    .fails(1);
+    // Joining again makes a new, empty room, on either node.
+    let again = bob.join_since("doomed", 0);
+    assert!(again.ids().is_empty());
+    assert!(alice.room_entry("doomed").is_none(), "off alice's list");
+}

@@ -26,6 +26,15 @@ use crate::store::maintenance::{message_line, session_line, unhex, user_line, Li
 use crate::store::{user_key, Message, RoomRef};
 use crate::store::{Change, Event, NewUser, User};
 
+/// Deletes a room's record and data if the record still has number ARGV[1]. KEYS: record,
+/// log, overlay, edit index, presence. Replies the messages it held, or nil.
+const DELETE_ROOM: &str = r"
+if redis.call('HGET', KEYS[1], 'no') ~= ARGV[1] then return nil end
+local count = tonumber(redis.call('HGET', KEYS[1], 'count') or '0')
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+return count
+";
+
 /// How long a kick or ban waits for every node to report its closed connections.
 const REPORT_WAIT: Duration = Duration::from_secs(3);
 
@@ -269,6 +278,49 @@ impl ClusterAdmin {
             }
         }
         Ok(Reply::Stats(stats))
+    }
+
+    /// `rooms delete`: the room, its log and everyone's marker and list entry for it; its
+    /// members on every node get `left`, and a later join creates a new, empty room.
+    pub async fn rooms_delete(&self, name: &str) -> Result<Reply, AdminError> {
+        room_name_or_usage(name)?;
+        let Some((no, _, _, _)) = self.logs.room_record(name).await.map_err(failed)? else {
+            return Err(no_room(name));
+        };
+        // One step: a send racing with it finds the room gone (the record's number is checked
+        // by every append) or lands before, and goes with the log.
+        let deleted: Option<u64> = redis::Script::new(DELETE_ROOM)
+            .key(keys::room(name))
+            .key(keys::log(no))
+            .key(keys::overlay(no))
+            .key(keys::edits(no))
+            .key(keys::presence(name))
+            .arg(no)
+            .invoke_async(&mut self.link.commands())
+            .await
+            .map_err(|e| failed(e.into()))?;
+        let Some(messages) = deleted else {
+            return Err(AdminError::new(
+                ErrorKind::NotFound,
+                format!("room `{name}` was deleted meanwhile"),
+            ));
+        };
+        for user in self.scan(&keys::memberships("")).await? {
+            let () = redis::cmd("HDEL")
+                .arg(keys::memberships(&user))
+                .arg(name)
+                .query_async(&mut self.link.commands())
+                .await
+                .map_err(|e| failed(e.into()))?;
+        }
+        self.publish(&Notice::RoomDeleted {
+            room: name.to_string(),
+        })
+        .await?;
+        Ok(done(
+            format!("deleted room {name} and its {messages} message(s)"),
+            serde_json::json!({"room": name, "messages_deleted": messages}),
+        ))
     }
 
     /// `messages delete --room ROOM IDS`: each a `deleted` event by `[system]`, delivered by

@@ -1,7 +1,8 @@
 //! What goes to all of a user's connections, whichever nodes they are on: the read marker in
 //! force after a `read` (so the user's other devices clear their unread state) and `notify`
-//! (protocol 1.1). One channel, `chatd:notices`, that every node subscribes to; each node hands
-//! a notice to its own connections of that user.
+//! (protocol 1.1); and an admin's requests to every node (`online`, kicks and bans, a deleted
+//! room). One channel, `chatd:notices`, that every node subscribes to; each node acts on its
+//! own connections.
 
 /// Why an admin closes a user's connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +40,11 @@ pub enum Notice {
     Online {
         /// The admin's request id.
         request: String,
+    },
+    /// An admin deleted `room`: every node drops it (its members there get `left`).
+    RoomDeleted {
+        /// The room.
+        room: String,
     },
     /// A message the user should hear of: in one of their DM rooms, or mentioning them.
     Notify {
@@ -86,6 +92,7 @@ impl Notice {
                 format!("C\n{request}\n{user_key}\n{how}")
             }
             Notice::Online { request } => format!("O\n{request}"),
+            Notice::RoomDeleted { room } => format!("D\n{room}"),
         }
     }
 
@@ -115,6 +122,9 @@ impl Notice {
             }
             "O" => Some(Notice::Online {
                 request: rest.to_string(),
+            }),
+            "D" => Some(Notice::RoomDeleted {
+                room: rest.to_string(),
             }),
             "C" => {
                 let mut parts = rest.splitn(3, '\n');
@@ -163,6 +173,9 @@ mod tests {
             },
             Notice::Online {
                 request: "00fe".into(),
+            },
+            Notice::RoomDeleted {
+                room: "dm:alice+bob".into(),
             },
         ];
         for notice in notices {

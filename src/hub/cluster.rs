@@ -116,10 +116,28 @@ impl Hub {
             .logs
             .append(&room.log_ref, &member.user_key, &message, origin)
             .await?;
-        if matches!(appended, Appended::New { .. }) {
-            self.metrics.messages_stored.inc();
+        match appended {
+            Appended::New { .. } => {
+                self.metrics.messages_stored.inc();
+            }
+            Appended::RoomGone => self.drop_deleted(room),
+            _ => {}
         }
         answer_append(appended, member, message.cid.as_deref())
+    }
+
+    /// `room` was deleted in Redis while this node held it (the node missed the admin's notice,
+    /// its link being down): drop it, so the next join loads the room anew.
+    fn drop_deleted(&self, room: &Arc<Room>) {
+        if self
+            .loaded_room(&room.name)
+            .is_some_and(|loaded| Arc::ptr_eq(&loaded, room))
+        {
+            self.unload_room(&room.name);
+            if let Some(feed) = self.cluster.as_ref().and_then(|c| c.feed().ok()) {
+                feed.unwatch(&room.name);
+            }
+        }
     }
 
     /// Cluster mode's `edit` and `delete` of `member`'s message `target`: checked and appended
@@ -154,6 +172,9 @@ impl Hub {
             .logs
             .append_event(&room.log_ref, &changer, &event, cid.as_deref(), published)
             .await?;
+        if matches!(appended, Appended::RoomGone) {
+            self.drop_deleted(room);
+        }
         answer_append(appended, member, cid.as_deref())
     }
 
@@ -258,6 +279,11 @@ impl Rooms for Hub {
 
     fn notice(&self, notice: Notice) {
         match notice {
+            Notice::RoomDeleted { room } => {
+                if let Some(loaded) = self.loaded_room(&room) {
+                    self.drop_deleted(&loaded);
+                }
+            }
             Notice::Online { request } => {
                 let connections: Vec<crate::admin::Connection> = self
                     .connections()
