@@ -289,7 +289,9 @@ impl ClusterAdmin {
         };
         // One step: a send racing with it finds the room gone (the record's number is checked
         // by every append) or lands before, and goes with the log.
-        let deleted: Option<u64> = redis::Script::new(DELETE_ROOM)
+        static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+        let deleted: Option<u64> = SCRIPT
+            .get_or_init(|| redis::Script::new(DELETE_ROOM))
             .key(keys::room(name))
             .key(keys::log(no))
             .key(keys::overlay(no))

@@ -24,8 +24,8 @@ const OWN_SKIP_CAP: u64 = 4 * UNREAD_CAP;
 /// Entries read at a time while counting.
 const COUNT_PAGE: usize = 200;
 
-/// Changes one membership. KEYS: the user's memberships. ARGV: room, operation, id, and for
-/// `mark` the notices channel and the user's key. Replies the marker in force (`list`, `mark`),
+/// Changes one membership. KEYS: the user's memberships. ARGV: room, operation, id, the notices
+/// channel and the user's key (these two used by `mark`). Replies the marker in force (`list`, `mark`),
 /// or 1/0 (`unlist`: changed; `set`: existed). `mark` publishes the marker in force on the
 /// notices channel in the same step, so every node sees a user's markers in the order they
 /// took effect: never moving backwards.
@@ -97,6 +97,8 @@ impl ClusterMemberships {
             .arg(room)
             .arg(op)
             .arg(id)
+            .arg(keys::NOTICES)
+            .arg(user_key)
             .invoke_async(&mut self.link.commands())
             .await?)
     }
@@ -154,15 +156,7 @@ impl ClusterMemberships {
         room: &str,
         id: u64,
     ) -> Result<u64, ClusterError> {
-        Ok(change_script()
-            .key(keys::memberships(user_key))
-            .arg(room)
-            .arg("mark")
-            .arg(id)
-            .arg(keys::NOTICES)
-            .arg(user_key)
-            .invoke_async(&mut self.link.commands())
-            .await?)
+        self.change(user_key, room, "mark", id).await
     }
 
     /// Gives both users of a direct-message room a membership (not joined), so it shows on

@@ -126,6 +126,13 @@ impl Hub {
         answer_append(appended, member, message.cid.as_deref())
     }
 
+    /// Cluster mode: unsubscribes from room `name`'s channel (it left this node's memory).
+    pub(super) fn stop_watching(&self, name: &str) {
+        if let Some(feed) = self.cluster.as_ref().and_then(|c| c.feed().ok()) {
+            feed.unwatch(name);
+        }
+    }
+
     /// `room` was deleted in Redis while this node held it (the node missed the admin's notice,
     /// its link being down): drop it, so the next join loads the room anew.
     fn drop_deleted(&self, room: &Arc<Room>) {
@@ -134,9 +141,7 @@ impl Hub {
             .is_some_and(|loaded| Arc::ptr_eq(&loaded, room))
         {
             self.unload_room(&room.name);
-            if let Some(feed) = self.cluster.as_ref().and_then(|c| c.feed().ok()) {
-                feed.unwatch(&room.name);
-            }
+            self.stop_watching(&room.name);
         }
     }
 

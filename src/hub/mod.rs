@@ -419,9 +419,7 @@ impl Hub {
                     && room.last_active_ms.load(Ordering::Relaxed) <= idle_since;
                 if idle {
                     room.unloaded.store(true, Ordering::Release);
-                    if let Some(feed) = self.cluster.as_ref().and_then(|c| c.feed().ok()) {
-                        feed.unwatch(&room.name);
-                    }
+                    self.stop_watching(&room.name);
                 }
                 !idle
             });
