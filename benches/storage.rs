@@ -365,6 +365,18 @@ struct Driver {
     outstanding: AtomicU64,
     seq: AtomicU64,
     latencies: Mutex<Vec<u64>>,
+    /// The first refusal or failed write: it ends the run and is reported, not swallowed.
+    failure: Mutex<Option<String>>,
+}
+
+impl Driver {
+    fn fail(&self, what: String) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(what);
+    }
 }
 
 /// Appends one message to room `r`; its continuation appends the next (a closed loop).
@@ -390,8 +402,9 @@ fn append(driver: &Arc<Driver>, r: usize) {
         message,
         Box::new(move |_, result| {
             if let Err(e) = result {
-                eprintln!("write failed: {e}");
-                std::process::exit(1);
+                next.fail(format!("write failed: {e}"));
+                next.outstanding.fetch_sub(1, Ordering::SeqCst);
+                return;
             }
             if next.measuring.load(Ordering::Relaxed) {
                 next.done.fetch_add(1, Ordering::Relaxed);
@@ -406,8 +419,8 @@ fn append(driver: &Arc<Driver>, r: usize) {
     );
     drop(room);
     if let Err(e) = queued {
-        eprintln!("append refused: {e}");
-        std::process::exit(1);
+        driver.fail(format!("append refused: {e}"));
+        driver.outstanding.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -457,6 +470,7 @@ fn committer_run(rooms: usize, window: usize, fsync: bool, seconds: f64) -> Run 
         outstanding: AtomicU64::new(0),
         seq: AtomicU64::new(0),
         latencies: Mutex::new(Vec::new()),
+        failure: Mutex::new(None),
     });
     for r in 0..rooms {
         for _ in 0..window {
@@ -478,10 +492,24 @@ fn committer_run(rooms: usize, window: usize, fsync: bool, seconds: f64) -> Run 
     while driver.outstanding.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
+    let unanswered = driver.outstanding.load(Ordering::SeqCst);
+    if unanswered > 0 {
+        driver.fail(format!(
+            "{unanswered} appends unanswered 30 s after the run"
+        ));
+    }
     driver
         .committer
         .shutdown(Duration::from_secs(60))
         .expect("the last group commit finishes");
+    if let Some(failure) = driver
+        .failure
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    {
+        panic!("storage bench, committer run ({rooms} rooms, {window} in flight, fsync {fsync}): {failure}");
+    }
     let messages = driver.done.load(Ordering::SeqCst);
     let latencies =
         std::mem::take(&mut *driver.latencies.lock().unwrap_or_else(|e| e.into_inner()));
