@@ -208,6 +208,10 @@ struct UsersDelete {
     /// delete every message the user wrote
     #[argh(switch)]
     delete_messages: bool,
+    /// act on a cluster through its Redis (redis://HOST:PORT[/DB], or CHATD_CLUSTER): on every
+    /// node
+    #[argh(option)]
+    cluster: Option<String>,
     /// data directory (default ./data, or CHATD_DATA_DIR)
     #[argh(option)]
     data_dir: Option<String>,
@@ -227,6 +231,10 @@ struct UsersReads {
     /// only this room
     #[argh(option)]
     room: Option<String>,
+    /// act on a cluster through its Redis (redis://HOST:PORT[/DB], or CHATD_CLUSTER): on every
+    /// node
+    #[argh(option)]
+    cluster: Option<String>,
     /// data directory (default ./data, or CHATD_DATA_DIR)
     #[argh(option)]
     data_dir: Option<String>,
@@ -257,6 +265,10 @@ struct ReadsReset {
     /// the marker to set (default 0: nothing read); lowered to each room's newest id
     #[argh(option, default = "0")]
     to: u64,
+    /// act on a cluster through its Redis (redis://HOST:PORT[/DB], or CHATD_CLUSTER): on every
+    /// node
+    #[argh(option)]
+    cluster: Option<String>,
     /// data directory (default ./data, or CHATD_DATA_DIR)
     #[argh(option)]
     data_dir: Option<String>,
@@ -299,6 +311,10 @@ struct RoomsPrune {
     /// only direct-message rooms (dm:USER+USER)
     #[argh(switch)]
     dm: bool,
+    /// act on a cluster through its Redis (redis://HOST:PORT[/DB], or CHATD_CLUSTER): on every
+    /// node
+    #[argh(option)]
+    cluster: Option<String>,
     /// data directory (default ./data, or CHATD_DATA_DIR)
     #[argh(option)]
     data_dir: Option<String>,
@@ -393,6 +409,10 @@ struct MessagesShow {
     /// message id
     #[argh(positional)]
     id: u64,
+    /// act on a cluster through its Redis (redis://HOST:PORT[/DB], or CHATD_CLUSTER): on every
+    /// node
+    #[argh(option)]
+    cluster: Option<String>,
     /// data directory (default ./data, or CHATD_DATA_DIR)
     #[argh(option)]
     data_dir: Option<String>,
@@ -426,6 +446,10 @@ struct MessagesList {
     /// oldest first
     #[argh(switch)]
     asc: bool,
+    /// act on a cluster through its Redis (redis://HOST:PORT[/DB], or CHATD_CLUSTER): on every
+    /// node
+    #[argh(option)]
+    cluster: Option<String>,
     /// data directory (default ./data, or CHATD_DATA_DIR)
     #[argh(option)]
     data_dir: Option<String>,
@@ -473,6 +497,10 @@ struct Prune {
     /// only show what would be removed
     #[argh(switch)]
     dry_run: bool,
+    /// act on a cluster through its Redis (redis://HOST:PORT[/DB], or CHATD_CLUSTER): on every
+    /// node
+    #[argh(option)]
+    cluster: Option<String>,
     /// data directory (default ./data, or CHATD_DATA_DIR)
     #[argh(option)]
     data_dir: Option<String>,
@@ -877,14 +905,21 @@ impl Admin {
                             )
                         })?,
                     };
-                    query(
-                        &c.data_dir,
-                        Request::UsersDelete {
-                            name: c.name,
-                            delete_messages,
-                        },
-                        c.json,
-                    )
+                    match cluster_url(&c.cluster) {
+                        Some(url) => on_cluster(&url, c.json, |admin| {
+                            Box::pin(
+                                async move { admin.users_delete(&c.name, delete_messages).await },
+                            )
+                        }),
+                        None => query(
+                            &c.data_dir,
+                            Request::UsersDelete {
+                                name: c.name,
+                                delete_messages,
+                            },
+                            c.json,
+                        ),
+                    }
                 }
                 UsersCommand::Reads(c) => reads(c),
             },
@@ -914,6 +949,15 @@ impl Admin {
                         ));
                     }
                     let created_before_ms = parse_time("--older-than", &c.older_than)?;
+                    if let Some(url) = cluster_url(&c.cluster) {
+                        return on_cluster(&url, c.json, |admin| {
+                            Box::pin(async move {
+                                admin
+                                    .rooms_prune_empty(created_before_ms, c.dry_run, c.dm)
+                                    .await
+                            })
+                        });
+                    }
                     let request = Request::RoomsPruneEmpty {
                         created_before_ms,
                         dry_run: c.dry_run,
@@ -959,16 +1003,26 @@ impl Admin {
                         limit: c.limit,
                         asc: c.asc,
                     };
-                    query(&c.data_dir, Request::MessagesList(search), c.json)
+                    match cluster_url(&c.cluster) {
+                        Some(url) => on_cluster(&url, c.json, |admin| {
+                            Box::pin(async move { admin.messages_list(&search).await })
+                        }),
+                        None => query(&c.data_dir, Request::MessagesList(search), c.json),
+                    }
                 }
-                MessagesCommand::Show(c) => query(
-                    &c.data_dir,
-                    Request::MessagesShow {
-                        room: c.room,
-                        id: c.id,
-                    },
-                    c.json,
-                ),
+                MessagesCommand::Show(c) => match cluster_url(&c.cluster) {
+                    Some(url) => on_cluster(&url, c.json, |admin| {
+                        Box::pin(async move { admin.messages_show(&c.room, c.id).await })
+                    }),
+                    None => query(
+                        &c.data_dir,
+                        Request::MessagesShow {
+                            room: c.room,
+                            id: c.id,
+                        },
+                        c.json,
+                    ),
+                },
                 MessagesCommand::Delete(c) => match (cluster_url(&c.cluster), c.room) {
                     (Some(url), Some(room)) => on_cluster(&url, c.json, |admin| {
                         Box::pin(async move { admin.messages_delete(&room, &c.ids).await })
@@ -996,6 +1050,13 @@ impl Admin {
                     return Err(AdminError::usage(
                         "say what to prune: --older-than 30d and/or --keep-last N",
                     ));
+                }
+                if let Some(url) = cluster_url(&c.cluster) {
+                    return on_cluster(&url, c.json, |admin| {
+                        Box::pin(
+                            async move { admin.prune(rule, c.room.as_deref(), c.dry_run).await },
+                        )
+                    });
                 }
                 let mut target = offline::open(&data_dir(&c.data_dir), Need::Any, false)?;
                 let what = if c.dry_run {
@@ -1095,13 +1156,19 @@ fn reads(c: UsersReads) -> Result<(), AdminError> {
         let name = c.name.ok_or_else(|| {
             AdminError::usage("name the user: `chatd admin users reads USER [--room ROOM]`")
         })?;
+        if let Some(url) = cluster_url(&c.cluster) {
+            return on_cluster(&url, c.json, |admin| {
+                Box::pin(async move { admin.users_reads(&name, c.room.as_deref()).await })
+            });
+        }
         return query(
             &c.data_dir,
             Request::UsersReads { name, room: c.room },
             c.json,
         );
     };
-    if c.name.is_some() || c.room.is_some() || c.data_dir.is_some() || c.json {
+    if c.name.is_some() || c.room.is_some() || c.data_dir.is_some() || c.json || c.cluster.is_some()
+    {
         return Err(AdminError::usage(
             "put the user and the options after `reset`: `chatd admin users reads reset USER [--room ROOM] [--to ID]`",
         ));
@@ -1126,6 +1193,15 @@ fn reads(c: UsersReads) -> Result<(), AdminError> {
             "name the user whose read markers to set back: `chatd admin users reads reset USER [--room ROOM] [--to ID]`",
         ));
     };
+    if let Some(url) = cluster_url(&r.cluster) {
+        return on_cluster(&url, r.json, |admin| {
+            Box::pin(async move {
+                admin
+                    .users_reads_reset(&name, r.room.as_deref(), r.to)
+                    .await
+            })
+        });
+    }
     query(
         &r.data_dir,
         Request::UsersReadsReset {

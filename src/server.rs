@@ -18,6 +18,7 @@ use std::time::Duration;
 use futures_lite::{future, FutureExt};
 use smol::{Async, Timer};
 
+use crate::admin::PruneReport;
 use crate::cluster::{Cluster, Link};
 use crate::config::{Config, Durability};
 use crate::executors::Executors;
@@ -564,6 +565,29 @@ async fn unload_idle_rooms(state: Arc<State>) {
     }
 }
 
+/// Prunes by `--retention` / `--retention-per-room`, if set: the database, or in cluster mode
+/// the room logs in Redis (every node does; `cluster::prune` keeps that from removing more
+/// than the rule says).
+async fn apply_retention(state: &Arc<State>) -> Result<Option<PruneReport>, String> {
+    let Some(rule) = crate::admin::retention_rule(&state.config) else {
+        return Ok(None);
+    };
+    if let Some(cluster) = state.hub.cluster() {
+        let rooms = cluster.logs.room_names().await.map_err(|e| e.to_string())?;
+        return cluster
+            .logs
+            .prune(&rooms, rule, false)
+            .await
+            .map(Some)
+            .map_err(|e| e.to_string());
+    }
+    let state = state.clone();
+    smol::unblock(move || crate::admin::retention(&state, rule))
+        .await
+        .map(Some)
+        .map_err(|e| e.message)
+}
+
 /// Periodically removes sessions and cids that can no longer be used.
 async fn janitor(state: Arc<State>) {
     loop {
@@ -584,8 +608,7 @@ async fn janitor(state: Arc<State>) {
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "cleaning up sessions and cids failed"),
         }
-        let chores = state.clone();
-        match smol::unblock(move || crate::admin::retention(&chores)).await {
+        match apply_retention(&state).await {
             Ok(Some(report)) if report.removed > 0 => {
                 for room in &report.rooms {
                     tracing::info!(

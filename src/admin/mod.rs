@@ -1160,23 +1160,26 @@ pub fn prune(
     Ok(report)
 }
 
-/// The server's retention chore: prunes by `--retention` / `--retention-per-room`, if set.
-/// Blocking: run it on the blocking pool.
-pub fn retention(state: &State) -> Result<Option<PruneReport>, AdminError> {
-    let config = &state.config;
+/// What `--retention` / `--retention-per-room` remove now, if either is set.
+pub(crate) fn retention_rule(config: &crate::config::Config) -> Option<PruneRule> {
     if config.retention.is_none() && config.retention_per_room.is_none() {
-        return Ok(None);
+        return None;
     }
-    let rule = PruneRule {
+    Some(PruneRule {
         before_ms: config
             .retention
             .map(|d| now_ms().saturating_sub(d.as_millis() as u64)),
         keep_last: config.retention_per_room,
-    };
+    })
+}
+
+/// The server's retention chore on its database: prunes by `rule`. Blocking: run it on the
+/// blocking pool.
+pub(crate) fn retention(state: &State, rule: PruneRule) -> Result<PruneReport, AdminError> {
     let ctx = Context {
         store: &state.store,
         live: Some(state),
         progress: None,
     };
-    prune(&ctx, rule, None, false).map(Some)
+    prune(&ctx, rule, None, false)
 }

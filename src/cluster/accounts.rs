@@ -26,6 +26,20 @@ redis.call('INCR', KEYS[3])
 return 'created'
 ";
 
+/// Deletes a user. KEYS: user record, skeleton set, user count. ARGV: user key. Replies 1 if
+/// the user existed.
+const UNREGISTER: &str = r"
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('DECR', KEYS[3])
+return 1
+";
+
+fn unregister_script() -> &'static Script {
+    static SCRIPT: OnceLock<Script> = OnceLock::new();
+    SCRIPT.get_or_init(|| Script::new(UNREGISTER))
+}
+
 fn register_script() -> &'static Script {
     static SCRIPT: OnceLock<Script> = OnceLock::new();
     SCRIPT.get_or_init(|| Script::new(REGISTER))
@@ -97,6 +111,61 @@ impl ClusterAccounts {
             .query_async(&mut self.link.commands())
             .await?;
         Ok(())
+    }
+
+    /// Deletes `user`'s record (its name free again); returns whether it existed.
+    pub(crate) async fn delete_user(&self, user: &User) -> Result<bool, ClusterError> {
+        let key = user_key(&user.name);
+        let deleted: i64 = unregister_script()
+            .key(keys::user(&key))
+            .key(keys::skeleton(&rules::name_skeleton(&user.name)))
+            .key(keys::USER_COUNT)
+            .arg(&key)
+            .invoke_async(&mut self.link.commands())
+            .await?;
+        Ok(deleted == 1)
+    }
+
+    /// Removes every session of `user_key` and the cids it used; returns the sessions removed.
+    /// Sessions are keyed by token, so this reads them all.
+    pub(crate) async fn remove_user_sessions(&self, user_key: &str) -> Result<u64, ClusterError> {
+        let hashes = self.link.keys_with_prefix(&keys::session(&[])).await?;
+        let mut removed = 0;
+        for batch in hashes.chunks(500) {
+            let names: Vec<String> = batch
+                .iter()
+                .map(|h| format!("{}{h}", keys::session(&[])))
+                .collect();
+            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                .arg(&names)
+                .query_async(&mut self.link.commands())
+                .await?;
+            let theirs: Vec<&String> = names
+                .iter()
+                .zip(values)
+                .filter_map(|(name, value)| {
+                    let session: Session = codec::decode(&value?, name.as_bytes()).ok()?;
+                    (session.user_key == user_key).then_some(name)
+                })
+                .collect();
+            if !theirs.is_empty() {
+                let deleted: u64 = redis::cmd("DEL")
+                    .arg(&theirs)
+                    .query_async(&mut self.link.commands())
+                    .await?;
+                removed += deleted;
+            }
+        }
+        let cid_prefix = keys::cid(user_key, "");
+        let cids = self.link.keys_with_prefix(&cid_prefix).await?;
+        for batch in cids.chunks(500) {
+            let names: Vec<String> = batch.iter().map(|c| format!("{cid_prefix}{c}")).collect();
+            let _: u64 = redis::cmd("DEL")
+                .arg(&names)
+                .query_async(&mut self.link.commands())
+                .await?;
+        }
+        Ok(removed)
     }
 
     /// Stores a session under its token's hash until it expires.

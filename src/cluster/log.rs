@@ -96,14 +96,24 @@ if ARGV[11] == 'edited' then
   local edits = redis.call('HGET', KEYS[6], target)
   redis.call('HSET', KEYS[6], target, edits and (edits .. ',' .. id) or id)
 else
-  redis.call('XDEL', KEYS[2], target .. '-0')
-  local edits = redis.call('HGET', KEYS[6], target)
+  remove_message(KEYS[1], KEYS[2], KEYS[5], KEYS[6], target)
+end
+";
+
+/// A Lua function that removes message `id` from a room: its entry, its edits' entries (which
+/// hold its earlier texts), its current text and edit index entry, and one from the room's
+/// count. Arguments: the room's record, log, overlay and edit index keys, and the id. Shared by
+/// deletions and pruning.
+pub(crate) const REMOVE_MESSAGE: &str = r"
+local function remove_message(record, log, overlay, edit_index, id)
+  redis.call('XDEL', log, id .. '-0')
+  local edits = redis.call('HGET', edit_index, id)
   if edits then
-    for seq in string.gmatch(edits, '%d+') do redis.call('XDEL', KEYS[2], seq .. '-0') end
+    for seq in string.gmatch(edits, '%d+') do redis.call('XDEL', log, seq .. '-0') end
   end
-  redis.call('HDEL', KEYS[5], target)
-  redis.call('HDEL', KEYS[6], target)
-  redis.call('HINCRBY', KEYS[1], 'count', -1)
+  redis.call('HDEL', overlay, id)
+  redis.call('HDEL', edit_index, id)
+  redis.call('HINCRBY', record, 'count', -1)
 end
 ";
 
@@ -129,7 +139,7 @@ fn append_event_script() -> &'static Script {
     static SCRIPT: OnceLock<Script> = OnceLock::new();
     SCRIPT.get_or_init(|| {
         Script::new(&format!(
-            "{CHECK}{APPEND_EVENT}{COMMIT}{APPLY_EVENT}return {{'new', id, prev}}"
+            "{REMOVE_MESSAGE}{CHECK}{APPEND_EVENT}{COMMIT}{APPLY_EVENT}return {{'new', id, prev}}"
         ))
     })
 }
@@ -305,6 +315,16 @@ impl RoomLogs {
         }
     }
 
+    /// The link the logs are read and written through.
+    pub(super) fn link(&self) -> &Link {
+        &self.link
+    }
+
+    /// Every room's name, sorted.
+    pub(crate) async fn room_names(&self) -> Result<Vec<String>, ClusterError> {
+        self.link.keys_with_prefix(&keys::room("")).await
+    }
+
     /// Loads room `name`, creating it (at `now_ms`) if it does not exist.
     pub(crate) async fn ensure_room(
         &self,
@@ -477,6 +497,21 @@ impl RoomLogs {
         upto: u64,
         limit: usize,
     ) -> Result<(Vec<LogEntry>, bool), ClusterError> {
+        let (mut entries, more) = self
+            .written_entries_after(room_no, after, upto, limit)
+            .await?;
+        self.apply_edits(room_no, &mut entries).await?;
+        Ok((entries, more))
+    }
+
+    /// As [`RoomLogs::entries_after`], but messages as they were sent (edits not applied).
+    pub(crate) async fn written_entries_after(
+        &self,
+        room_no: u32,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<(Vec<LogEntry>, bool), ClusterError> {
         if after >= upto || limit == 0 {
             return Ok((Vec::new(), false));
         }
@@ -489,9 +524,23 @@ impl RoomLogs {
             .query_async(&mut self.link.commands())
             .await?;
         let more = reply.ids.len() > limit;
-        let mut entries = parse_entries(reply.ids.into_iter().take(limit))?;
-        self.apply_edits(room_no, &mut entries).await?;
-        Ok((entries, more))
+        Ok((parse_entries(reply.ids.into_iter().take(limit))?, more))
+    }
+
+    /// The ids of the edits of message `id` of room `room_no` that its entry still has (none
+    /// once it is deleted), oldest first.
+    pub(crate) async fn edit_ids(&self, room_no: u32, id: u64) -> Result<Vec<u64>, ClusterError> {
+        let edits: Option<String> = redis::cmd("HGET")
+            .arg(keys::edits(room_no))
+            .arg(id)
+            .query_async(&mut self.link.commands())
+            .await?;
+        edits
+            .unwrap_or_default()
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| number(s, "edit id"))
+            .collect()
     }
 
     /// Entries of room `room_no` with `after < id < before`, newest first, at most `limit`

@@ -16,7 +16,7 @@ use redis::Script;
 use super::log::{Body, RoomLogs};
 use super::{keys, ClusterError, Link};
 use crate::rules;
-use crate::store::{listed, Conversation, Membership, UNREAD_CAP};
+use crate::store::{listed, Conversation, Membership, StoredMessage, UNREAD_CAP};
 
 /// The user's own messages skipped at most while counting one room's unread ones.
 const OWN_SKIP_CAP: u64 = 4 * UNREAD_CAP;
@@ -25,10 +25,11 @@ const OWN_SKIP_CAP: u64 = 4 * UNREAD_CAP;
 const COUNT_PAGE: usize = 200;
 
 /// Changes one membership. KEYS: the user's memberships. ARGV: room, operation, id, the notices
-/// channel and the user's key (these two used by `mark`). Replies the marker in force (`list`, `mark`),
-/// or 1/0 (`unlist`: changed; `set`: existed). `mark` publishes the marker in force on the
-/// notices channel in the same step, so every node sees a user's markers in the order they
-/// took effect: never moving backwards.
+/// channel and the user's key (these two used by `mark` and `reset`). Replies the marker in
+/// force (`list`, `mark`), or 1/0 (`unlist`: changed; `set`, `reset`: existed). `mark` and
+/// `reset` publish the marker in force on the notices channel in the same step, so every node
+/// sees a user's markers in the order they took effect: a marker moves backwards only by an
+/// admin's reset.
 const CHANGE: &str = r"
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 local read, left = 0, nil
@@ -57,6 +58,11 @@ elseif op == 'mark' then
   end
   redis.call('PUBLISH', ARGV[4], 'R\n' .. ARGV[5] .. '\n' .. ARGV[1] .. '\n' .. string.format('%d', now))
   return now
+elseif op == 'reset' then
+  if not v then return 0 end
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3] .. ':' .. left)
+  redis.call('PUBLISH', ARGV[4], 'R\n' .. ARGV[5] .. '\n' .. ARGV[1] .. '\n' .. ARGV[3])
+  return 1
 elseif op == 'set' then
   if not v then return 0 end
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[3] .. ':' .. left)
@@ -159,6 +165,29 @@ impl ClusterMemberships {
         self.change(user_key, room, "mark", id).await
     }
 
+    /// Sets `user_key`'s marker in `room` to `id`, backwards too (an admin's reset); every node
+    /// hands it to the user's connections. Returns whether the user had a marker there.
+    pub(crate) async fn reset_read(
+        &self,
+        user_key: &str,
+        room: &str,
+        id: u64,
+    ) -> Result<bool, ClusterError> {
+        Ok(self.change(user_key, room, "reset", id).await? == 1)
+    }
+
+    /// Removes every membership of `user_key` (an account deleted); returns how many it had.
+    pub(crate) async fn remove_all(&self, user_key: &str) -> Result<u64, ClusterError> {
+        let (count,): (u64,) = redis::pipe()
+            .atomic()
+            .hlen(keys::memberships(user_key))
+            .del(keys::memberships(user_key))
+            .ignore()
+            .query_async(&mut self.link.commands())
+            .await?;
+        Ok(count)
+    }
+
     /// Gives both users of a direct-message room a membership (not joined), so it shows on
     /// their lists once it holds a message. Does nothing for other rooms.
     pub(crate) async fn add_dm_memberships(&self, room: &str) -> Result<(), ClusterError> {
@@ -182,11 +211,7 @@ impl ClusterMemberships {
         membership: &Membership,
         upto: u64,
     ) -> Result<Option<Conversation>, ClusterError> {
-        let last = logs
-            .messages_before(room_no, u64::MAX, upto, 1)
-            .await?
-            .messages
-            .pop();
+        let last = last_message(logs, room_no, upto).await?;
         if !listed(room, membership, last.as_ref()) {
             return Ok(None);
         }
@@ -199,6 +224,33 @@ impl ClusterMemberships {
             last,
         }))
     }
+}
+
+/// `reader`'s standing in `room` (number `room_no`, newest visible id `upto`) as an admin sees
+/// it: other users' messages above the marker (capped) and whether the room is on the list.
+pub(crate) async fn read_state(
+    logs: &RoomLogs,
+    reader: &str,
+    room: &str,
+    room_no: u32,
+    membership: &Membership,
+    upto: u64,
+) -> Result<(u64, bool), ClusterError> {
+    let last = last_message(logs, room_no, upto).await?;
+    let (unread, _) = count_unread(logs, reader, room_no, membership.read, upto).await?;
+    Ok((unread, listed(room, membership, last.as_ref())))
+}
+
+async fn last_message(
+    logs: &RoomLogs,
+    room_no: u32,
+    upto: u64,
+) -> Result<Option<StoredMessage>, ClusterError> {
+    Ok(logs
+        .messages_before(room_no, u64::MAX, upto, 1)
+        .await?
+        .messages
+        .pop())
 }
 
 /// Other users' messages in `(read, upto]` and how many mention `reader`, newest first, up to

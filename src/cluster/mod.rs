@@ -23,6 +23,7 @@ pub(crate) mod log;
 pub(crate) mod memberships;
 pub mod notices;
 pub(crate) mod presence;
+pub(crate) mod prune;
 // The black-box tests' Redis harness, shared so there is one.
 #[cfg(test)]
 #[allow(dead_code)]
@@ -190,6 +191,35 @@ impl Link {
     /// The client, to open a subscription connection with.
     pub(crate) fn client(&self) -> &redis::Client {
         &self.client
+    }
+
+    /// Every key that starts with `prefix`, without the prefix, sorted. A SCAN: keys written or
+    /// removed meanwhile may or may not be in it, every other key is, once.
+    pub(crate) async fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, ClusterError> {
+        let mut found_all = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{prefix}*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut self.commands())
+                .await?;
+            found_all.extend(
+                found
+                    .into_iter()
+                    .filter_map(|k| k.strip_prefix(prefix).map(str::to_string)),
+            );
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        found_all.sort();
+        found_all.dedup();
+        Ok(found_all)
     }
 
     /// Fails unless Redis runs with `appendonly yes` and `appendfsync always`.

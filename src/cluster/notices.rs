@@ -11,6 +11,8 @@ pub enum Closing {
     Kick,
     /// `chatd admin users ban`.
     Ban,
+    /// `chatd admin users delete`.
+    Delete,
 }
 
 /// A notice for one user.
@@ -88,6 +90,7 @@ impl Notice {
                 let how = match how {
                     Closing::Kick => "kick",
                     Closing::Ban => "ban",
+                    Closing::Delete => "delete",
                 };
                 format!("C\n{request}\n{user_key}\n{how}")
             }
@@ -133,6 +136,7 @@ impl Notice {
                 let how = match parts.next()? {
                     "kick" => Closing::Kick,
                     "ban" => Closing::Ban,
+                    "delete" => Closing::Delete,
                     _ => return None,
                 };
                 Some(Notice::Close {

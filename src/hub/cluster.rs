@@ -324,6 +324,7 @@ impl Rooms for Hub {
                         "banned",
                     ),
                     Closing::Kick => (None, "kicked by an admin"),
+                    Closing::Delete => (None, "account deleted"),
                 };
                 let closed = self.close_user(
                     &user_key,
