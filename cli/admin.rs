@@ -1023,16 +1023,18 @@ impl Admin {
                         c.json,
                     ),
                 },
-                MessagesCommand::Delete(c) => match (cluster_url(&c.cluster), c.room) {
-                    (Some(url), Some(room)) => on_cluster(&url, c.json, |admin| {
-                        Box::pin(async move { admin.messages_delete(&room, &c.ids).await })
+                MessagesCommand::Delete(c) => match cluster_url(&c.cluster) {
+                    Some(url) => on_cluster(&url, c.json, |admin| {
+                        Box::pin(
+                            async move { admin.messages_delete(c.room.as_deref(), &c.ids).await },
+                        )
                     }),
-                    (Some(_), None) => Err(AdminError::usage(
-                        "with --cluster, name the room the messages are in (--room ROOM)",
-                    )),
-                    (None, room) => query(
+                    None => query(
                         &c.data_dir,
-                        Request::MessagesDelete { ids: c.ids, room },
+                        Request::MessagesDelete {
+                            ids: c.ids,
+                            room: c.room,
+                        },
                         c.json,
                     ),
                 },

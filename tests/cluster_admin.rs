@@ -153,7 +153,7 @@ fn the_admin_cli_reads_and_changes_what_the_nodes_share() {
     let mut alice = a.register("alice");
     alice.join("general");
     let (first, _) = alice.say("general", "one");
-    alice.say("general", "two");
+    let (second, _) = alice.say("general", "two");
     let mut bob = b.register("bob");
     bob.join(&dm_room("alice", "bob"));
     bob.join("general");
@@ -237,8 +237,15 @@ fn the_admin_cli_reads_and_changes_what_the_nodes_share() {
         None,
     )
     .fails(1);
-    on(&["messages", "delete", &id_of(&first).to_string()], None).fails(2);
+    // Without --room every room is searched.
+    on(&["messages", "delete", &id_of(&first).to_string()], None).fails(1);
     assert_eq!(json(&["stats"])["messages"], 1);
+    let out = json(&["messages", "delete", &id_of(&second).to_string()]);
+    assert_eq!(
+        out["deleted"],
+        json!([{"room": "general", "id": id_of(&second)}])
+    );
+    assert_eq!(json(&["stats"])["messages"], 0);
 }
 
 #[test]

@@ -19,51 +19,67 @@ use crate::store::{user_key, Change, Event, Message, RoomRef};
 const PAGE: usize = 500;
 
 impl ClusterAdmin {
-    /// `messages delete --room ROOM IDS`: each a `deleted` event by `[system]`, delivered by
-    /// every node to the room's members in order. Nothing is deleted unless every id is a
-    /// message of the room.
-    pub async fn messages_delete(&self, room: &str, ids: &[u64]) -> Result<Reply, AdminError> {
+    /// `messages delete [--room ROOM] IDS`: each a `deleted` event by `[system]`, delivered by
+    /// every node to the room's members in order. Without `room`, every room's log is searched
+    /// for each id. Nothing is deleted unless every id is found.
+    pub async fn messages_delete(
+        &self,
+        room: Option<&str>,
+        ids: &[u64],
+    ) -> Result<Reply, AdminError> {
         if ids.is_empty() {
             return Err(AdminError::usage("name at least one message id"));
         }
-        room_name_or_usage(room)?;
-        let record = self
-            .logs
-            .room(room)
-            .await
-            .map_err(failed)?
-            .ok_or_else(|| no_room(room))?;
+        let named = match room {
+            Some(room) => {
+                room_name_or_usage(room)?;
+                let record = self.logs.room(room).await.map_err(failed)?;
+                Some(RoomRef {
+                    name: room.into(),
+                    no: record.ok_or_else(|| no_room(room))?.no,
+                })
+            }
+            None => None,
+        };
+        // Find them all first: a missing id changes nothing.
+        let mut targets: Vec<(RoomRef, u64)> = Vec::new();
         let mut missing = Vec::new();
         for &id in ids {
-            if !matches!(
-                self.entry(record.no, id).await?,
-                Some(LogEntry {
-                    body: Body::Message(_),
-                    ..
-                })
-            ) {
-                missing.push(id.to_string());
+            let holder = match &named {
+                Some(room) => Some(room.clone()),
+                None => self.room_holding(id).await?,
+            };
+            let found = match holder {
+                Some(room) => match self.entry(room.no, id).await? {
+                    Some(LogEntry {
+                        body: Body::Message(_),
+                        ..
+                    }) => Some(room),
+                    _ => None,
+                },
+                None => None,
+            };
+            match found {
+                Some(room) => targets.push((room, id)),
+                None => missing.push(id.to_string()),
             }
         }
         if !missing.is_empty() {
+            let place = room.map_or_else(String::new, |r| format!(" in `{r}`"));
             return Err(AdminError::new(
                 ErrorKind::NotFound,
                 format!(
-                    "no message with id {} in `{room}`; nothing was deleted",
+                    "no message with id {}{place}; nothing was deleted (find ids with `chatd admin messages list --cluster …`)",
                     missing.join(", ")
                 ),
             ));
         }
-        let room_ref = RoomRef {
-            name: room.into(),
-            no: record.no,
-        };
-        let deleted: Vec<serde_json::Value> = self
-            .delete_as_admin(&room_ref, ids)
-            .await?
-            .into_iter()
-            .map(|id| serde_json::json!({"room": room, "id": id}))
-            .collect();
+        let mut deleted = Vec::new();
+        for (room, id) in &targets {
+            for id in self.delete_as_admin(room, &[*id]).await? {
+                deleted.push(serde_json::json!({"room": &*room.name, "id": id}));
+            }
+        }
         Ok(done(
             format!("deleted {} message(s)", deleted.len()),
             serde_json::json!({"deleted": deleted}),
@@ -291,7 +307,7 @@ impl ClusterAdmin {
         };
         if original.is_none() && events.is_empty() {
             let hint = match self.room_holding(id).await? {
-                Some(other) => format!(
+                Some(RoomRef { name: other, .. }) => format!(
                     "; it is in room `{other}`: try `chatd admin messages show {other} {id}`"
                 ),
                 None => "; find ids with `chatd admin messages list`".into(),
@@ -334,11 +350,14 @@ impl ClusterAdmin {
     }
 
     /// The room whose log holds entry `id`, if any.
-    async fn room_holding(&self, id: u64) -> Result<Option<String>, AdminError> {
+    async fn room_holding(&self, id: u64) -> Result<Option<RoomRef>, AdminError> {
         for room in self.logs.room_names().await.map_err(failed)? {
             if let Some((no, _, _, _)) = self.logs.room_record(&room).await.map_err(failed)? {
                 if self.entry(no, id).await?.is_some() {
-                    return Ok(Some(room));
+                    return Ok(Some(RoomRef {
+                        name: room.into(),
+                        no,
+                    }));
                 }
             }
         }
