@@ -357,8 +357,13 @@ impl Rooms for Hub {
                 if recipients.is_empty() {
                     return;
                 }
-                let joined: Vec<u64> = self.loaded_room(&room).map_or_else(Vec::new, |room| {
-                    lock(&room.state).members.keys().copied().collect()
+                // Connections in the room, and those that left it after it delivered `id`:
+                // they have the message.
+                let has_it: Vec<u64> = self.loaded_room(&room).map_or_else(Vec::new, |room| {
+                    let state = lock(&room.state);
+                    let departed = state.departed.iter().filter(|(_, seen)| *seen >= id);
+                    let departed = departed.map(|(conn, _)| *conn);
+                    state.members.keys().copied().chain(departed).collect()
                 });
                 let frame = encode(&ServerFrame::Notify {
                     room: &room,
@@ -368,7 +373,7 @@ impl Rooms for Hub {
                     ts,
                 });
                 corked(|| {
-                    for member in recipients.iter().filter(|m| !joined.contains(&m.conn)) {
+                    for member in recipients.iter().filter(|m| !has_it.contains(&m.conn)) {
                         member.outbox.reply(frame.clone());
                     }
                 });

@@ -33,7 +33,7 @@ mod conversations;
 use conversations::Notices;
 pub use conversations::SYSTEM_AUTHOR;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -135,7 +135,16 @@ struct RoomState {
     grace_epoch: u64,
     /// Cluster mode: users online here through other nodes, by user key (see `cluster`).
     remote: BTreeMap<Arc<str>, cluster::RemotePresence>,
+    /// Cluster mode: the connections that left most recently, each with the highest id it had
+    /// been delivered (at most [`DEPARTED_KEPT`]). A notification comes from another node on
+    /// its own channel, possibly after a connection that saw the message left the room; it
+    /// must not reach that connection as news.
+    departed: VecDeque<(u64, u64)>,
 }
+
+/// How many recent departures a room remembers in cluster mode (see `RoomState::departed`):
+/// notifications arrive within milliseconds of their message.
+const DEPARTED_KEPT: usize = 64;
 
 /// A room loaded in memory.
 pub struct Room {
@@ -488,6 +497,7 @@ impl Hub {
                 presence: BTreeMap::new(),
                 grace_epoch: 0,
                 remote: BTreeMap::new(),
+                departed: VecDeque::new(),
             }),
             retired: AtomicBool::new(false),
             unloaded: AtomicBool::new(false),
@@ -676,6 +686,13 @@ impl Hub {
         let Some((_, member)) = state.members.remove(&conn) else {
             return;
         };
+        if self.cluster.is_some() {
+            if state.departed.len() == DEPARTED_KEPT {
+                state.departed.pop_front();
+            }
+            let published = state.published;
+            state.departed.push_back((conn, published));
+        }
         room.touch();
         state.grace_epoch += 1;
         let epoch = state.grace_epoch;
