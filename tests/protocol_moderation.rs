@@ -10,7 +10,13 @@ use std::time::{Duration, Instant};
 /// `chatd admin <cmd...> --data-dir DIR -- <name>`
 fn admin(s: &TestServer, cmd: &[&str], name: &str) {
     let args: Vec<&str> = cmd.iter().copied().chain(["--", name]).collect();
-    let mut child = Command::new(BIN)
+    let mut command = Command::new(BIN);
+    command.env_remove("CHATD_CLUSTER");
+    // A two-node stand-in (`CHATD_TEST_CLUSTER=1`): the admin acts on the cluster.
+    if let Some(url) = cluster_of(s.data_dir()) {
+        command.env("CHATD_CLUSTER", url);
+    }
+    let mut child = command
         .arg("admin")
         .args(cmd)
         .arg("--data-dir")

@@ -63,7 +63,13 @@ pub fn admin_env(dir: &Path, args: &[&str], stdin: Option<&str>, env: &[(&str, &
         .arg(dir)
         .env_remove("CHATD_DATA_DIR")
         .env_remove("CHATD_PROGRESS_EVERY")
-        .envs(env.iter().copied())
+        .env_remove("CHATD_CLUSTER");
+    // The directory of a node standing in for one server (`CHATD_TEST_CLUSTER=1`): the command
+    // acts on its cluster, as an admin of a cluster would run it.
+    if let Some(url) = crate::common::cluster_of(dir) {
+        cmd.env("CHATD_CLUSTER", url);
+    }
+    cmd.envs(env.iter().copied())
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {

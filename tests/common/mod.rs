@@ -9,7 +9,7 @@ pub mod redis;
 use serde_json::{json, Value};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -32,6 +32,21 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_chatd");
 /// Whether this run stands a two-node cluster in for each server (`CHATD_TEST_CLUSTER=1`).
 pub fn in_cluster_run() -> bool {
     std::env::var_os("CHATD_TEST_CLUSTER").is_some_and(|v| v == "1")
+}
+
+/// The data directories of nodes started as stand-ins for one server (`CHATD_TEST_CLUSTER=1`),
+/// with their cluster's Redis URL: admin commands given such a directory act on the cluster
+/// (tests/admin_common sets `CHATD_CLUSTER` for them).
+static CLUSTER_DIRS: Mutex<Vec<(PathBuf, String)>> = Mutex::new(Vec::new());
+
+/// The Redis URL of the stand-in cluster whose first node uses `dir`, if any.
+pub fn cluster_of(dir: &Path) -> Option<String> {
+    CLUSTER_DIRS
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(d, _)| d == dir)
+        .map(|(_, url)| url.clone())
 }
 
 pub fn now_ms() -> u64 {
@@ -101,6 +116,10 @@ impl TestServer {
             Err(e) => panic!("could not start chatd: {e}"),
         };
         if let Some(redis) = redis {
+            CLUSTER_DIRS
+                .lock()
+                .unwrap()
+                .push((server.data_dir().to_path_buf(), redis.url()));
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             server.cluster = Some(Box::new(Peers {
                 other: TestServer::start(&args),
