@@ -13,9 +13,14 @@ use std::sync::Arc;
 use super::conversations::{dm_other, no_such_user};
 use super::{Handled, Session};
 use crate::cluster::Cluster;
-use crate::hub::{Member, Room};
+use crate::hub::{HubError, Member, Room};
 use crate::protocol::{self, ErrorCode, Rejection, Request, ServerFrame};
 use crate::store::Change;
+
+/// What a send, edit or deletion refused for a Redis error is told (see
+/// [`Session::write_error`]).
+const WRITE_FAILED: &str = "the shared store (Redis) failed during the write; it may still be \
+     stored: resend it with the same cid";
 
 impl Session {
     /// Whether cluster mode answers `request` here (everything but `auth` and `ping`).
@@ -74,7 +79,7 @@ impl Session {
                 let room = self.joined(&room)?;
                 hub.send_to_cluster(cluster, &room, member, text, cid)
                     .await
-                    .map_err(|e| self.hub_error(e, room.name()))
+                    .map_err(|e| self.write_error(e, room.name()))
             }
             Request::History { room, page, limit } => {
                 let room = self.joined(&room)?;
@@ -227,6 +232,21 @@ impl Session {
         let hub = self.state.hub.clone();
         hub.change_in_cluster(cluster, &room, member, target, change, cid)
             .await
-            .map_err(|e| self.hub_error(e, name))
+            .map_err(|e| self.write_error(e, name))
+    }
+
+    /// The refusal of a send, edit or deletion whose append failed. A Redis error may come
+    /// after Redis ran the script (the link broke, or Redis died, before its answer arrived):
+    /// the write may then be stored, and is broadcast once the feed delivers it. So, as for a
+    /// flush that fails mid-write on one server (PROTOCOL.md 9), the client is told it may still
+    /// be stored, and to resend with the same cid.
+    fn write_error(&self, error: HubError, room: &str) -> Rejection {
+        match error {
+            HubError::Cluster(e) => {
+                tracing::warn!(peer = %self.peer, error = %e, "cluster write failed");
+                Rejection::new(ErrorCode::Internal, WRITE_FAILED)
+            }
+            other => self.hub_error(other, room),
+        }
     }
 }
