@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use redis::streams::{StreamId, StreamRangeReply};
-use redis::Script;
+use redis::{Script, ScriptInvocation};
 
 use super::{keys, ClusterError, Link};
 use crate::store::{Change, CidEntry, Event, Message, Page, RoomRef, StoredMessage};
@@ -126,7 +126,8 @@ redis.call('HSET', KEYS[1], 'no', no, 'created_ms', ARGV[1], 'last_id', '0', 'co
 return {no, '0', 1}
 ";
 
-fn append_message_script() -> &'static Script {
+/// The script that appends a message.
+pub(crate) fn append_message_script() -> &'static Script {
     static SCRIPT: OnceLock<Script> = OnceLock::new();
     SCRIPT.get_or_init(|| {
         Script::new(&format!(
@@ -413,6 +414,19 @@ impl RoomLogs {
         message: &Message,
         origin: Origin,
     ) -> Result<Appended, ClusterError> {
+        let script = self.message_append(room, user_key, message, origin);
+        appended(script.invoke_async(&mut self.link.commands()).await?)
+    }
+
+    /// The script run that appends `message` from `user_key` to `room` (for a writer that
+    /// pipelines many: [`super::writer`]); its reply is read with [`appended`].
+    pub(crate) fn message_append(
+        &self,
+        room: &RoomRef,
+        user_key: &str,
+        message: &Message,
+        origin: Origin,
+    ) -> ScriptInvocation<'static> {
         let cid = message.cid.as_deref().unwrap_or("");
         let mut script = append_message_script().prepare_invoke();
         let written = Written {
@@ -424,7 +438,7 @@ impl RoomLogs {
             text: &message.text,
         };
         self.shared_args(&mut script, room, &written);
-        appended(script.invoke_async(&mut self.link.commands()).await?)
+        script
     }
 
     /// Appends `event` by `changer` to `room`; `published` is the highest id the changer's
@@ -694,7 +708,8 @@ struct Written<'a> {
     text: &'a str,
 }
 
-fn appended(reply: Vec<String>) -> Result<Appended, ClusterError> {
+/// What an append script's reply says.
+pub(crate) fn appended(reply: Vec<String>) -> Result<Appended, ClusterError> {
     match reply.as_slice() {
         [kind, id, prev] if kind == "new" => Ok(Appended::New {
             id: number(id, "new id")?,

@@ -24,6 +24,7 @@ pub(crate) mod memberships;
 pub mod notices;
 pub(crate) mod presence;
 pub(crate) mod prune;
+pub(crate) mod writer;
 // The black-box tests' Redis harness, shared so there is one.
 #[cfg(test)]
 #[allow(dead_code)]
@@ -41,6 +42,7 @@ use feed::{Feed, Rooms};
 use log::RoomLogs;
 use memberships::ClusterMemberships;
 use presence::{PresenceChange, PresenceWriter, Typing};
+use writer::LogWriter;
 
 /// Why cluster mode could not start or a Redis operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -262,6 +264,7 @@ pub(crate) struct Cluster {
     pub(crate) memberships: ClusterMemberships,
     link: Link,
     feed: OnceLock<Feed>,
+    writer: OnceLock<LogWriter>,
     presence: OnceLock<PresenceWriter>,
     presence_grace: Duration,
 }
@@ -284,14 +287,17 @@ impl Cluster {
             memberships: ClusterMemberships::new(link.clone()),
             link,
             feed: OnceLock::new(),
+            writer: OnceLock::new(),
             presence: OnceLock::new(),
             presence_grace,
         })
     }
 
     /// Starts the node's tasks (once; later calls do nothing): the feed delivering the rooms'
-    /// entries and presence into `rooms`, the presence writer and the heartbeat.
+    /// entries and presence into `rooms`, the log writer, the presence writer and the heartbeat.
     pub(crate) fn start(&self, rooms: Arc<dyn Rooms>, executor: &smol::Executor<'static>) {
+        self.writer
+            .get_or_init(|| LogWriter::start(self.link.clone(), executor));
         self.presence.get_or_init(|| {
             PresenceWriter::start(self.link.clone(), self.node, self.presence_grace, executor)
         });
@@ -387,6 +393,13 @@ impl Cluster {
             health["reason"] = reason.as_str().into();
         }
         (health, problem.is_none())
+    }
+
+    /// The writer that pipelines the node's message appends, once started.
+    pub(crate) fn writer(&self) -> Result<&LogWriter, ClusterError> {
+        self.writer
+            .get()
+            .ok_or_else(|| ClusterError::Unreachable("the log writer has not started".into()))
     }
 
     /// The feed, once started.

@@ -23,12 +23,20 @@ use crate::cluster::Cluster;
 use crate::hub::{event_frame, message_event};
 use crate::metrics::Metrics;
 use crate::outbox::corked;
-use crate::outbox::CloseRequest;
+use crate::outbox::{CloseRequest, Outbox};
 use crate::protocol::{close, Encoded, ErrorCode, Rejection};
 use crate::protocol::{encode, ServerFrame};
 use crate::rules;
 use crate::store::{user_key, Change, Event, Message};
 use crate::sync::lock;
+
+/// What a send, edit or deletion refused for a Redis error is told. A Redis error may come after
+/// Redis ran the script (the link broke, or Redis died, before its answer arrived): the write
+/// may then be stored, and is broadcast once the feed delivers it. So, as for a flush that fails
+/// mid-write on one server (PROTOCOL.md 9), the client is told it may still be stored, and to
+/// resend with the same cid.
+pub(crate) const WRITE_FAILED: &str = "the shared store (Redis) failed during the write; it may \
+     still be stored: resend it with the same cid";
 
 /// A user online in a room through other nodes.
 pub(super) struct RemotePresence {
@@ -98,12 +106,13 @@ impl Hub {
     /// Redis answers). The ack and the broadcast come from the feed, in log order, when the
     /// entry reaches this node ([`Rooms::deliver`]); a repeated cid gets the original ack here.
     pub(crate) async fn send_to_cluster(
-        &self,
+        self: &Arc<Self>,
         cluster: &Cluster,
         room: &Arc<Room>,
         member: &Member,
         text: String,
         cid: Option<String>,
+        done: impl FnOnce() + Send + 'static,
     ) -> Result<(), HubError> {
         room.check_live()?;
         room.touch();
@@ -112,18 +121,43 @@ impl Hub {
             node: cluster.node,
             conn: member.conn,
         };
-        let appended = cluster
+        let script = cluster
             .logs
-            .append(&room.log_ref, &member.user_key, &message, origin)
-            .await?;
-        match appended {
-            Appended::New { .. } => {
-                self.metrics.messages_stored.inc();
-            }
-            Appended::RoomGone => self.drop_deleted(room),
-            _ => {}
-        }
-        answer_append(appended, member, message.cid.as_deref())
+            .message_append(&room.log_ref, &member.user_key, &message, origin);
+        let (hub, room, outbox) = (self.clone(), room.clone(), member.outbox.clone());
+        let cid = message.cid;
+        let answered = Box::new(
+            move |outcome: Result<Appended, crate::cluster::ClusterError>| {
+                let refusal = match outcome {
+                Ok(Appended::New { .. }) => {
+                    hub.metrics.messages_stored.inc();
+                    None
+                }
+                Ok(Appended::RoomGone) => {
+                    hub.drop_deleted(&room);
+                    Some(Rejection::new(
+                        ErrorCode::NotJoined,
+                        format!("`{}` was deleted; join it again", room.name),
+                    ))
+                }
+                Ok(appended) => answer_append(appended, &outbox, cid.as_deref()).err().map(|e| {
+                    tracing::error!(room = %room.name, error = %e, "unexpected answer to a send");
+                    Rejection::new(ErrorCode::Internal, "the server could not complete the request")
+                }),
+                Err(e) => {
+                    tracing::warn!(room = %room.name, error = %e, "cluster write failed");
+                    Some(Rejection::new(ErrorCode::Internal, WRITE_FAILED))
+                }
+            };
+                if let Some(refusal) = refusal {
+                    hub.metrics.error(refusal.code);
+                    outbox.reply(refusal.with_ref(cid.as_deref().or(Some("send"))).encode());
+                }
+                done();
+            },
+        );
+        cluster.writer()?.append(script, answered).await?;
+        Ok(())
     }
 
     /// Cluster mode: unsubscribes from room `name`'s channel (it left this node's memory).
@@ -180,7 +214,7 @@ impl Hub {
         if matches!(appended, Appended::RoomGone) {
             self.drop_deleted(room);
         }
-        answer_append(appended, member, cid.as_deref())
+        answer_append(appended, &member.outbox, cid.as_deref())
     }
 
     /// Cluster mode: tells the other nodes that `user_key` is online in `room` here, or no
@@ -554,11 +588,15 @@ impl Hub {
 
 /// What the writer hears of an append made for `member` (with `cid`): nothing yet if it was
 /// stored (the feed acks it in log order), the original's ack for a repeated cid, or why not.
-fn answer_append(appended: Appended, member: &Member, cid: Option<&str>) -> Result<(), HubError> {
+fn answer_append(
+    appended: Appended,
+    sender: &Arc<Outbox>,
+    cid: Option<&str>,
+) -> Result<(), HubError> {
     match appended {
         Appended::New { .. } => Ok(()),
         Appended::Duplicate(original) => {
-            member.outbox.reply(encode(&ServerFrame::Ack {
+            sender.reply(encode(&ServerFrame::Ack {
                 room: &original.room,
                 cid,
                 id: original.id,

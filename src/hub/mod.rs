@@ -30,6 +30,7 @@
 mod cluster;
 mod conversations;
 
+pub(crate) use cluster::WRITE_FAILED;
 use conversations::Notices;
 pub use conversations::SYSTEM_AUTHOR;
 

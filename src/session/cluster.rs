@@ -1,7 +1,9 @@
 //! Cluster mode's answers to a connection's room frames and `rooms`: the same frames, the same
 //! checks in the same order as in single-node mode, with rooms, memberships and accounts read
-//! from and written to Redis. Each is awaited before the connection's next frame is read, so a
-//! connection's sends are still accepted in the order it sent them.
+//! from and written to Redis. Each is awaited before the connection's next frame is read, but
+//! for a `send`, which only waits for its place in the node's log writer (`cluster::writer`):
+//! the writer runs appends in queue order, so a connection's sends are still accepted in the
+//! order it sent them, and their refusals come in that order too.
 //!
 //! Acks and broadcasts of sends, edits and deletions come from the node's feed, in log order
 //! (see `hub::cluster`); what is answered here is only what the writer's node alone decides:
@@ -13,16 +15,23 @@ use std::sync::Arc;
 use super::conversations::{dm_other, no_such_user};
 use super::{Handled, Session};
 use crate::cluster::Cluster;
-use crate::hub::{HubError, Member, Room};
+use crate::hub::{HubError, Member, Room, WRITE_FAILED};
 use crate::protocol::{self, ErrorCode, Rejection, Request, ServerFrame};
 use crate::store::Change;
 
-/// What a send, edit or deletion refused for a Redis error is told (see
-/// [`Session::write_error`]).
-const WRITE_FAILED: &str = "the shared store (Redis) failed during the write; it may still be \
-     stored: resend it with the same cid";
+/// A connection's sends that may wait in the node's log writer at once: the connection's next
+/// frames are read meanwhile, so a client with several sends in flight has them in one
+/// pipeline, not one per round trip to Redis.
+pub(super) const SENDS_IN_FLIGHT: usize = 32;
 
 impl Session {
+    /// The permits for this connection's sends in the node's log writer.
+    fn sends_in_flight(&mut self) -> Arc<async_lock::Semaphore> {
+        self.cluster_sends
+            .get_or_insert_with(|| Arc::new(async_lock::Semaphore::new(SENDS_IN_FLIGHT)))
+            .clone()
+    }
+
     /// Whether cluster mode answers `request` here (everything but `auth` and `ping`).
     pub(super) fn answered_by_cluster(request: &Request) -> bool {
         request.room().is_some() || matches!(request, Request::Rooms)
@@ -77,7 +86,10 @@ impl Session {
             Request::Leave { room } => self.cluster_leave(member, cluster, &room).await,
             Request::Send { room, text, cid } => {
                 let room = self.joined(&room)?;
-                hub.send_to_cluster(cluster, &room, member, text, cid)
+                // Answered once Redis replied; meanwhile the next frames are read, up to
+                // [`SENDS_IN_FLIGHT`] sends of this connection in the node's writer.
+                let permit = self.sends_in_flight().acquire_arc().await;
+                hub.send_to_cluster(cluster, &room, member, text, cid, move || drop(permit))
                     .await
                     .map_err(|e| self.write_error(e, room.name()))
             }
@@ -235,11 +247,8 @@ impl Session {
             .map_err(|e| self.write_error(e, name))
     }
 
-    /// The refusal of a send, edit or deletion whose append failed. A Redis error may come
-    /// after Redis ran the script (the link broke, or Redis died, before its answer arrived):
-    /// the write may then be stored, and is broadcast once the feed delivers it. So, as for a
-    /// flush that fails mid-write on one server (PROTOCOL.md 9), the client is told it may still
-    /// be stored, and to resend with the same cid.
+    /// The refusal of a send, edit or deletion whose append failed ([`WRITE_FAILED`] for a Redis
+    /// error: it may have been stored).
     fn write_error(&self, error: HubError, room: &str) -> Rejection {
         match error {
             HubError::Cluster(e) => {

@@ -110,6 +110,9 @@ struct Session {
     frames: TokenBucket,
     /// Refused frames a connection may accumulate before it counts as abuse (1008).
     strikes: TokenBucket,
+    /// Cluster mode: this connection's sends queued in the node's log writer, at most
+    /// `cluster::SENDS_IN_FLIGHT` (made on the first send).
+    cluster_sends: Option<Arc<async_lock::Semaphore>>,
 }
 
 /// What handling a frame came to.
@@ -193,6 +196,7 @@ pub async fn login(
         // Other frames are bounded generously: they are cheap, but not free.
         frames: TokenBucket::new((rate * 5.0).max(50.0), (burst * 5.0).max(200.0)),
         strikes: TokenBucket::new(rate, (burst * 5.0).max(100.0)),
+        cluster_sends: None,
     });
     state.track(conn, outbox);
     state.metrics.connections.inc();
