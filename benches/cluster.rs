@@ -34,11 +34,28 @@ struct Side {
     nodes: Vec<Server>,
     /// Processes whose CPU counts (the nodes, and Redis for the cluster).
     pids: Vec<u32>,
+    /// The cluster's Redis, whose share is also shown on its own.
+    redis: Option<u32>,
 }
 
 impl Side {
     fn ticks(&self) -> u64 {
         self.pids.iter().filter_map(|&p| cpu_ticks(p)).sum()
+    }
+
+    fn redis_ticks(&self) -> u64 {
+        self.redis.and_then(cpu_ticks).unwrap_or(0)
+    }
+
+    /// ", of which Redis N%" since `before` (Redis's ticks then), for the cluster.
+    fn redis_share(&self, before: u64, secs: f64) -> String {
+        match self.redis {
+            Some(_) => format!(
+                ", of which Redis {:.0}%",
+                self.redis_ticks().saturating_sub(before) as f64 / ticks_per_sec() / secs * 100.0
+            ),
+            None => String::new(),
+        }
     }
 }
 
@@ -147,6 +164,7 @@ pub fn run(o: &Options) -> Summary {
         name: "one chatd",
         pids: one.pid.into_iter().collect(),
         nodes: vec![one],
+        redis: None,
     };
     let mut cluster_args = limits.to_vec();
     cluster_args.extend(["--cluster", &url]);
@@ -169,6 +187,7 @@ pub fn run(o: &Options) -> Summary {
         name: "cluster",
         nodes: cluster_nodes,
         pids,
+        redis: Some(redis.pid()),
     };
     let sides = [&single, &cluster];
 
@@ -229,31 +248,33 @@ pub fn run(o: &Options) -> Summary {
             fan[s].push((w, cpu));
             std::thread::sleep(Duration::from_millis(300));
             tag += 1;
-            let before = side.ticks();
+            let (before, redis_before) = (side.ticks(), side.redis_ticks());
             let w = saturate(&mut net, &group(s), tag, 4, 4, secs, Flow::Echo);
             let cpu = cpu_pct(side, before, w.secs);
             incomplete |= !w.complete || w.closed > 0;
             eprintln!(
-                "  run {} {} saturation: {:.0} deliveries/s, cpu {cpu:.0}%",
+                "  run {} {} saturation: {:.0} deliveries/s, cpu {cpu:.0}%{}",
                 run + 1,
                 side.name,
-                w.per_sec
+                w.per_sec,
+                side.redis_share(redis_before, w.secs)
             );
             sat[s].push((w, cpu));
             std::thread::sleep(Duration::from_millis(300));
             tag += 1;
-            let before = side.ticks();
+            let (before, redis_before) = (side.ticks(), side.redis_ticks());
             let d = window(&mut net, None, s * stride + members, &rooms, 8, secs, tag);
             let cpu = cpu_pct(side, before, d.secs);
             incomplete |= d.closed > 0 || d.unacked > 0;
             eprintln!(
-                "  run {} {} durable {pubs}x8: {:.0} acked/s, p50 {:.2} ms p99 {:.2} ms, errors {}, cpu {cpu:.0}%",
+                "  run {} {} durable {pubs}x8: {:.0} acked/s, p50 {:.2} ms p99 {:.2} ms, errors {}, cpu {cpu:.0}%{}",
                 run + 1,
                 side.name,
                 d.per_sec,
                 d.p50_ms,
                 d.p99_ms,
-                d.errors
+                d.errors,
+                side.redis_share(redis_before, d.secs)
             );
             dur[s].push((d, cpu));
         }

@@ -41,6 +41,17 @@ const RECONNECT_MAX: Duration = Duration::from_secs(2);
 /// Pending requests from the node to the feed's task.
 const CONTROL_QUEUE: usize = 1024;
 
+/// Messages taken from the subscription at once when it holds several (delivered together).
+const BURST: usize = 64;
+
+/// Entries a room is missing before one that came through its channel.
+struct Gap {
+    room: String,
+    room_no: u32,
+    after: u64,
+    upto: u64,
+}
+
 /// Where the feed delivers: the node's loaded rooms.
 pub(crate) trait Rooms: Send + Sync + 'static {
     /// Delivers `entry` to room `name` (number `room_no`) if it is the next one there: with
@@ -63,6 +74,10 @@ pub(crate) trait Rooms: Send + Sync + 'static {
 
     /// A notice for a user's connections (on every node).
     fn notice(&self, notice: Notice);
+
+    /// Runs `deliveries`, writing what they send to each connection together when it returns
+    /// (a burst of entries costs one write per connection, not one per entry).
+    fn together(&self, deliveries: &mut dyn FnMut());
 }
 
 /// What [`Rooms::deliver`] did.
@@ -233,7 +248,7 @@ impl FeedTask {
                 .await;
                 let result = match event {
                     Event::Control(control) => self.control(control, &mut sink).await,
-                    Event::Published(msg) => self.published(&msg).await,
+                    Event::Published(msg) => self.published(msg, &mut stream).await,
                     Event::Lost => Err(ClusterError::Unreachable(
                         "the subscription connection closed".into(),
                     )),
@@ -329,24 +344,80 @@ impl FeedTask {
         Ok(())
     }
 
-    async fn published(&mut self, msg: &redis::Msg) -> Result<(), ClusterError> {
+    /// Handles `first` and what else the subscription holds already (at most [`BURST`]), in
+    /// order, their deliveries written together; a gap is filled from the log before the
+    /// messages after it.
+    async fn published(
+        &mut self,
+        first: redis::Msg,
+        stream: &mut PubSubStream,
+    ) -> Result<(), ClusterError> {
+        let mut burst = vec![first];
+        let mut lost = false;
+        while burst.len() < BURST {
+            match future::poll_once(stream.next()).await {
+                Some(Some(msg)) => burst.push(msg),
+                Some(None) => {
+                    lost = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        let mut pending = burst.iter();
+        loop {
+            let mut gap = None;
+            self.rooms.together(&mut || {
+                for msg in pending.by_ref() {
+                    gap = self.handle(msg);
+                    if gap.is_some() {
+                        return;
+                    }
+                }
+            });
+            let Some(gap) = gap else {
+                break;
+            };
+            self.catch_up(&gap.room, gap.room_no, gap.after, gap.upto)
+                .await?;
+        }
+        if lost {
+            return Err(ClusterError::Unreachable(
+                "the subscription connection closed".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Hands one message from the subscription to the node; an entry that does not follow the
+    /// last one its room delivered is the end of a [`Gap`].
+    fn handle(&self, msg: &redis::Msg) -> Option<Gap> {
         let channel = msg.get_channel_name();
         if channel == keys::NOTICES {
             match Notice::parse(msg.get_payload_bytes()) {
                 Some(notice) => self.rooms.notice(notice),
                 None => tracing::warn!("cluster feed: a notice chatd cannot read, ignored"),
             }
-            return Ok(());
+            return None;
         }
-        let Some(room) = channel.strip_prefix(keys::feed("").as_str()) else {
-            return Ok(());
-        };
+        let room = channel.strip_prefix(keys::feed("").as_str())?;
         if !matches!(self.watches.get(room), Some(Watch::Live)) {
-            return Ok(());
+            return None;
         }
         let payload = msg.get_payload_bytes();
         if let Some(published) = Published::parse(payload) {
-            self.deliver(room, published).await?;
+            let (room_no, upto) = (published.room_no, published.entry.id);
+            let delivered =
+                self.rooms
+                    .deliver(room, room_no, published.entry, Some(published.prev));
+            if let Delivery::Missing { after } = delivered {
+                return Some(Gap {
+                    room: room.to_string(),
+                    room_no,
+                    after,
+                    upto,
+                });
+            }
         } else if let Some(change) = PresenceChange::parse(payload) {
             self.rooms.presence_changed(room, change);
         } else if let Some(typing) = Typing::parse(payload) {
@@ -357,23 +428,7 @@ impl FeedTask {
                 "cluster feed: a payload chatd cannot read, ignored"
             );
         }
-        Ok(())
-    }
-
-    /// Delivers a published entry, reading what is missing before it from the log first.
-    async fn deliver(&self, room: &str, published: Published) -> Result<(), ClusterError> {
-        let Published {
-            room_no,
-            prev,
-            entry,
-        } = published;
-        let upto = entry.id;
-        if let Delivery::Missing { after } =
-            self.rooms.deliver(room, room_no, entry.clone(), Some(prev))
-        {
-            self.catch_up(room, room_no, after, upto).await?;
-        }
-        Ok(())
+        None
     }
 
     /// Delivers room `room`'s entries after `after` up to `upto` from its log.
@@ -493,6 +548,10 @@ mod tests {
         fn typing(&self, _: &str, _: Typing) {}
 
         fn notice(&self, _: Notice) {}
+
+        fn together(&self, deliveries: &mut dyn FnMut()) {
+            deliveries();
+        }
     }
 
     impl Recorder {

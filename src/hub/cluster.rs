@@ -458,6 +458,10 @@ impl Rooms for Hub {
             }
         });
     }
+
+    fn together(&self, deliveries: &mut dyn FnMut()) {
+        corked(deliveries);
+    }
 }
 
 impl Hub {
