@@ -23,6 +23,18 @@ pub enum MessageState {
     Gone,
 }
 
+impl MessageState {
+    /// The state of a message that is (or is not) `stored`, and whose events include (or not)
+    /// its deletion.
+    pub(crate) fn of(stored: bool, deleted: bool) -> MessageState {
+        match (stored, deleted) {
+            (true, _) => MessageState::Stored,
+            (false, true) => MessageState::Deleted,
+            (false, false) => MessageState::Gone,
+        }
+    }
+}
+
 /// A message as it stands now.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MessageNow {
@@ -100,6 +112,19 @@ pub struct ReadMarker {
     pub unread: Option<u64>,
     /// Whether the room is on the user's conversation list (the `rooms` reply).
     pub listed: bool,
+}
+
+impl ReadMarker {
+    /// A marker left in a room that no longer exists.
+    pub(crate) fn in_deleted_room(room: String, read: u64) -> ReadMarker {
+        ReadMarker {
+            room,
+            read,
+            newest: None,
+            unread: None,
+            listed: false,
+        }
+    }
 }
 
 /// `users reads USER`: a user's read markers.
@@ -187,11 +212,7 @@ pub fn message_history(ctx: &Context, room: &str, id: u64) -> Result<Reply, Admi
             }
         })
         .collect();
-    let state = match (&stored, deleted) {
-        (Some(_), _) => MessageState::Stored,
-        (None, true) => MessageState::Deleted,
-        (None, false) => MessageState::Gone,
-    };
+    let state = MessageState::of(stored.is_some(), deleted);
     Ok(Reply::MessageHistory(MessageHistory {
         room: record.name,
         id,
@@ -238,13 +259,7 @@ pub fn read_markers(ctx: &Context, name: &str, room: Option<&str>) -> Result<Rep
                 }
             }
             // A marker left behind by a room deleted before deletions removed them.
-            None => ReadMarker {
-                room: name,
-                read: membership.read,
-                newest: None,
-                unread: None,
-                listed: false,
-            },
+            None => ReadMarker::in_deleted_room(name, membership.read),
         };
         rooms.push(marker);
     }
@@ -254,7 +269,8 @@ pub fn read_markers(ctx: &Context, name: &str, room: Option<&str>) -> Result<Rep
     }))
 }
 
-fn no_marker(user: &str, room: &str) -> AdminError {
+/// The error for a user without a marker in `room`.
+pub(crate) fn no_marker(user: &str, room: &str) -> AdminError {
     AdminError::new(
         ErrorKind::NotFound,
         format!(
@@ -316,6 +332,15 @@ pub fn reset_read_markers(
     } else {
         String::new()
     };
+    super::done(
+        format!("{}{told}", reset_summary(&user.name, room, to, reset.len())),
+        serde_json::json!({"user": user.name, "to": to, "reset": reset,
+            "live_connections": ctx.live.map(|_| connections)}),
+    )
+}
+
+/// What `users reads reset` did, for people: `count` markers of `user` (in `room`) set to `to`.
+pub(crate) fn reset_summary(user: &str, room: Option<&str>, to: u64, count: usize) -> String {
     let target = match room {
         Some(room) => format!(" in {room}"),
         None => String::new(),
@@ -325,13 +350,5 @@ pub fn reset_read_markers(
     } else {
         ""
     };
-    super::done(
-        format!(
-            "set {} read marker(s) of {}{target} to {to}{lowered}{told}",
-            reset.len(),
-            user.name
-        ),
-        serde_json::json!({"user": user.name, "to": to, "reset": reset,
-            "live_connections": ctx.live.map(|_| connections)}),
-    )
+    format!("set {count} read marker(s) of {user}{target} to {to}{lowered}")
 }

@@ -312,6 +312,45 @@ pub struct PruneReport {
     pub rooms: Vec<PrunedRoom>,
 }
 
+/// What `users delete` did, on one server or a cluster.
+pub(crate) struct UserDeleted {
+    pub(crate) name: String,
+    pub(crate) sessions: u64,
+    pub(crate) closed: u64,
+    /// The messages deleted with the account (`None`: kept).
+    pub(crate) messages_deleted: Option<u64>,
+    pub(crate) markers: u64,
+    pub(crate) dm_rooms: Vec<String>,
+}
+
+impl UserDeleted {
+    /// The reply; `closed_where` follows the count of closed connections (" across the
+    /// cluster").
+    pub(crate) fn reply(self, closed_where: &str) -> Reply {
+        let UserDeleted {
+            name,
+            sessions,
+            closed,
+            messages_deleted,
+            markers,
+            dm_rooms,
+        } = self;
+        let what = match messages_deleted {
+            Some(n) => format!("{n} message(s) deleted"),
+            None => "their messages kept".to_owned(),
+        };
+        Reply::Done(Done {
+            summary: format!(
+                "deleted user {name}: {sessions} session(s) revoked, {closed} live connection(s) closed{closed_where}, {what}, {} direct-message room(s) deleted",
+                dm_rooms.len()
+            ),
+            details: serde_json::json!({"user": name, "sessions_revoked": sessions,
+                "closed_connections": closed, "messages_deleted": messages_deleted.unwrap_or(0),
+                "read_markers_deleted": markers, "dm_rooms_deleted": dm_rooms}),
+        })
+    }
+}
+
 /// Result of a command that changes something.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Done {
@@ -824,21 +863,15 @@ pub fn execute(
                 };
             }
             ctx.sync()?;
-            let what = if delete_messages {
-                format!("{removed} message(s) deleted")
-            } else {
-                "their messages kept".to_owned()
-            };
-            done(
-                format!(
-                    "deleted user {}: {sessions} session(s) revoked, {closed} live connection(s) closed, {what}, {} direct-message room(s) deleted",
-                    user.name,
-                    dm_rooms.len()
-                ),
-                serde_json::json!({"user": user.name, "sessions_revoked": sessions,
-                    "closed_connections": closed, "messages_deleted": removed,
-                    "read_markers_deleted": markers, "dm_rooms_deleted": dm_rooms}),
-            )
+            Ok(UserDeleted {
+                name: user.name,
+                sessions,
+                closed: closed as u64,
+                messages_deleted: delete_messages.then_some(removed),
+                markers,
+                dm_rooms,
+            }
+            .reply(""))
         }
         Request::RoomsList { dm } => {
             let mut rooms = Vec::new();

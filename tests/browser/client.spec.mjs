@@ -6,8 +6,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Bot, newDataDir, startServer, stopServer, until } from './harness.mjs';
 import {
-  DESKTOP, PHONE, PW, artifact, fullyVisible, joinRoom, launch, newPage, pageIn, say, sel, shownMessages as shownMessagesOf,
-  shot, signUp, waitConnected, waitMessage,
+  DESKTOP, PHONE, PW, artifact, conversations, fakeVisibilityAndNotifications, find, fullyVisible, item, joinRoom, launch,
+  newPage, pageIn, say, sel, setHidden, shownMessages as shownMessagesOf, shot, signUp, waitConnected, waitConversations,
+  waitMessage,
 } from './pages.mjs';
 
 const SERVER_ARGS = ['--presence-grace', '500ms', '--rate', '1000', '--burst', '1000', '--ping-interval', '1s', '--idle-timeout', '5s'];
@@ -160,32 +161,6 @@ describe('phone layout, installable, offline', () => {
 
 // ---- protocol 1.1: conversations ----
 
-const item = (room) => `[data-testid="room-item"][data-room="${room}"]`;
-/** The conversation list as shown: room, label, unread badge, mention badge, in order. */
-const conversations = (p) => p.$$eval('[data-testid="room-item"]', (lis) => lis.map((li) => ({
-  room: li.dataset.room,
-  name: li.querySelector('[data-testid="room-name"]').textContent,
-  unread: li.querySelector('[data-testid="unread-badge"]')?.textContent || null,
-  mention: !!li.querySelector('[data-testid="mention-badge"]'),
-})));
-async function waitConversations(p, pred, what) {
-  return until(async () => { const c = await conversations(p); return pred(c) && c; }, { what });
-}
-const find = (list, room) => list.find((c) => c.room === room);
-/** Pretend the tab can be hidden, and record browser notifications instead of showing them. */
-async function fakeVisibilityAndNotifications(ctx) {
-  await ctx.addInitScript(() => {
-    window.__notes = [];
-    window.__hidden = false;
-    Object.defineProperty(Document.prototype, 'hidden', { get() { return window.__hidden; }, configurable: true });
-    Object.defineProperty(Document.prototype, 'visibilityState', { get() { return window.__hidden ? 'hidden' : 'visible'; }, configurable: true });
-    class FakeNotification { constructor(title, opts) { window.__notes.push({ title, body: opts && opts.body }); } close() {} }
-    FakeNotification.permission = 'granted';
-    FakeNotification.requestPermission = async () => 'granted';
-    window.Notification = FakeNotification;
-  });
-}
-const setHidden = (p, hidden) => p.evaluate((h) => { window.__hidden = h; document.dispatchEvent(new Event('visibilitychange')); }, hidden);
 async function open(p, room) {
   if (await p.locator('[data-testid="rooms-toggle"]').isVisible()) await p.locator('[data-testid="rooms-toggle"]').click();
   await p.locator(`${item(room)} button[data-action="select"]`).click();

@@ -9,7 +9,8 @@ import net from 'node:net';
 import path from 'node:path';
 import { TMP, newDataDir, startServer, stopServer, until } from './harness.mjs';
 import {
-  DESKTOP, launch, newPage, pageIn, say, sel, shownMessages, signUp, waitConnected, waitMessage,
+  DESKTOP, fakeVisibilityAndNotifications, find, item, launch, newPage, pageIn, say, sel, setHidden,
+  shownMessages, signUp, waitConnected, waitConversations, waitMessage,
 } from './pages.mjs';
 
 const REDIS_BIN = process.env.REDIS_SERVER || 'redis-server';
@@ -78,31 +79,6 @@ const memberNames = (page) => page.$$eval(sel.members, (lis) => lis.map((li) => 
 async function waitMembers(page, pred, what, timeout = 10000) {
   return until(async () => { const m = await memberNames(page); return pred(m) && m; }, { timeout, what });
 }
-const item = (room) => `[data-testid="room-item"][data-room="${room}"]`;
-const conversations = (p) => p.$$eval('[data-testid="room-item"]', (lis) => lis.map((li) => ({
-  room: li.dataset.room,
-  name: li.querySelector('[data-testid="room-name"]').textContent,
-  unread: li.querySelector('[data-testid="unread-badge"]')?.textContent || null,
-  mention: !!li.querySelector('[data-testid="mention-badge"]'),
-})));
-async function waitConversations(p, pred, what) {
-  return until(async () => { const c = await conversations(p); return pred(c) && c; }, { what });
-}
-const find = (list, room) => list.find((c) => c.room === room);
-/** Pretend the tab can be hidden, and record browser notifications instead of showing them. */
-async function fakeVisibilityAndNotifications(ctx) {
-  await ctx.addInitScript(() => {
-    window.__notes = [];
-    window.__hidden = false;
-    Object.defineProperty(Document.prototype, 'hidden', { get() { return window.__hidden; }, configurable: true });
-    Object.defineProperty(Document.prototype, 'visibilityState', { get() { return window.__hidden ? 'hidden' : 'visible'; }, configurable: true });
-    class FakeNotification { constructor(title, opts) { window.__notes.push({ title, body: opts && opts.body }); } close() {} }
-    FakeNotification.permission = 'granted';
-    FakeNotification.requestPermission = async () => 'granted';
-    window.Notification = FakeNotification;
-  });
-}
-const setHidden = (p, hidden) => p.evaluate((h) => { window.__hidden = h; document.dispatchEvent(new Event('visibilitychange')); }, hidden);
 async function open(p, room, title) {
   await p.locator(`${item(room)} button[data-action="select"]`).click();
   await p.waitForSelector(`${sel.title}:text-is("${title}")`);

@@ -89,3 +89,33 @@ export async function fullyVisible(page, selector) {
     return r.width > 0 && r.left >= 0 && r.top >= 0 && r.right <= window.innerWidth && r.bottom <= window.innerHeight;
   });
 }
+
+// ---- protocol 1.1: the conversation list, hidden tabs and notifications ----
+
+/** A room's entry in the conversation list. */
+export const item = (room) => `[data-testid="room-item"][data-room="${room}"]`;
+/** The conversation list as shown: room, label, unread badge, mention badge, in order. */
+export const conversations = (p) => p.$$eval('[data-testid="room-item"]', (lis) => lis.map((li) => ({
+  room: li.dataset.room,
+  name: li.querySelector('[data-testid="room-name"]').textContent,
+  unread: li.querySelector('[data-testid="unread-badge"]')?.textContent || null,
+  mention: !!li.querySelector('[data-testid="mention-badge"]'),
+})));
+export async function waitConversations(p, pred, what) {
+  return until(async () => { const c = await conversations(p); return pred(c) && c; }, { what });
+}
+export const find = (list, room) => list.find((c) => c.room === room);
+/** Pretend the tab can be hidden, and record browser notifications instead of showing them. */
+export async function fakeVisibilityAndNotifications(ctx) {
+  await ctx.addInitScript(() => {
+    window.__notes = [];
+    window.__hidden = false;
+    Object.defineProperty(Document.prototype, 'hidden', { get() { return window.__hidden; }, configurable: true });
+    Object.defineProperty(Document.prototype, 'visibilityState', { get() { return window.__hidden ? 'hidden' : 'visible'; }, configurable: true });
+    class FakeNotification { constructor(title, opts) { window.__notes.push({ title, body: opts && opts.body }); } close() {} }
+    FakeNotification.permission = 'granted';
+    FakeNotification.requestPermission = async () => 'granted';
+    window.Notification = FakeNotification;
+  });
+}
+export const setHidden = (p, hidden) => p.evaluate((h) => { window.__hidden = h; document.dispatchEvent(new Event('visibilitychange')); }, hidden);

@@ -445,11 +445,7 @@ fn history(
             }
         })
         .collect();
-    let state = match (&now, deleted) {
-        (Some(_), _) => MessageState::Stored,
-        (None, true) => MessageState::Deleted,
-        (None, false) => MessageState::Gone,
-    };
+    let state = MessageState::of(now.is_some(), deleted);
     MessageHistory {
         room: room.to_string(),
         id,

@@ -3,9 +3,10 @@
 //! the notices channel.
 
 use super::{done, failed, ClusterAdmin};
-use crate::admin::conversations::{ReadMarker, ReadMarkers};
+use crate::admin::conversations::{no_marker, reset_summary, ReadMarker, ReadMarkers};
 use crate::admin::{
     check_hash, check_user_name, room_name_or_usage, user_info, AdminError, ErrorKind, Reply,
+    UserDeleted,
 };
 use crate::cluster::keys;
 use crate::cluster::memberships::read_state;
@@ -151,21 +152,15 @@ impl ClusterAdmin {
         for room in &dm_rooms {
             self.delete_room(room).await?;
         }
-        let what = if delete_messages {
-            format!("{removed} message(s) deleted")
-        } else {
-            "their messages kept".to_owned()
-        };
-        Ok(done(
-            format!(
-                "deleted user {}: {sessions} session(s) revoked, {closed} live connection(s) closed across the cluster, {what}, {} direct-message room(s) deleted",
-                user.name,
-                dm_rooms.len()
-            ),
-            serde_json::json!({"user": user.name, "sessions_revoked": sessions,
-                "closed_connections": closed, "messages_deleted": removed,
-                "read_markers_deleted": markers, "dm_rooms_deleted": dm_rooms}),
-        ))
+        Ok(UserDeleted {
+            name: user.name,
+            sessions,
+            closed,
+            messages_deleted: delete_messages.then_some(removed as u64),
+            markers,
+            dm_rooms,
+        }
+        .reply(" across the cluster"))
     }
 
     /// The rooms `user_key` has a marker in (only `room` if given: an error if it has none
@@ -217,13 +212,7 @@ impl ClusterAdmin {
                         listed,
                     }
                 }
-                None => ReadMarker {
-                    room,
-                    read: membership.read,
-                    newest: None,
-                    unread: None,
-                    listed: false,
-                },
+                None => ReadMarker::in_deleted_room(room, membership.read),
             };
             rooms.push(marker);
         }
@@ -262,31 +251,12 @@ impl ClusterAdmin {
                 reset.push(serde_json::json!({"room": room, "read": id}));
             }
         }
-        let target = match room {
-            Some(room) => format!(" in {room}"),
-            None => String::new(),
-        };
-        let lowered = if to > 0 {
-            " (or the room's newest id if lower)"
-        } else {
-            ""
-        };
         Ok(done(
             format!(
-                "set {} read marker(s) of {}{target} to {to}{lowered}; their connections on every node get the new marker(s)",
-                reset.len(),
-                user.name
+                "{}; their connections on every node get the new marker(s)",
+                reset_summary(&user.name, room, to, reset.len())
             ),
             serde_json::json!({"user": user.name, "to": to, "reset": reset}),
         ))
     }
-}
-
-fn no_marker(user: &str, room: &str) -> AdminError {
-    AdminError::new(
-        ErrorKind::NotFound,
-        format!(
-            "{user} has no read marker in `{room}` (never joined or marked it); see `chatd admin users reads {user} --cluster …`"
-        ),
-    )
 }
