@@ -19,7 +19,7 @@ use crate::cluster::feed::{Delivery, Rooms};
 use crate::cluster::log::{Appended, Body, Changer, LogEntry, Origin};
 use crate::cluster::notices::{Closing, Notice};
 use crate::cluster::presence::{PresenceChange, Typing};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, ClusterError};
 use crate::hub::{event_frame, message_event};
 use crate::metrics::Metrics;
 use crate::outbox::corked;
@@ -102,9 +102,11 @@ impl Hub {
         }
     }
 
-    /// Cluster mode's `send`: appends the message to the room's log in Redis (durable once
-    /// Redis answers). The ack and the broadcast come from the feed, in log order, when the
-    /// entry reaches this node ([`Rooms::deliver`]); a repeated cid gets the original ack here.
+    /// Cluster mode's `send`: queues the message's append with the node's log writer (waiting
+    /// only while its queue is full). The ack and the broadcast come from the feed, in log
+    /// order, when the entry reaches this node ([`Rooms::deliver`]); what only the sender hears
+    /// (a repeated cid's original ack, a refusal) goes out once Redis answered, and then `done`
+    /// runs.
     pub(crate) async fn send_to_cluster(
         self: &Arc<Self>,
         cluster: &Cluster,
@@ -126,38 +128,51 @@ impl Hub {
             .message_append(&room.log_ref, &member.user_key, &message, origin);
         let (hub, room, outbox) = (self.clone(), room.clone(), member.outbox.clone());
         let cid = message.cid;
-        let answered = Box::new(
-            move |outcome: Result<Appended, crate::cluster::ClusterError>| {
-                let refusal = match outcome {
-                Ok(Appended::New { .. }) => {
-                    hub.metrics.messages_stored.inc();
-                    None
-                }
-                Ok(Appended::RoomGone) => {
-                    hub.drop_deleted(&room);
-                    Some(Rejection::new(
-                        ErrorCode::NotJoined,
-                        format!("`{}` was deleted; join it again", room.name),
-                    ))
-                }
-                Ok(appended) => answer_append(appended, &outbox, cid.as_deref()).err().map(|e| {
-                    tracing::error!(room = %room.name, error = %e, "unexpected answer to a send");
-                    Rejection::new(ErrorCode::Internal, "the server could not complete the request")
-                }),
-                Err(e) => {
-                    tracing::warn!(room = %room.name, error = %e, "cluster write failed");
-                    Some(Rejection::new(ErrorCode::Internal, WRITE_FAILED))
-                }
-            };
-                if let Some(refusal) = refusal {
-                    hub.metrics.error(refusal.code);
-                    outbox.reply(refusal.with_ref(cid.as_deref().or(Some("send"))).encode());
-                }
-                done();
-            },
-        );
-        cluster.writer()?.append(script, answered).await?;
+        let answer = Box::new(move |outcome| {
+            if let Some(refusal) = hub.refusal_of_send(&room, &outbox, cid.as_deref(), outcome) {
+                hub.metrics.error(refusal.code);
+                outbox.reply(refusal.with_ref(cid.as_deref().or(Some("send"))).encode());
+            }
+            done();
+        });
+        cluster.writer()?.append(script, answer).await?;
         Ok(())
+    }
+
+    /// What Redis's answer to a send in `room` means for its sender: nothing more for a new
+    /// message (the feed acks it), the original ack for a repeated cid (sent here), or a
+    /// refusal.
+    fn refusal_of_send(
+        &self,
+        room: &Arc<Room>,
+        sender: &Arc<Outbox>,
+        cid: Option<&str>,
+        outcome: Result<Appended, ClusterError>,
+    ) -> Option<Rejection> {
+        match outcome {
+            Ok(Appended::New { .. }) => {
+                self.metrics.messages_stored.inc();
+                None
+            }
+            Ok(Appended::RoomGone) => {
+                self.drop_deleted(room);
+                Some(Rejection::new(
+                    ErrorCode::NotJoined,
+                    format!("`{}` was deleted; join it again", room.name),
+                ))
+            }
+            Ok(appended) => answer_append(appended, sender, cid).err().map(|e| {
+                tracing::error!(room = %room.name, error = %e, "unexpected answer to a send");
+                Rejection::new(
+                    ErrorCode::Internal,
+                    "the server could not complete the request",
+                )
+            }),
+            Err(e) => {
+                tracing::warn!(room = %room.name, error = %e, "cluster write failed");
+                Some(Rejection::new(ErrorCode::Internal, WRITE_FAILED))
+            }
+        }
     }
 
     /// Cluster mode: unsubscribes from room `name`'s channel (it left this node's memory).
