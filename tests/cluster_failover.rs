@@ -674,6 +674,21 @@ fn first_difference(seen: &[u64], want: &[u64]) -> Option<(usize, Option<u64>, O
         .map(|i| (i, seen.get(i).copied(), want.get(i).copied()))
 }
 
+/// The checks after node 2 was killed: everything on the two survivors, and only node 2's
+/// clients (`homes`: each client's first node) had to reconnect.
+fn check_after_node_2_died(nodes: &[TestServer], reports: &[Report], homes: &[usize], tag: &str) {
+    let survivors: Vec<&TestServer> = nodes[..2].iter().collect();
+    let counts = check_everything(&survivors, reports, tag);
+    assert!(counts.iter().sum::<usize>() >= 2 * PER_PHASE, "{counts:?}");
+    for (r, &home) in reports.iter().zip(homes) {
+        if home == 2 {
+            assert!(r.reconnects >= 1, "{} was on the killed node", r.user);
+        } else {
+            assert_eq!(r.reconnects, 0, "{} was on a node that stayed up", r.user);
+        }
+    }
+}
+
 #[test]
 fn every_acked_send_survives_redis_killed_and_restarted_twice_under_load_on_three_nodes() {
     let mut redis = Redis::start();
@@ -736,17 +751,7 @@ fn every_acked_send_survives_a_node_killed_under_load_its_clients_resuming_on_th
     nodes[2].kill9();
     running.wait_for_more_acks(PER_PHASE, "acks after node 2 was killed");
     let reports = running.finish();
-
-    let survivors: Vec<&TestServer> = nodes[..2].iter().collect();
-    let counts = check_everything(&survivors, &reports, "n");
-    assert!(counts.iter().sum::<usize>() >= 2 * PER_PHASE, "{counts:?}");
-    for (r, home) in reports.iter().zip(homes) {
-        if home == 2 {
-            assert!(r.reconnects >= 1, "{} was on the killed node", r.user);
-        } else {
-            assert_eq!(r.reconnects, 0, "{} was on a node that stayed up", r.user);
-        }
-    }
+    check_after_node_2_died(&nodes, &reports, &homes, "n");
 }
 
 #[test]
@@ -773,17 +778,7 @@ fn a_node_killed_while_redis_is_down_loses_nothing_its_clients_resuming_once_red
         "node 2's clients tried to resume while Redis was down, and were refused"
     );
     let reports = running.finish();
-
-    let survivors: Vec<&TestServer> = nodes[..2].iter().collect();
-    let counts = check_everything(&survivors, &reports, "d");
-    assert!(counts.iter().sum::<usize>() >= 2 * PER_PHASE, "{counts:?}");
-    for (r, home) in reports.iter().zip(homes) {
-        if home == 2 {
-            assert!(r.reconnects >= 1, "{} was on the killed node", r.user);
-        } else {
-            assert_eq!(r.reconnects, 0, "{} was on a node that stayed up", r.user);
-        }
-    }
+    check_after_node_2_died(&nodes, &reports, &homes, "d");
 }
 
 /// A TCP proxy in front of Redis that, once armed, cuts the first connection whose traffic to
