@@ -1125,6 +1125,16 @@ pub fn execute(
     }
 }
 
+/// Refuses a prune with neither rule (it would remove nothing, or be a mistake).
+pub(crate) fn rule_given(rule: PruneRule) -> Result<(), AdminError> {
+    if rule.before_ms.is_none() && rule.keep_last.is_none() {
+        return Err(AdminError::usage(
+            "say what to prune with --older-than and/or --keep-last",
+        ));
+    }
+    Ok(())
+}
+
 /// Prunes one room or all; shared by `chatd admin prune` and the server's retention timer.
 pub fn prune(
     ctx: &Context<'_>,
@@ -1132,11 +1142,7 @@ pub fn prune(
     room: Option<&str>,
     dry_run: bool,
 ) -> Result<PruneReport, AdminError> {
-    if rule.before_ms.is_none() && rule.keep_last.is_none() {
-        return Err(AdminError::usage(
-            "say what to prune with --older-than and/or --keep-last",
-        ));
-    }
+    rule_given(rule)?;
     let names: Vec<String> = match room {
         Some(name) => vec![room_or_404(ctx.store, name)?.name],
         None => ctx

@@ -541,6 +541,32 @@ impl RoomLogs {
         Ok((parse_entries(reply.ids.into_iter().take(limit))?, more))
     }
 
+    /// Hands `visit` the entries of room `room_no` with `after < id <= upto` as written, oldest
+    /// first, a page at a time, until it returns false or the log ends.
+    pub(crate) async fn scan_written(
+        &self,
+        room_no: u32,
+        mut after: u64,
+        upto: u64,
+        mut visit: impl FnMut(LogEntry) -> bool,
+    ) -> Result<(), ClusterError> {
+        const PAGE: usize = 500;
+        loop {
+            let (entries, more) = self
+                .written_entries_after(room_no, after, upto, PAGE)
+                .await?;
+            for entry in entries {
+                after = entry.id;
+                if !visit(entry) {
+                    return Ok(());
+                }
+            }
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
     /// The ids of the edits of message `id` of room `room_no` that its entry still has (none
     /// once it is deleted), oldest first.
     pub(crate) async fn edit_ids(&self, room_no: u32, id: u64) -> Result<Vec<u64>, ClusterError> {

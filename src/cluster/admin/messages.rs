@@ -9,7 +9,9 @@ use super::{done, failed, no_room, ClusterAdmin};
 use crate::admin::conversations::{
     ChangeKind, HistoryEvent, MessageHistory, MessageNow, MessageState,
 };
-use crate::admin::{room_name_or_usage, AdminError, ErrorKind, PruneReport, Reply, SYSTEM_AUTHOR};
+use crate::admin::{
+    room_name_or_usage, rule_given, AdminError, ErrorKind, PruneReport, Reply, SYSTEM_AUTHOR,
+};
 use crate::cluster::log::{Appended, Body, Changer, LogEntry, Origin};
 use crate::hub::now_ms;
 use crate::store::maintenance::{Found, PruneRule, Search, CLOCK_SLACK_MS};
@@ -140,25 +142,16 @@ impl ClusterAdmin {
                 continue;
             };
             let mut ids = Vec::new();
-            let mut after = 0;
-            loop {
-                let (entries, more) = self
-                    .logs
-                    .written_entries_after(no, after, last_id, PAGE)
-                    .await
-                    .map_err(failed)?;
-                for entry in entries {
-                    after = entry.id;
-                    if let Body::Message(m) = &entry.body {
-                        if m.user.eq_ignore_ascii_case(name) {
-                            ids.push(entry.id);
-                        }
+            self.logs
+                .scan_written(no, 0, last_id, |entry| {
+                    if matches!(&entry.body, Body::Message(m) if m.user.eq_ignore_ascii_case(name))
+                    {
+                        ids.push(entry.id);
                     }
-                }
-                if !more {
-                    break;
-                }
-            }
+                    true
+                })
+                .await
+                .map_err(failed)?;
             if !ids.is_empty() {
                 out.push((
                     RoomRef {
@@ -328,25 +321,18 @@ impl ClusterAdmin {
         id: u64,
         last_id: u64,
     ) -> Result<Option<(u64, Event)>, AdminError> {
-        let mut after = id;
-        loop {
-            let (entries, more) = self
-                .logs
-                .written_entries_after(room_no, after, last_id, PAGE)
-                .await
-                .map_err(failed)?;
-            for entry in entries {
-                after = entry.id;
-                if let Body::Event(event) = entry.body {
-                    if event.target == id && event.change == Change::Deleted {
-                        return Ok(Some((entry.id, event)));
-                    }
+        let mut deletion = None;
+        self.logs
+            .scan_written(room_no, id, last_id, |entry| match entry.body {
+                Body::Event(event) if event.target == id && event.change == Change::Deleted => {
+                    deletion = Some((entry.id, event));
+                    false
                 }
-            }
-            if !more {
-                return Ok(None);
-            }
-        }
+                _ => true,
+            })
+            .await
+            .map_err(failed)?;
+        Ok(deletion)
     }
 
     /// The room whose log holds entry `id`, if any.
@@ -371,11 +357,7 @@ impl ClusterAdmin {
         room: Option<&str>,
         dry_run: bool,
     ) -> Result<Reply, AdminError> {
-        if rule.before_ms.is_none() && rule.keep_last.is_none() {
-            return Err(AdminError::usage(
-                "say what to prune with --older-than and/or --keep-last",
-            ));
-        }
+        rule_given(rule)?;
         let rooms = match room {
             Some(room) => {
                 room_name_or_usage(room)?;
