@@ -85,6 +85,9 @@ struct Client {
     disorder: u64,
     retry: u32,
     attempt_started: Option<Instant>,
+    /// When the current connection's attempt began: after the old server exited, it can only
+    /// have reached the new one.
+    connected_at: Option<Instant>,
     synced_at: Option<Instant>,
     /// Publisher: the send awaiting its ack (cid, frame).
     in_flight: Option<String>,
@@ -163,6 +166,7 @@ impl World {
                 Ok(()) => {
                     self.cs[i].st = St::Connecting;
                     self.cs[i].attempt_started = Some(now);
+                    self.cs[i].connected_at = Some(now);
                     if let Some(b) = &mut budget {
                         *b -= 1;
                     }
@@ -443,6 +447,7 @@ pub fn run(cfg: &Cfg, mut log: impl FnMut(&str)) -> Result<Vec<Run>, String> {
             disorder: 0,
             retry: 0,
             attempt_started: None,
+            connected_at: None,
             synced_at: None,
             in_flight: None,
             next_send: Instant::now(),
@@ -529,7 +534,7 @@ pub fn run(cfg: &Cfg, mut log: impl FnMut(&str)) -> Result<Vec<Run>, String> {
             let exited = old.terminate(Duration::from_secs(30));
             let stop_took = term.elapsed();
             drop(old);
-            let started = Instant::now();
+            let old_gone = Instant::now();
             let new = start_chatd(
                 "chatd",
                 &data2,
@@ -537,16 +542,20 @@ pub fn run(cfg: &Cfg, mut log: impl FnMut(&str)) -> Result<Vec<Run>, String> {
                 &["--max-connections", "20000"],
                 core,
             );
-            let _ = tx.send((new, started.elapsed(), exited, stop_took));
+            // Clients may already be syncing on the new server: the time it printed that it
+            // listens, not the time this loop hears of it, is where sync times start.
+            let listening = Instant::now();
+            let restart_took = listening - old_gone;
+            let _ = tx.send((new, restart_took, exited, stop_took, old_gone, listening));
         });
         let deadline = Instant::now() + Duration::from_secs(60);
-        let (new, restart_took, listening, stop_took) = loop {
+        let (new, restart_took, listening, stop_took, old_gone) = loop {
             w.pump();
-            if let Ok((s, took, exited, stop_took)) = rx.try_recv() {
+            if let Ok((s, took, exited, stop_took, old_gone, listening)) = rx.try_recv() {
                 if !exited {
                     log("  the old server did not exit within 30 s of SIGTERM (killed)");
                 }
-                break (s, took, Instant::now(), stop_took);
+                break (s, took, listening, stop_took, old_gone);
             }
             if Instant::now() > deadline {
                 return Err("the server did not come back within 60 s".into());
@@ -555,11 +564,21 @@ pub fn run(cfg: &Cfg, mut log: impl FnMut(&str)) -> Result<Vec<Run>, String> {
         server = new;
         w.window_from = Some(listening);
         let limit = listening + cfg.sync_limit;
+        // Synced on the new server: live on a connection begun after the old one exited (a
+        // sync may come before this thread heard that the new server listens: it counts as 0).
+        let synced_again = |c: &Client| -> Option<Instant> {
+            let on_new = c.connected_at.is_some_and(|t| t >= old_gone);
+            if c.st == St::Live && on_new {
+                c.synced_at
+            } else {
+                None
+            }
+        };
         while Instant::now() < limit {
-            let all = w.cs[..cfg.clients]
+            if w.cs[..cfg.clients]
                 .iter()
-                .all(|c| c.st == St::Live && c.synced_at.is_some_and(|s| s >= listening));
-            if all {
+                .all(|c| synced_again(c).is_some())
+            {
                 break;
             }
             w.pump();
@@ -567,8 +586,8 @@ pub fn run(cfg: &Cfg, mut log: impl FnMut(&str)) -> Result<Vec<Run>, String> {
         let sync_times: Vec<f64> = {
             let mut v: Vec<f64> = w.cs[..cfg.clients]
                 .iter()
-                .filter_map(|c| c.synced_at.filter(|&s| s >= listening))
-                .map(|s| s.duration_since(listening).as_secs_f64())
+                .filter_map(synced_again)
+                .map(|s| s.saturating_duration_since(listening).as_secs_f64())
                 .collect();
             v.sort_by(|a, b| a.total_cmp(b));
             v
@@ -597,10 +616,8 @@ pub fn run(cfg: &Cfg, mut log: impl FnMut(&str)) -> Result<Vec<Run>, String> {
             w.pump();
         }
         let (missed, disorder) = w.check();
-        let witness_rooms_synced = w.cs[cfg.clients + W_ROOMS]
-            .synced_at
-            .filter(|&s| s >= listening)
-            .map(|s| s.duration_since(listening).as_secs_f64());
+        let witness_rooms_synced = synced_again(&w.cs[cfg.clients + W_ROOMS])
+            .map(|s| s.saturating_duration_since(listening).as_secs_f64());
         // Pings sent between "listening" and "all synced", answered by now.
         let window = |v: &[(u64, u32)], end: Instant| -> Vec<u32> {
             let (a, b) = (micros(listening), micros(end));

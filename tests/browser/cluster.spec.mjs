@@ -203,6 +203,8 @@ describe('web client on a two-node cluster', () => {
     await waitMessage(alice, 'back on node 1', { state: 'sent' });
     await waitMessage(bob, 'back on node 1');
     await say(bob, 'welcome back');
+    // Node 1 may hear it from Redis before node 2 has read Redis's answer and acked bob.
+    await waitMessage(bob, 'welcome back', { state: 'sent' });
     await waitMessage(alice, 'welcome back');
 
     const shownA = await shownMessages(alice);
