@@ -166,7 +166,8 @@ impl World {
                 Ok(()) => {
                     self.cs[i].st = St::Connecting;
                     self.cs[i].attempt_started = Some(now);
-                    self.cs[i].connected_at = Some(now);
+                    // Not `now`: a storm's worth of connects takes tens of milliseconds.
+                    self.cs[i].connected_at = Some(Instant::now());
                     if let Some(b) = &mut budget {
                         *b -= 1;
                     }
