@@ -72,6 +72,13 @@ enum St {
     Live,
 }
 
+impl St {
+    /// Between a connection attempt and being live.
+    fn attempting(self) -> bool {
+        matches!(self, St::Connecting | St::Authing | St::Joining(_))
+    }
+}
+
 struct Client {
     st: St,
     token: String,
@@ -84,9 +91,8 @@ struct Client {
     ids: Vec<Vec<u64>>,
     disorder: u64,
     retry: u32,
-    attempt_started: Option<Instant>,
-    /// When the current connection's attempt began: after the old server exited, it can only
-    /// have reached the new one.
+    /// When the current connection's attempt began: abandoned if not live 15 s later, and
+    /// after the old server exited it can only have reached the new one.
     connected_at: Option<Instant>,
     synced_at: Option<Instant>,
     /// Publisher: the send awaiting its ack (cid, frame).
@@ -144,10 +150,7 @@ impl World {
     }
 
     fn in_progress(&self) -> usize {
-        self.cs
-            .iter()
-            .filter(|c| matches!(c.st, St::Connecting | St::Authing | St::Joining(_)))
-            .count()
+        self.cs.iter().filter(|c| c.st.attempting()).count()
     }
 
     fn start_due(&mut self) {
@@ -165,7 +168,6 @@ impl World {
             match self.net.connect(i, self.addr) {
                 Ok(()) => {
                     self.cs[i].st = St::Connecting;
-                    self.cs[i].attempt_started = Some(now);
                     // Not `now`: a storm's worth of connects takes tens of milliseconds.
                     self.cs[i].connected_at = Some(Instant::now());
                     if let Some(b) = &mut budget {
@@ -181,8 +183,9 @@ impl World {
         }
         // Abandon attempts stuck for 15 s.
         for i in 0..self.cs.len() {
-            if let Some(t) = self.cs[i].attempt_started {
-                if self.cs[i].st != St::Live && now.duration_since(t) > Duration::from_secs(15) {
+            let attempting = self.cs[i].st.attempting();
+            if let Some(t) = self.cs[i].connected_at.filter(|_| attempting) {
+                if now.saturating_duration_since(t) > Duration::from_secs(15) {
                     self.net.close(i);
                     self.down(i, None, false);
                 }
@@ -206,7 +209,6 @@ impl World {
         let c = &mut self.cs[i];
         c.st = St::Down;
         c.synced_at = None;
-        c.attempt_started = None;
         if self.window_from.is_some() && code != Some(1001) && was_open {
             match self.closes.iter_mut().find(|(k, _)| *k == code) {
                 Some((_, n)) => *n += 1,
@@ -254,7 +256,6 @@ impl World {
                         c.st = if n == 0 { St::Live } else { St::Joining(n) };
                         if n == 0 {
                             c.synced_at = Some(at);
-                            c.attempt_started = None;
                         }
                         for f in out {
                             self.net.send(i, f.as_bytes());
@@ -301,7 +302,6 @@ impl World {
                             if left <= 1 {
                                 c.st = St::Live;
                                 c.synced_at = Some(at);
-                                c.attempt_started = None;
                                 c.retry = 0;
                                 // A publisher re-sends what was not acked, with the same cid.
                                 if let Some(f) = c.in_flight.clone() {
@@ -447,7 +447,6 @@ pub fn run(cfg: &Cfg, mut log: impl FnMut(&str)) -> Result<Vec<Run>, String> {
             rooms,
             disorder: 0,
             retry: 0,
-            attempt_started: None,
             connected_at: None,
             synced_at: None,
             in_flight: None,
