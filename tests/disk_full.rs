@@ -251,13 +251,15 @@ fn long_text() -> String {
 fn low_space_refuses_sends_keeps_serving_and_recovers_without_a_restart() {
     let Some(fs) = Tmpfs::mount("8m") else { return };
     let filler = fs.filler(3 << 20);
+    // The rounds below go on until the free-space reading catches up, which can take longer
+    // than a burst of 1000 sends lasts: the rate limit must not be what refuses a send.
     let args = [
         "--min-free-space",
         "2MiB",
         "--rate",
-        "1000",
+        "1000000",
         "--burst",
-        "1000",
+        "1000000",
     ];
     let mut s = TestServer::start_in(fs.data_dir(), &args);
     let mut alice = s.register("alice");
