@@ -25,9 +25,11 @@
 //! writer task, only while fewer than [`ReplyBounds::budget`] bytes of replies are queued, so a
 //! replay of hundreds of large messages never sits in memory whole. While a paged reply is being
 //! produced, every other reply and broadcast waits behind it (`held`), which keeps the order the
-//! frames were pushed in. A connection whose replies wait longer than
-//! [`ReplyBounds::stall_timeout`] without the socket taking a byte is closed with 4008, like a
-//! slow consumer.
+//! frames were pushed in. A paged reply may wait for something before its first frame
+//! ([`Outbox::reply_paged_after`]: cluster mode's `joined` waits until the joiner's presence is
+//! in Redis), holding the rest behind it just the same. A connection whose replies wait longer
+//! than [`ReplyBounds::stall_timeout`] without the socket taking a byte is closed with 4008,
+//! like a slow consumer.
 //!
 //! Closing with 4008 drops everything queued and keeps the socket, with only the Close frame
 //! pending, for [`ReplyBounds::slow_linger`] (the idle timeout): a client that was merely stalled
@@ -35,8 +37,9 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -62,7 +65,35 @@ pub trait ReplyPages: Send {
         &'a mut self,
         bytes: usize,
         out: &'a mut Vec<Encoded>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, String>> + Send + 'a>>;
+    ) -> Pin<Box<dyn Future<Output = Result<bool, String>> + Send + 'a>>;
+}
+
+/// A paged reply that starts, with `first`, once `ready` is done ([`Outbox::reply_paged_after`]).
+struct AfterReady {
+    ready: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    first: Option<Encoded>,
+    rest: Box<dyn ReplyPages>,
+}
+
+impl ReplyPages for AfterReady {
+    fn next_page<'a>(
+        &'a mut self,
+        bytes: usize,
+        out: &'a mut Vec<Encoded>,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, String>> + Send + 'a>> {
+        Box::pin(async move {
+            if let Some(ready) = self.ready.take() {
+                ready.await;
+            }
+            match self.first.take() {
+                Some(first) => {
+                    out.push(first);
+                    Ok(true)
+                }
+                None => self.rest.next_page(bytes, out).await,
+            }
+        })
+    }
 }
 
 /// How much of a connection's own replies may wait in memory, and for how long.
@@ -364,14 +395,8 @@ impl Outbox {
             return;
         }
         if state.paging.is_some() {
-            // The reader reads the next request only once paged replies are done, so this is
-            // a bug; ending the connection keeps the replies it did get whole and in order.
-            tracing::error!("a paged reply while another is in progress");
             drop(state);
-            self.close(CloseRequest {
-                code: crate::protocol::close::INTERNAL,
-                reason: "internal error",
-            });
+            self.paged_twice();
             return;
         }
         state.enqueue(first.wire_bytes(), Kind::Reply);
@@ -381,6 +406,48 @@ impl Outbox {
         }));
         self.writer.wake();
         self.pushed(state);
+    }
+
+    /// As [`Outbox::reply_paged`], but `first` and the pages go out only once `ready` is done;
+    /// what is pushed meanwhile (but pings) waits behind them, and the reader reads the next
+    /// request only after them. Cluster mode's `joined`: sent once the other nodes can know of
+    /// the joiner.
+    pub fn reply_paged_after(
+        self: &Arc<Self>,
+        ready: Pin<Box<dyn Future<Output = ()> + Send>>,
+        first: Encoded,
+        pages: Box<dyn ReplyPages>,
+    ) {
+        let mut state = self.lock();
+        if state.close.is_some() {
+            return;
+        }
+        if state.paging.is_some() {
+            drop(state);
+            self.paged_twice();
+            return;
+        }
+        state.paging = Some(Box::new(Paging {
+            pages: Some(Box::new(AfterReady {
+                ready: Some(ready),
+                first: Some(first),
+                rest: pages,
+            })),
+            held: Frames::default(),
+        }));
+        self.writer.wake();
+        self.pushed(state);
+    }
+
+    /// A paged reply while another is in progress: the reader reads the next request only once
+    /// paged replies are done, so this is a bug; ending the connection keeps the replies it did
+    /// get whole and in order.
+    fn paged_twice(&self) {
+        tracing::error!("a paged reply while another is in progress");
+        self.close(CloseRequest {
+            code: crate::protocol::close::INTERNAL,
+            reason: "internal error",
+        });
     }
 
     /// Sends bytes that are not counted against any bound (pings, tungstenite's pongs).

@@ -5,6 +5,9 @@ mod admin_common;
 mod common;
 
 use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::thread;
 use std::time::Duration;
 
 use admin_common::admin;
@@ -191,6 +194,56 @@ fn presence_is_the_same_on_every_node_and_changes_only_when_a_users_last_node_le
     leave(&mut carol_b, "general");
     alice.wait_for(T, is_presence("carol", "offline"));
     assert_eq!(alice.who("general"), names(&["alice"]));
+}
+
+/// A TCP proxy in front of Redis that holds each chunk a node sends for `delay` before passing
+/// it on: a node with a slow link to Redis. Returns the URL to give the node.
+fn slow_link_to(redis: &Redis, delay: Duration) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let port = listener.local_addr().expect("bound").port();
+    let redis_port = redis.port;
+    thread::spawn(move || {
+        for node in listener.incoming() {
+            let (Ok(node), Ok(redis)) = (node, TcpStream::connect(("127.0.0.1", redis_port)))
+            else {
+                continue;
+            };
+            let (Ok(mut node_in), Ok(mut redis_out)) = (node.try_clone(), redis.try_clone()) else {
+                continue;
+            };
+            let (mut node_out, mut redis_in) = (node, redis);
+            thread::spawn(move || io::copy(&mut redis_in, &mut node_out));
+            thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = node_in.read(&mut buf).unwrap_or(0);
+                    // Latency injected on purpose: this proxy is a slow network.
+                    thread::sleep(delay);
+                    if n == 0 || redis_out.write_all(&buf[..n]).is_err() {
+                        let _ = redis_out.shutdown(Shutdown::Write);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("redis://127.0.0.1:{port}")
+}
+
+/// PROTOCOL.md 13: a join is in Redis before its `joined`, so a user who joins afterwards on
+/// another node finds the first among the members, however slow the first node's link to Redis.
+#[test]
+fn a_user_who_joins_after_another_got_joined_finds_them_in_the_members_on_any_node() {
+    let redis = Redis::start();
+    let a = TestServer::start(&[
+        "--cluster",
+        &slow_link_to(&redis, Duration::from_millis(200)),
+    ]);
+    let b = node(&redis);
+    let mut alice = a.register("alice");
+    let mut bob = b.register("bob");
+    alice.join("general");
+    assert_eq!(bob.join("general").members(), names(&["alice", "bob"]));
 }
 
 #[test]

@@ -322,8 +322,9 @@ impl Cluster {
     }
 
     /// Returns once this node's presence changes queued so far are in Redis (at most
-    /// [`RESPONSE_TIMEOUT`]): a join that made its user online then goes on only after the
-    /// other nodes can know it, so they hear of the user before anything the user sends.
+    /// [`RESPONSE_TIMEOUT`]): a join that made its user online is answered only after the
+    /// other nodes can know it, so they hear of the user before anything the user sends, and
+    /// list the user to whoever joins after the answer.
     pub(crate) async fn presence_sent(&self) {
         if let Some(writer) = self.presence.get() {
             writer.sent(RESPONSE_TIMEOUT).await;

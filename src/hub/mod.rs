@@ -671,7 +671,18 @@ impl Hub {
             state.published,
             self.replay_limit,
         );
-        member.outbox.reply_paged(joined, Box::new(replay));
+        match &self.cluster {
+            // The joiner hears `joined` only once its `online` is in Redis: whoever joins after
+            // that, on any node, finds the joiner among the members, as on one server.
+            Some(cluster) => {
+                let cluster = cluster.clone();
+                let ready = Box::pin(async move { cluster.presence_sent().await });
+                member
+                    .outbox
+                    .reply_paged_after(ready, joined, Box::new(replay));
+            }
+            None => member.outbox.reply_paged(joined, Box::new(replay)),
+        }
         Ok(())
     }
 

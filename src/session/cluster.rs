@@ -189,11 +189,7 @@ impl Session {
             }
         };
         match cluster.memberships.list_room(&member.user_key, name).await {
-            Ok(read) => {
-                self.enter(member, room, since, read)?;
-                cluster.presence_sent().await;
-                Ok(())
-            }
+            Ok(read) => self.enter(member, room, since, read),
             Err(e) => {
                 self.rooms.retain(|r| !Arc::ptr_eq(r, &room));
                 Err(self.hub_error(e.into(), name))
