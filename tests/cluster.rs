@@ -231,7 +231,8 @@ fn slow_link_to(redis: &Redis, delay: Duration) -> String {
 }
 
 /// PROTOCOL.md 13: a join is in Redis before its `joined`, so a user who joins afterwards on
-/// another node finds the first among the members, however slow the first node's link to Redis.
+/// another node finds the first among the members, however slow the first node's link to Redis;
+/// and a leave before its `left`.
 #[test]
 fn a_user_who_joins_after_another_got_joined_finds_them_in_the_members_on_any_node() {
     let redis = Redis::start();
@@ -244,6 +245,11 @@ fn a_user_who_joins_after_another_got_joined_finds_them_in_the_members_on_any_no
     let mut bob = b.register("bob");
     alice.join("general");
     assert_eq!(bob.join("general").members(), names(&["alice", "bob"]));
+    // Leaving is written before `left` the same way: a node loading the room then has bob only.
+    leave(&mut alice, "general");
+    let c = node(&redis);
+    let mut carol = c.register("carol");
+    assert_eq!(carol.join("general").members(), names(&["bob", "carol"]));
 }
 
 #[test]

@@ -198,7 +198,8 @@ impl Session {
     }
 
     /// Leaves room `name` at once and takes it off the user's list; `left` once Redis has
-    /// that (a list that cannot be written stays as it was, as in single-node mode).
+    /// that (a list that cannot be written stays as it was, as in single-node mode) and the
+    /// user's `offline`, if this was their last connection there.
     async fn cluster_leave(
         &mut self,
         member: &Member,
@@ -221,6 +222,8 @@ impl Session {
         if let Err(error) = unlisted {
             tracing::warn!(peer = %self.peer, room = name, %error, "left, but the conversation list keeps the room");
         }
+        // As a join's `joined`: once `left` arrives, no node that loads the room lists the user.
+        cluster.presence_sent().await;
         self.outbox
             .reply(protocol::encode(&ServerFrame::Left { room: room.name() }));
         Ok(())
