@@ -5,8 +5,10 @@ mod admin_common;
 mod common;
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
@@ -196,9 +198,18 @@ fn presence_is_the_same_on_every_node_and_changes_only_when_a_users_last_node_le
     assert_eq!(alice.who("general"), names(&["alice"]));
 }
 
-/// A TCP proxy in front of Redis that holds each chunk a node sends for `delay` before passing
-/// it on: a node with a slow link to Redis. Returns the URL to give the node.
-fn slow_link_to(redis: &Redis, delay: Duration) -> String {
+/// Which side of a node's link to Redis is slow.
+#[derive(Clone, Copy, PartialEq)]
+enum Slow {
+    /// What the node sends (its commands and scripts).
+    Commands,
+    /// What its subscription connection receives (the feed of entries and announcements).
+    Feed,
+}
+
+/// A TCP proxy in front of Redis that holds each chunk on the `slow` side for `delay` before
+/// passing it on: a node with a slow link to Redis. Returns the URL to give the node.
+fn slow_link_to(redis: &Redis, slow: Slow, delay: Duration) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
     let port = listener.local_addr().expect("bound").port();
     let redis_port = redis.port;
@@ -208,26 +219,46 @@ fn slow_link_to(redis: &Redis, delay: Duration) -> String {
             else {
                 continue;
             };
-            let (Ok(mut node_in), Ok(mut redis_out)) = (node.try_clone(), redis.try_clone()) else {
+            let (Ok(node_in), Ok(redis_out)) = (node.try_clone(), redis.try_clone()) else {
                 continue;
             };
-            let (mut node_out, mut redis_in) = (node, redis);
-            thread::spawn(move || io::copy(&mut redis_in, &mut node_out));
+            let subscriber = Arc::new(AtomicBool::new(false));
+            let subscribed = subscriber.clone();
             thread::spawn(move || {
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    let n = node_in.read(&mut buf).unwrap_or(0);
-                    // Latency injected on purpose: this proxy is a slow network.
-                    thread::sleep(delay);
-                    if n == 0 || redis_out.write_all(&buf[..n]).is_err() {
-                        let _ = redis_out.shutdown(Shutdown::Write);
-                        return;
+                pump(node_in, redis_out, delay, |chunk| {
+                    if chunk.windows(9).any(|w| w == b"SUBSCRIBE") {
+                        subscribed.store(true, Ordering::SeqCst);
                     }
-                }
+                    slow == Slow::Commands
+                })
+            });
+            thread::spawn(move || {
+                pump(redis, node, delay, |_| {
+                    slow == Slow::Feed && subscriber.load(Ordering::SeqCst)
+                })
             });
         }
     });
     format!("redis://127.0.0.1:{port}")
+}
+
+/// Copies `from` to `to`, holding each chunk for `delay` when `held(chunk)` says so.
+fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration, held: impl Fn(&[u8]) -> bool) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = from.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            let _ = to.shutdown(Shutdown::Write);
+            return;
+        }
+        if held(&buf[..n]) {
+            // Latency injected on purpose: this proxy is a slow network.
+            thread::sleep(delay);
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            return;
+        }
+    }
 }
 
 /// PROTOCOL.md 13: a join is in Redis before its `joined`, so a user who joins afterwards on
@@ -236,10 +267,8 @@ fn slow_link_to(redis: &Redis, delay: Duration) -> String {
 #[test]
 fn a_user_who_joins_after_another_got_joined_finds_them_in_the_members_on_any_node() {
     let redis = Redis::start();
-    let a = TestServer::start(&[
-        "--cluster",
-        &slow_link_to(&redis, Duration::from_millis(200)),
-    ]);
+    let slow = slow_link_to(&redis, Slow::Commands, Duration::from_millis(200));
+    let a = TestServer::start(&["--cluster", &slow]);
     let b = node(&redis);
     let mut alice = a.register("alice");
     let mut bob = b.register("bob");
@@ -250,6 +279,40 @@ fn a_user_who_joins_after_another_got_joined_finds_them_in_the_members_on_any_no
     let c = node(&redis);
     let mut carol = c.register("carol");
     assert_eq!(carol.join("general").members(), names(&["bob", "carol"]));
+}
+
+/// PROTOCOL.md 10 and 13: a client that resumes with `since` on a node that has not yet
+/// delivered what the client saw through another node gets none of it again, and `synced` says
+/// the `since` it gave.
+#[test]
+fn resuming_on_a_node_behind_the_one_left_sends_nothing_twice() {
+    let redis = Redis::start();
+    let a = node(&redis);
+    let lagging = slow_link_to(&redis, Slow::Feed, Duration::from_millis(500));
+    let b = TestServer::start(&["--cluster", &lagging]);
+    let mut carol = b.register("carol");
+    carol.join("general");
+    let mut alice = a.register("alice");
+    alice.join("general");
+    let (ack, _) = alice.say("general", "seen on node A");
+    let seen = id_of(&ack);
+
+    let mut again = b.resume(&alice.token);
+    let j = again.join_since("general", seen);
+    assert!(j.messages.is_empty(), "{:?}", j.messages);
+    assert_eq!(j.last_id(), seen, "synced says what the client has");
+    let (ack, copy) = again.say("general", "sent through node B");
+    assert!(id_of(&copy) > seen, "{ack}");
+    again.assert_quiet("nothing seen before comes again");
+    // Node B's other members get everything, once.
+    let (m, _) = carol.wait_for(T, |v| v["type"] == "message" && v["id"] == seen);
+    assert_eq!(m["text"], "seen on node A");
+    let (m, skipped) = carol.wait_for(T, |v| v["type"] == "message" && v["id"] == ack["id"]);
+    assert_eq!(m["text"], "sent through node B");
+    assert!(
+        !skipped.iter().any(|v| v["type"] == "message"),
+        "{skipped:?}"
+    );
 }
 
 #[test]

@@ -280,7 +280,19 @@ impl Rooms for Hub {
                     ts,
                 }));
             }
-            room.fan_out(&state, &frame, None, &self.metrics);
+            if state.ahead.is_empty() {
+                room.fan_out(&state, &frame, None, &self.metrics);
+            } else {
+                // Not to connections that resumed with a `since` at or past this entry.
+                let id = entry.id;
+                room.fan_out_except(&state, &frame, &self.metrics, |conn, _| {
+                    state
+                        .ahead
+                        .iter()
+                        .any(|&(c, since)| c == conn && since >= id)
+                });
+                state.ahead.retain(|&(_, since)| since > id);
+            }
             let taken_here = entry.origin.is_some_and(|o| Some(o.node) == node);
             if let (Body::Message(message), true) = (&entry.body, taken_here) {
                 self.notify_in_cluster(&room, entry.id, message);

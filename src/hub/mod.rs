@@ -141,6 +141,10 @@ struct RoomState {
     /// its own channel, possibly after a connection that saw the message left the room; it
     /// must not reach that connection as news.
     departed: VecDeque<(u64, u64)>,
+    /// Cluster mode: connections that joined with a `since` beyond `published` (they saw those
+    /// messages through another node, which delivered them first), each with its `since`:
+    /// entries up to it are not delivered to them again. Empty unless such a join happened.
+    ahead: Vec<(u64, u64)>,
 }
 
 /// How many recent departures a room remembers in cluster mode (see `RoomState::departed`):
@@ -237,8 +241,21 @@ impl Room {
         except_user: Option<&str>,
         metrics: &Metrics,
     ) {
-        for (outbox, member) in state.members.values() {
-            if except_user.is_some_and(|user| user == &*member.user_key) {
+        self.fan_out_except(state, frame, metrics, |_, member| {
+            except_user.is_some_and(|user| user == &*member.user_key)
+        });
+    }
+
+    /// Pushes `frame` to every member for which `skip(conn, member)` is false.
+    fn fan_out_except(
+        &self,
+        state: &RoomState,
+        frame: &Encoded,
+        metrics: &Metrics,
+        skip: impl Fn(u64, &Member) -> bool,
+    ) {
+        for (&conn, (outbox, member)) in &state.members {
+            if skip(conn, member) {
                 continue;
             }
             if outbox.broadcast(frame).is_err() {
@@ -499,6 +516,7 @@ impl Hub {
                 grace_epoch: 0,
                 remote: BTreeMap::new(),
                 departed: VecDeque::new(),
+                ahead: Vec::new(),
             }),
             retired: AtomicBool::new(false),
             unloaded: AtomicBool::new(false),
@@ -658,6 +676,13 @@ impl Hub {
                 room.fan_out(&state, &frame, Some(&member.user_key), &self.metrics);
             }
         }
+        let mut upto = state.published;
+        if let Some(since) = since.filter(|&since| since > upto && self.cluster.is_some()) {
+            // Resumed from another node that had delivered more: what follows `since` comes
+            // live, the rest is not sent twice (`RoomState::ahead`), and `synced` says `since`.
+            state.ahead.push((member.conn, since));
+            upto = since;
+        }
         let joined = encode(&ServerFrame::Joined {
             room: &room.name,
             members: Room::member_names(&state),
@@ -668,7 +693,7 @@ impl Hub {
             room.log_ref.name.clone(),
             room.no,
             since,
-            state.published,
+            upto,
             self.replay_limit,
         );
         match &self.cluster {
@@ -699,6 +724,7 @@ impl Hub {
             return;
         };
         if self.cluster.is_some() {
+            state.ahead.retain(|&(ahead, _)| ahead != conn);
             if state.departed.len() == DEPARTED_KEPT {
                 state.departed.pop_front();
             }
