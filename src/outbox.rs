@@ -390,22 +390,7 @@ impl Outbox {
     /// Sends `first`, then the frames `pages` produces as the socket drains, with nothing in
     /// between; frames pushed meanwhile follow them.
     pub fn reply_paged(self: &Arc<Self>, first: Encoded, pages: Box<dyn ReplyPages>) {
-        let mut state = self.lock();
-        if state.close.is_some() {
-            return;
-        }
-        if state.paging.is_some() {
-            drop(state);
-            self.paged_twice();
-            return;
-        }
-        state.enqueue(first.wire_bytes(), Kind::Reply);
-        state.paging = Some(Box::new(Paging {
-            pages: Some(pages),
-            held: Frames::default(),
-        }));
-        self.writer.wake();
-        self.pushed(state);
+        self.start_paging(Some(first), pages);
     }
 
     /// As [`Outbox::reply_paged`], but `first` and the pages go out only once `ready` is done;
@@ -418,36 +403,39 @@ impl Outbox {
         first: Encoded,
         pages: Box<dyn ReplyPages>,
     ) {
+        let pages = AfterReady {
+            ready: Some(ready),
+            first: Some(first),
+            rest: pages,
+        };
+        self.start_paging(None, Box::new(pages));
+    }
+
+    fn start_paging(self: &Arc<Self>, first: Option<Encoded>, pages: Box<dyn ReplyPages>) {
         let mut state = self.lock();
         if state.close.is_some() {
             return;
         }
         if state.paging.is_some() {
+            // The reader reads the next request only once paged replies are done, so this is
+            // a bug; ending the connection keeps the replies it did get whole and in order.
+            tracing::error!("a paged reply while another is in progress");
             drop(state);
-            self.paged_twice();
+            self.close(CloseRequest {
+                code: crate::protocol::close::INTERNAL,
+                reason: "internal error",
+            });
             return;
         }
+        if let Some(first) = first {
+            state.enqueue(first.wire_bytes(), Kind::Reply);
+        }
         state.paging = Some(Box::new(Paging {
-            pages: Some(Box::new(AfterReady {
-                ready: Some(ready),
-                first: Some(first),
-                rest: pages,
-            })),
+            pages: Some(pages),
             held: Frames::default(),
         }));
         self.writer.wake();
         self.pushed(state);
-    }
-
-    /// A paged reply while another is in progress: the reader reads the next request only once
-    /// paged replies are done, so this is a bug; ending the connection keeps the replies it did
-    /// get whole and in order.
-    fn paged_twice(&self) {
-        tracing::error!("a paged reply while another is in progress");
-        self.close(CloseRequest {
-            code: crate::protocol::close::INTERNAL,
-            reason: "internal error",
-        });
     }
 
     /// Sends bytes that are not counted against any bound (pings, tungstenite's pongs).
