@@ -252,7 +252,8 @@ fn low_space_refuses_sends_keeps_serving_and_recovers_without_a_restart() {
     let Some(fs) = Tmpfs::mount("8m") else { return };
     let filler = fs.filler(3 << 20);
     // The rounds below go on until the free-space reading catches up, which can take longer
-    // than a burst of 1000 sends lasts: the rate limit must not be what refuses a send.
+    // than a burst of 1000 sends lasts, and once (a CI run) took more than the account's daily
+    // 100 MiB: neither the rate limit nor the quota may be what refuses a send.
     let args = [
         "--min-free-space",
         "2MiB",
@@ -260,6 +261,8 @@ fn low_space_refuses_sends_keeps_serving_and_recovers_without_a_restart() {
         "1000000",
         "--burst",
         "1000000",
+        "--account-quota-mb",
+        "0",
     ];
     let mut s = TestServer::start_in(fs.data_dir(), &args);
     let mut alice = s.register("alice");

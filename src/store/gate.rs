@@ -10,8 +10,12 @@
 //!   (statvfs, read by the committer's watch thread every [`CHECK_INTERVAL`], never per
 //!   message). Between readings each admitted message draws its estimated size on disk from a
 //!   budget (free space minus the minimum at the last reading), so a burst cannot run through
-//!   the headroom between two readings. New messages are refused; repeats of a stored cid,
-//!   reads, and admin deletions and prunes still work. Clears by itself once space returns.
+//!   the headroom between two readings. The budget overestimates (it must stay safe), so free
+//!   space can creep towards the minimum without crossing it while every message is refused for
+//!   want of budget; a reading whose whole budget could not take a message the budget refused
+//!   since the last one counts as low space too, so `/healthz` says why sends are refused. New
+//!   messages are refused; repeats of a stored cid, reads, and admin deletions and prunes still
+//!   work. Clears by itself once space returns.
 //! - **Flush stalled**: a group commit (apply + fsync) has not returned within
 //!   `--flush-timeout`. Everything that would wait for a flush is refused at once, and what is
 //!   queued behind the stuck batch is answered with an error (see `commit.rs`). Clears when the
@@ -130,6 +134,8 @@ pub struct WriteGate {
     condition: AtomicU8,
     /// Bytes messages may still take before the next free-space reading.
     budget: AtomicI64,
+    /// The largest cost the budget refused since the last reading (0: none).
+    starved: AtomicI64,
     /// Milliseconds since `epoch`, plus one, at which the running group commit began; 0 when
     /// none runs.
     write_began: AtomicU64,
@@ -167,6 +173,7 @@ impl WriteGate {
         Arc::new(WriteGate {
             condition: AtomicU8::new(Condition::Writable as u8),
             budget: AtomicI64::new(i64::MAX),
+            starved: AtomicI64::new(0),
             write_began: AtomicU64::new(0),
             writes_running: AtomicUsize::new(0),
             write_failed: AtomicBool::new(false),
@@ -193,7 +200,7 @@ impl WriteGate {
         Some(match condition {
             Condition::Writable => return None,
             Condition::LowSpace => format!(
-                "{} bytes free on the data directory, below --min-free-space {min_free}; new messages are refused",
+                "{} bytes free on the data directory, too close to --min-free-space {min_free} for new messages; they are refused",
                 self.free_bytes.load(Ordering::Relaxed)
             ),
             Condition::FlushStalled => format!(
@@ -213,8 +220,12 @@ impl WriteGate {
         if self.headroom.is_none() {
             return Ok(());
         }
+        if self.condition() == Condition::LowSpace {
+            return Err(self.refuse(Condition::LowSpace));
+        }
         let cost = (text_bytes as i64).saturating_add(MESSAGE_OVERHEAD) * DISK_BYTES_PER_BYTE;
         if self.budget.fetch_sub(cost, Ordering::Relaxed) < cost {
+            self.starved.fetch_max(cost, Ordering::Relaxed);
             return Err(self.refuse(Condition::LowSpace));
         }
         Ok(())
@@ -331,8 +342,9 @@ impl WriteGate {
     }
 
     /// Takes a free-space reading, refills the budget, and says whether space is below the
-    /// minimum. Leaving low space needs a sixteenth of the minimum more, so a server hovering at
-    /// the threshold does not flap between states.
+    /// minimum, or too close to it for a message the budget refused since the last reading.
+    /// Leaving low space needs a sixteenth of the minimum more, so a server hovering at the
+    /// threshold does not flap between states.
     fn read_free_space(&self) -> bool {
         let Some(headroom) = &self.headroom else {
             return false;
@@ -351,13 +363,14 @@ impl WriteGate {
         self.metrics.disk_free_bytes.set(free as i64);
         let spare = free as i64 - headroom.min_free.min(i64::MAX as u64) as i64;
         self.budget.store(spare, Ordering::Relaxed);
+        let starved = self.starved.swap(0, Ordering::Relaxed);
         let was_low = self.condition() == Condition::LowSpace;
         let needed = if was_low {
             headroom.min_free.saturating_add(headroom.min_free / 16)
         } else {
             headroom.min_free
         };
-        free < needed
+        free < needed || spare < starved
     }
 }
 
@@ -427,6 +440,28 @@ mod tests {
             gate.admit_message(4000).is_ok(),
             "a new reading refills the budget"
         );
+    }
+
+    #[test]
+    fn a_budget_too_small_for_a_refused_message_after_a_new_reading_is_low_space() {
+        let (gate, free) = gate_with_free_space(1_000_000, Duration::from_secs(5));
+        free.store(1_010_000, Ordering::SeqCst);
+        assert_eq!(gate.check(), None, "above the minimum");
+        // 10,000 spare bytes take one 4,000-byte text (8,256), not a second.
+        assert!(gate.admit_message(4000).is_ok());
+        assert!(is_refused(gate.admit_message(4000), Condition::LowSpace));
+        // The next reading has barely moved: no budget would take that message.
+        free.store(1_005_000, Ordering::SeqCst);
+        assert_eq!(gate.check(), Some(Condition::LowSpace));
+        assert!(gate.reason().unwrap().contains("1005000"));
+        assert!(
+            is_refused(gate.admit_message(10), Condition::LowSpace),
+            "small messages are refused too while low"
+        );
+        // Space comes back above the minimum plus a sixteenth: taken again.
+        free.store(1_100_000, Ordering::SeqCst);
+        assert_eq!(gate.check(), Some(Condition::Writable));
+        assert!(gate.admit_message(4000).is_ok());
     }
 
     #[test]
