@@ -555,6 +555,29 @@ impl Hub {
         Ok(cluster.logs.room(name).await?.map(|r| r.last_id))
     }
 
+    /// Cluster mode: the `since` a join of `room` goes on with. Within what this node has
+    /// delivered, as given; beyond it (the client saw more through another node), at most the
+    /// room's newest id in Redis: a `since` past everything stored is answered as on one server.
+    pub(crate) async fn since_in_cluster(
+        &self,
+        cluster: &Cluster,
+        room: &Room,
+        since: Option<u64>,
+    ) -> Result<Option<u64>, HubError> {
+        let Some(since) = since else {
+            return Ok(None);
+        };
+        if since <= lock(&room.state).published {
+            return Ok(Some(since));
+        }
+        let newest = cluster
+            .logs
+            .room(&room.name)
+            .await?
+            .map_or(0, |r| r.last_id);
+        Ok(Some(since.min(newest)))
+    }
+
     /// Cluster mode's `read`: moves `member`'s marker in room `name` forward (to at most its
     /// newest id); every connection of the user, on every node, gets the marker in force, in
     /// the order the markers took effect.

@@ -166,7 +166,8 @@ impl Session {
     }
 
     /// Joins room `name`: loaded from Redis unless this node has it, put on the user's list
-    /// (in Redis: durable when it answers), then `joined`, the replay and `synced`.
+    /// (in Redis: durable when it answers), then `joined`, the replay and `synced`; a `since`
+    /// beyond what this node delivered is checked against Redis first.
     async fn cluster_join(
         &mut self,
         member: &Member,
@@ -188,11 +189,16 @@ impl Session {
                 room
             }
         };
-        match cluster.memberships.list_room(&member.user_key, name).await {
-            Ok(read) => self.enter(member, room, since, read),
+        let hub = self.state.hub.clone();
+        let ready = match cluster.memberships.list_room(&member.user_key, name).await {
+            Ok(read) => (hub.since_in_cluster(cluster, &room, since).await).map(|s| (s, read)),
+            Err(e) => Err(e.into()),
+        };
+        match ready {
+            Ok((since, read)) => self.enter(member, room, since, read),
             Err(e) => {
                 self.rooms.retain(|r| !Arc::ptr_eq(r, &room));
-                Err(self.hub_error(e.into(), name))
+                Err(self.hub_error(e, name))
             }
         }
     }
