@@ -216,12 +216,12 @@ impl WriteGate {
 
     /// Lets a new message of `text_bytes` be queued, or refuses it (nothing is queued then).
     pub fn admit_message(&self, text_bytes: usize) -> Result<(), StoreError> {
-        self.admit_flush_waiter()?;
+        match self.condition() {
+            Condition::Writable => {}
+            refusing => return Err(self.refuse(refusing)),
+        }
         if self.headroom.is_none() {
             return Ok(());
-        }
-        if self.condition() == Condition::LowSpace {
-            return Err(self.refuse(Condition::LowSpace));
         }
         let cost = (text_bytes as i64).saturating_add(MESSAGE_OVERHEAD) * DISK_BYTES_PER_BYTE;
         if self.budget.fetch_sub(cost, Ordering::Relaxed) < cost {
