@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use hot::durable::{window, Durable};
 use hot::net::Net;
-use hot::procs::{import_accounts, start_chatd, start_peer};
+use hot::procs::{import_accounts, quiet_others, start_chatd, start_peer};
 use hot::setup::{open_members, ratio, settle, Member, Spread};
 
 fn main() {
@@ -78,6 +78,7 @@ fn main() {
     let mut tag = 0;
     for run in 0..runs {
         for (k, s) in servers.iter().enumerate() {
+            let _quiet = quiet_others(&servers, k);
             tag += 1;
             let d = window(&mut net, s.pid, k * stride, &rooms, inflight, secs, tag);
             eprintln!("  run {} {} {pubs}x{inflight}: {:.0} acked/s, p50 {:.2} ms p99 {:.2} ms, cpu {}, errors {}, closed {}, unacked {}",

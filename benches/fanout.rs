@@ -51,11 +51,13 @@ fn main() {
             for s in 0..names.len() {
                 tag += 1;
                 let g = rig.group(s, members);
+                let quiet = rig.quiet_others(s);
                 let drain = Duration::from_secs(if rate > 50.0 { 30 } else { 5 });
                 let mut w = paced(&mut rig.net, &g, tag, rate, secs, drain);
                 if s == 0 {
                     w.sweep_ms = floor_sweeps(&mut rig.net, &g);
                 }
+                drop(quiet);
                 let ok = w.delivered == w.expected && w.closed == 0 && w.short_members == 0;
                 failed |= !ok;
                 eprintln!(

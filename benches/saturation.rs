@@ -41,7 +41,9 @@ fn main() {
         for s in 0..names.len() {
             tag += 1;
             let g = rig.group(s, members);
+            let quiet = rig.quiet_others(s);
             let w = saturate(&mut rig.net, &g, tag, publishers, inflight, secs, flow);
+            drop(quiet);
             eprintln!(
                 "  run {} {}: {:.0} deliveries/s ({} sent), cpu {} ({} µs/delivery), generator {:.0}%, ksoftirqd {}, p50 {:.1} ms p99 {:.1} ms, complete {}, closed {}, errors {}",
                 run + 1,

@@ -386,6 +386,11 @@ pub struct Rig {
 }
 
 impl Rig {
+    /// Stops the other servers while server `s` is measured (see [`super::procs::quiet_others`]).
+    pub fn quiet_others(&self, s: usize) -> super::procs::Quiet {
+        super::procs::quiet_others(&self.servers, s)
+    }
+
     pub fn group(&self, s: usize, members: usize) -> Group {
         Group {
             pid: self.servers[s].pid,

@@ -120,6 +120,36 @@ impl Server {
     }
 }
 
+/// Stops (SIGSTOP) the processes of every server but `active` until dropped (SIGCONT), so a
+/// window has the server core to itself: between its own windows the Node peer is not idle (its
+/// garbage collector and compiler threads ran up to 15 ms at a time on the server core during
+/// chatd's windows, `perf sched timehist`, 2026-12-03).
+pub fn quiet_others(servers: &[Server], active: usize) -> Quiet {
+    let stopped: Vec<i32> = servers
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| *k != active)
+        .filter_map(|(_, s)| s.child.as_ref().map(|c| c.id() as i32))
+        .collect();
+    for pid in &stopped {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(*pid, libc::SIGSTOP) };
+    }
+    Quiet(stopped)
+}
+
+/// The servers [`quiet_others`] stopped; continued on drop.
+pub struct Quiet(Vec<i32>);
+
+impl Drop for Quiet {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(*pid, libc::SIGCONT) };
+        }
+    }
+}
+
 fn wait_listening(name: &str, mut child: Child) -> Server {
     let stdout = child.stdout.take().expect("piped stdout");
     let mut reader = BufReader::new(stdout);
