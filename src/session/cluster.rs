@@ -189,12 +189,17 @@ impl Session {
                 room
             }
         };
-        let hub = self.state.hub.clone();
-        let ready = match cluster.memberships.list_room(&member.user_key, name).await {
-            Ok(read) => (hub.since_in_cluster(cluster, &room, since).await).map(|s| (s, read)),
-            Err(e) => Err(e.into()),
+        let ready = async {
+            let read = cluster
+                .memberships
+                .list_room(&member.user_key, name)
+                .await?;
+            let since = (self.state.hub)
+                .since_in_cluster(cluster, &room, since)
+                .await?;
+            Ok::<_, HubError>((since, read))
         };
-        match ready {
+        match ready.await {
             Ok((since, read)) => self.enter(member, room, since, read),
             Err(e) => {
                 self.rooms.retain(|r| !Arc::ptr_eq(r, &room));
