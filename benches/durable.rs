@@ -1,7 +1,9 @@
 //! Durable sends (issue 7 item 4): 64 publishers, each a different account alone in its own
 //! room, 8 sends in flight each, chatd with its default strict durability: acked sends/s and ack
-//! p50/p99; then one sender in lock-step (1 in flight): ack p50/p99. The Node `ws` peer (which
-//! stores nothing) runs the same in the same run for reference. Median (range) of the runs.
+//! p50/p99; then one sender in lock-step (1 in flight): ack p50/p99. Two references run the same
+//! in the same run: the durable floor (hot/floor.rs: one thread that appends and syncs what each
+//! turn of its event loop read, then acks; the least a server that stores messages can do here)
+//! and the Node `ws` peer (which stores nothing). Median (range) of the runs.
 //! `--ceiling N` (sled's own rate for the same records, from benches/storage.rs) and `--fsync-us
 //! N` (one raw fsync) print the issue's ratios.
 //!
@@ -15,10 +17,13 @@ use std::time::Duration;
 
 use hot::durable::{window, Durable};
 use hot::net::Net;
-use hot::procs::{import_accounts, quiet_others, start_chatd, start_peer};
+use hot::procs::{import_accounts, quiet_others, start_chatd, start_floor_process, start_peer};
 use hot::setup::{open_members, ratio, settle, Member, Spread};
 
 fn main() {
+    if std::env::args().any(|a| a == "--serve-floor") {
+        hot::procs::serve_floor_main();
+    }
     let (flags, pin, _) = hot::setup::prologue();
     let num = |name: &str, smoke: usize, full: usize| flags.num(name, smoke, full);
     let pubs = num("--publishers", 4, 64);
@@ -38,8 +43,10 @@ fn main() {
         &["--rate", "1000000", "--burst", "1000000"],
         pin.server_core,
     );
+    // On the disk chatd writes to: its journal lives beside chatd's data.
+    let floor = start_floor_process(pin.server_core, Some(&dir.path().join("floor-journal")));
     let peer = start_peer(pin.server_core, true);
-    let mut servers = vec![chatd];
+    let mut servers = vec![chatd, floor];
     servers.extend(peer);
     let mut net = Net::new(0);
     let rooms: Vec<String> = (0..pubs).map(|j| format!("durable-{j}")).collect();
@@ -115,10 +122,10 @@ fn main() {
         println!(
             "| {}{} | {} | {} | {} | {} | {} | {} | {} |",
             s.name,
-            if s.name == "chatd" {
-                " (strict)"
-            } else {
-                " (stores nothing)"
+            match s.name.as_str() {
+                "chatd" => " (strict)",
+                "durable floor" => " (one write + sync per loop turn)",
+                _ => " (stores nothing)",
             },
             sp(&many[k], |d| d.per_sec).show(0),
             sp(&many[k], |d| d.p50_ms).show(2),
@@ -135,8 +142,11 @@ fn main() {
             sp(&one[k], |d| d.p99_ms).show(3),
         );
     }
-    let chatd_rate = Spread::of(&many[0].iter().map(|d| d.per_sec).collect::<Vec<_>>()).med;
-    let chatd_p50 = Spread::of(&one[0].iter().map(|d| d.p50_ms).collect::<Vec<_>>()).med;
+    let median = |v: &[Durable], f: fn(&Durable) -> f64| {
+        Spread::of(&v.iter().map(f).collect::<Vec<_>>()).med
+    };
+    let chatd_rate = median(&many[0], |d| d.per_sec);
+    let chatd_p50 = median(&one[0], |d| d.p50_ms);
     let row = |v: &[Durable]| {
         format!(
             "{}/s · p50 {} · p99 {} ms",
@@ -153,20 +163,32 @@ fn main() {
         )
     };
     let peer_idx = servers.iter().position(|s| s.name == "node ws");
+    let floor_idx = servers.iter().position(|s| s.name == "durable floor");
+    let vs_floor = |chatd: f64, f: fn(&Durable) -> f64, of: &[Vec<Durable>]| {
+        floor_idx.map_or("n/a".into(), |i| ratio(chatd, median(&of[i], f)))
+    };
+    let rate_vs_floor = vs_floor(chatd_rate, |d| d.per_sec, &many);
+    let lock_vs_floor = vs_floor(chatd_p50, |d| d.p50_ms, &one);
     println!(
-        "\nSUMMARY| {pubs} publishers each in own room, {inflight} in flight: acked sends/s, ack latency | | {} (stores nothing) | {} | {} of sled ceiling | ≥ 15,000/s, p99 ≤ 20 ms, ≥ 70 % of ceiling |",
+        "\nSUMMARY| {pubs} publishers each in own room, {inflight} in flight: acked sends/s, ack latency | {} (durable floor) | {} (stores nothing) | {} | {} of sled ceiling, {rate_vs_floor} the durable floor's rate | ≥ 15,000/s, p99 ≤ 20 ms, ≥ 70 % of ceiling |",
+        floor_idx.map_or("n/a".into(), |i| row(&many[i])),
         peer_idx.map_or("n/a".into(), |i| row(&many[i])),
         row(&many[0]),
         ceiling.map_or("n/a".into(), |c| ratio(chatd_rate, c)),
     );
     println!(
-        "SUMMARY| one sender in lock-step: ack latency | | {} | {} | {} of one fsync | p50 ≤ 1.5× fsync |",
+        "SUMMARY| one sender in lock-step: ack latency | {} (durable floor) | {} | {} | {} of one fsync, {lock_vs_floor} the durable floor's | p50 ≤ 1.5× fsync |",
+        floor_idx.map_or("n/a".into(), |i| lock(&one[i])),
         peer_idx.map_or("n/a".into(), |i| lock(&one[i])),
         lock(&one[0]),
         fsync_us.map_or("n/a".into(), |f| ratio(chatd_p50 * 1000.0, f)),
     );
+    let floor_lock_vs_fsync = match (floor_idx, fsync_us) {
+        (Some(i), Some(f)) => ratio(median(&one[i], |d| d.p50_ms) * 1000.0, f),
+        _ => "n/a".into(),
+    };
     println!(
-        "\nchatd / sled ceiling: {}   lock-step p50 / one raw fsync: {}",
+        "\nchatd / sled ceiling: {}   lock-step p50 / one raw fsync: {} (the durable floor's: {floor_lock_vs_fsync})   chatd / durable floor: rate {rate_vs_floor}, lock-step p50 {lock_vs_floor}",
         ceiling.map_or("n/a (no --ceiling)".into(), |c| ratio(chatd_rate, c)),
         fsync_us.map_or("n/a (no --fsync-us)".into(), |f| ratio(
             chatd_p50 * 1000.0,

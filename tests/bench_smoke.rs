@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use hot::fanout::{bring_up, floor_sweeps, paced, saturate, Flow, Setup};
 use hot::net::Net;
-use hot::procs::{import_accounts, start_chatd, start_peer, Pinning};
+use hot::procs::{import_accounts, start_chatd, start_floor_thread, start_peer, Pinning};
 use hot::setup::{open_members, settle, Member};
 
 fn setup(members: usize) -> Setup {
@@ -88,10 +88,12 @@ fn durable_windows_ack_every_send() {
         &["--rate", "1000000", "--burst", "1000000"],
         None,
     );
-    let mut servers = vec![chatd];
+    let journal = hot::floor::open_journal(&dir.path().join("floor-journal")).unwrap();
+    let mut servers = vec![chatd, start_floor_thread(Some(journal))];
     servers.extend(start_peer(None, false));
     let rooms: Vec<String> = (0..3).map(|j| format!("durable-{j}")).collect();
     let mut net = Net::new(0);
+    let mut floor_acked = 0;
     for (k, s) in servers.iter().enumerate() {
         let members: Vec<Member> = (0..4)
             .map(|j| Member {
@@ -122,7 +124,21 @@ fn durable_windows_ack_every_send() {
         );
         let one = hot::durable::window(&mut net, s.pid, k * 4 + 3, &["lockstep".into()], 1, 0.2, 2);
         assert!(one.acked > 0 && one.unacked == 0, "{}: {one:?}", s.name);
+        if s.name == "floor" {
+            floor_acked = d.acked + one.acked;
+        }
     }
+    // The durable floor acks only what its journal holds (the file is preallocated: count the
+    // messages' frames in it, not its length).
+    let journal = std::fs::read(dir.path().join("floor-journal")).unwrap();
+    let stored = journal
+        .windows(b"durable message".len())
+        .filter(|w| w == b"durable message")
+        .count() as u64;
+    assert!(
+        floor_acked > 0 && stored >= floor_acked,
+        "{stored} in the journal, {floor_acked} acked"
+    );
 }
 
 #[test]

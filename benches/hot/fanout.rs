@@ -428,9 +428,9 @@ pub fn bring_up(s: &Setup) -> Result<Rig, String> {
     use super::setup::{open_members, settle, Member};
     let core = s.pin.server_core;
     let mut servers = vec![if s.floor_process {
-        start_floor_process(core)
+        start_floor_process(core, None)
     } else {
-        start_floor_thread()
+        start_floor_thread(None)
     }];
     if s.peer {
         if let Some(p) = start_peer(core, s.npm_install) {

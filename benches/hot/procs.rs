@@ -255,25 +255,38 @@ pub fn start_peer(core: Option<usize>, install: bool) -> Option<Server> {
 }
 
 /// Starts the floor as a process: this very executable, re-run with `--serve-floor` (each bench
-/// that uses the floor checks for that flag first in `main`).
-pub fn start_floor_process(core: Option<usize>) -> Server {
+/// that uses the floor checks for that flag first in `main`). With `journal`, the durable floor,
+/// appending to that file.
+pub fn start_floor_process(core: Option<usize>, journal: Option<&Path>) -> Server {
     let exe = std::env::current_exe().expect("current exe");
-    let child = pinned(exe, core)
-        .arg("--serve-floor")
+    let mut cmd = pinned(exe, core);
+    cmd.arg("--serve-floor");
+    if let Some(path) = journal {
+        cmd.arg("--floor-journal").arg(path);
+    }
+    let child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("starting the floor");
-    wait_listening("floor", child)
+    wait_listening(
+        if journal.is_some() {
+            "durable floor"
+        } else {
+            "floor"
+        },
+        child,
+    )
 }
 
-/// Starts the floor on a thread of this process (for tests: no CPU figures).
-pub fn start_floor_thread() -> Server {
+/// Starts the floor on a thread of this process (for tests: no CPU figures); with `journal`, the
+/// durable floor.
+pub fn start_floor_thread(journal: Option<std::fs::File>) -> Server {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let flag = Arc::new(AtomicBool::new(false));
     let f2 = flag.clone();
-    let thread = std::thread::spawn(move || super::floor::serve(listener, &f2));
+    let thread = std::thread::spawn(move || super::floor::serve(listener, &f2, journal));
     Server {
         name: "floor".into(),
         addr,
@@ -284,12 +297,21 @@ pub fn start_floor_thread() -> Server {
     }
 }
 
-/// The `--serve-floor` entry point: serves until killed.
+/// The `--serve-floor` entry point: serves until killed; `--floor-journal PATH` makes it the
+/// durable floor.
 pub fn serve_floor_main() -> ! {
+    let args: Vec<String> = std::env::args().collect();
+    let journal = args
+        .iter()
+        .position(|a| a == "--floor-journal")
+        .and_then(|i| args.get(i + 1))
+        .map(|path| {
+            super::floor::open_journal(Path::new(path)).expect("creating the floor's journal")
+        });
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     println!("listening on {}", listener.local_addr().expect("addr"));
     let _ = std::io::stdout().flush();
-    super::floor::serve(listener, &AtomicBool::new(false));
+    super::floor::serve(listener, &AtomicBool::new(false), journal);
     std::process::exit(0)
 }
 
