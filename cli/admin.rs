@@ -1224,7 +1224,7 @@ fn export(c: Export) -> Result<(), AdminError> {
     let cluster = cluster_url(&c.cluster);
     let mut target = match &cluster {
         Some(url) => ExportSource::Cluster(Box::new(smol::block_on(ClusterAdmin::connect(url))?)),
-        None => ExportSource::Store(offline::open(&dir, Need::Any, false)?),
+        None => ExportSource::Store(Box::new(offline::open(&dir, Need::Any, false)?)),
     };
     // Write to a side file and rename at the end: a failed export never looks complete.
     let (mut out, paths): (Box<dyn Write>, Option<(PathBuf, PathBuf)>) = match &c.out {
@@ -1310,7 +1310,7 @@ fn export(c: Export) -> Result<(), AdminError> {
 
 /// Where an export comes from: the data directory (or the server running on it), or a cluster.
 enum ExportSource {
-    Store(Target),
+    Store(Box<Target>),
     Cluster(Box<ClusterAdmin>),
 }
 
@@ -1337,7 +1337,7 @@ impl ExportSource {
 
 /// Where an import goes: the data directory (or the server running on it), or a cluster.
 enum ImportTarget {
-    Store(Target),
+    Store(Box<Target>),
     Cluster(Box<ClusterImport>),
 }
 
@@ -1411,7 +1411,7 @@ fn import(c: Import) -> Result<(), AdminError> {
             smol::block_on(ClusterImport::connect(url))
                 .map_err(|e| AdminError::failed(e.to_string()))?,
         )),
-        None => ImportTarget::Store(offline::open(&dir, Need::Any, true)?),
+        None => ImportTarget::Store(Box::new(offline::open(&dir, Need::Any, true)?)),
     };
     let is_message = |line: &Line| matches!(line, Line::Message { .. });
     let messages = lines.iter().filter(|(line, _)| is_message(line)).count() as u64;
