@@ -231,16 +231,18 @@ fn still_answering(s: &TestServer, bob: &mut Client, room: &str) {
 
 const TEXT: &str = "the quick brown fox jumps over the lazy dog; ";
 
-/// No headroom, so sled itself runs into ENOSPC; sends as fast as the test makes them.
+/// No headroom, so sled itself runs into ENOSPC; sends as fast as the test makes them. The disk
+/// fills after about 1,100 of `long_text`'s sends, so the per-connection bucket must hold more
+/// than that: at 1,000 it ran dry first in some runs.
 const NO_HEADROOM: [&str; 8] = [
     "--min-free-space",
     "0",
     "--flush-timeout",
     "2s",
     "--rate",
-    "1000",
+    "100000",
     "--burst",
-    "1000",
+    "100000",
 ];
 
 fn long_text() -> String {
