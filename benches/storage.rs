@@ -4,10 +4,11 @@
 //!     cid entry each, room records read and rewritten once per room per batch), pre-encoded and
 //!     written with raw sled the way the committer writes a batch of new messages (each message
 //!     and its cid inserted in order, then each room record by compare-and-swap), one flush per
-//!     batch, for batches of 1/8/64/512: that row is the ceiling. For comparison, the same
+//!     batch as `Store::flush` does it (sled's flush, then `fdatasync` of sled's log), for
+//!     batches of 1/8/64/512: that row is the ceiling. For comparison, the same
 //!     records as one transaction per batch (how chatd writes a batch holding an edit or a
 //!     delete) and as plain per-tree `apply_batch`.
-//! (b) One raw fsync on the same disk: sled (insert 1 record + flush), and `File::sync_data` on
+//! (b) One raw fsync on the same disk: sled (insert 1 record + flush as in (a)), and `File::sync_data` on
 //!     a temp file after appending 8 bytes (the file grows, so each sync also commits its size)
 //!     and after overwriting 8 bytes in place in a file written out beforehand (the cheapest
 //!     sync: data only, as for sled's preallocated log segments), p50/p99 µs.
@@ -234,6 +235,7 @@ fn sled_ceiling(batch: usize, n: usize, shape: Shape) -> f64 {
     let db = sled_db(dir.path());
     let open = |name: &str| db.open_tree(name).expect("a tree");
     let (messages, cids, rooms) = (open("messages"), open("cids"), open("rooms"));
+    let log = sled_log(dir.path());
     // A room record is ~40 bytes in chatd (name, no, created, last_id, count).
     for r in 0..ROOMS {
         rooms
@@ -321,21 +323,34 @@ fn sled_ceiling(batch: usize, n: usize, shape: Shape) -> f64 {
                 }
             }
         }
-        db.flush().expect("flush");
+        durable_flush(&db, &log);
         done += batch;
     }
     done as f64 / started.elapsed().as_secs_f64()
 }
 
+/// sled's log file in `dir`, for [`durable_flush`].
+fn sled_log(dir: &std::path::Path) -> std::fs::File {
+    std::fs::File::open(dir.join("db")).expect("sled's log file")
+}
+
+/// A flush as chatd's `Store::flush` does it: sled's flush (`pwrite` + `sync_file_range`), then
+/// `fdatasync` of sled's log, which commits the file's size and flushes the disk's write cache.
+fn durable_flush(db: &sled::Db, log: &std::fs::File) {
+    db.flush().expect("flush");
+    log.sync_data().expect("sync_data");
+}
+
 fn sled_fsync(n: usize) -> Vec<u64> {
     let dir = temp_dir("fsync");
     let db = sled_db(dir.path());
+    let log = sled_log(dir.path());
     (0..n)
         .map(|i| {
             let started = Instant::now();
             db.insert((i as u64).to_be_bytes(), vec![0u8; TEXT])
                 .expect("insert");
-            db.flush().expect("flush");
+            durable_flush(&db, &log);
             started.elapsed().as_micros() as u64
         })
         .collect()

@@ -8,12 +8,12 @@
 //!
 //! With a journal (the durable floor) it is the least work a server that stores its messages can
 //! do: the sends read in one turn of the event loop are written to the journal with one `pwrite`
-//! and one `sync_data`, and only then acknowledged and broadcast, with one `write` per connection
-//! for all it gets from that turn. No thread hand-off, no index, no parsing beyond the send's
-//! JSON. The journal is a ring over a file written out in full before
-//! serving, so a sync never has to commit a new file size or new blocks (the cheapest sync this
-//! disk does: sled's log segments are preallocated the same way). Its lock-step round trip is
-//! one loopback round trip plus one such sync: a lower bound for any server's durable ack here.
+//! and one `sync_data` (`fdatasync`, what makes chatd's group commits survive a power loss), and
+//! only then acknowledged and broadcast, with one `write` per connection for all it gets from that
+//! turn. No thread hand-off, no index, no parsing beyond the send's JSON. The journal is a ring
+//! over a file written out in full before serving, so a sync never has to commit new blocks or a
+//! new file size. Its lock-step round trip is one loopback round trip plus one such sync: a lower
+//! bound for a durable ack on this machine.
 
 use std::collections::HashMap;
 use std::fs::File;
