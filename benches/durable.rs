@@ -1,7 +1,7 @@
 //! Durable sends (issue 7 item 4): 64 publishers, each a different account alone in its own
 //! room, 8 sends in flight each, chatd with its default strict durability: acked sends/s and ack
 //! p50/p99; then one sender in lock-step (1 in flight): ack p50/p99. Two references run the same
-//! in the same run: the durable floor (hot/floor.rs: one thread that appends and syncs what each
+//! in the same run: the durable floor (hot/floor.rs: one thread that writes and syncs what each
 //! turn of its event loop read, then acks; the least a server that stores messages can do here)
 //! and the Node `ws` peer (which stores nothing). Median (range) of the runs.
 //! `--ceiling N` (sled's own rate for the same records, from benches/storage.rs) and `--fsync-us

@@ -256,7 +256,7 @@ pub fn start_peer(core: Option<usize>, install: bool) -> Option<Server> {
 
 /// Starts the floor as a process: this very executable, re-run with `--serve-floor` (each bench
 /// that uses the floor checks for that flag first in `main`). With `journal`, the durable floor,
-/// appending to that file.
+/// its journal created at that path.
 pub fn start_floor_process(core: Option<usize>, journal: Option<&Path>) -> Server {
     let exe = std::env::current_exe().expect("current exe");
     let mut cmd = pinned(exe, core);
