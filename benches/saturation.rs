@@ -33,7 +33,7 @@ fn main() {
     println!(
         "saturation: {members} members, {publishers} publishers x {inflight} in flight (flow: {flow:?}), {secs} s windows, {runs} runs; pinning {pin:?}"
     );
-    let mut rig = bring_up_or_exit(members, pin);
+    let mut rig = bring_up_or_exit(members, pin, false);
     let names: Vec<String> = rig.servers.iter().map(|s| s.name.clone()).collect();
     let mut results: Vec<Vec<Saturated>> = vec![Vec::new(); names.len()];
     let mut tag = 0;

@@ -13,11 +13,12 @@ use hot::net::Net;
 use hot::procs::{import_accounts, start_chatd, start_floor_thread, start_peer, Pinning};
 use hot::setup::{open_members, settle, Member};
 
-fn setup(members: usize) -> Setup {
+fn setup(members: usize, durable_floor: bool) -> Setup {
     Setup {
         members,
         pin: Pinning::NONE,
         floor_process: false,
+        durable_floor,
         peer: true,
         npm_install: false,
     }
@@ -26,8 +27,11 @@ fn setup(members: usize) -> Setup {
 #[test]
 fn fanout_paced_delivers_everything_to_every_member() {
     let members = 20;
-    let mut rig = bring_up(&setup(members)).expect("servers up, members joined");
-    assert!(rig.servers.len() >= 2, "floor and chatd at least");
+    let mut rig = bring_up(&setup(members, true)).expect("servers up, members joined");
+    assert!(
+        rig.servers.len() >= 3,
+        "floor, durable floor and chatd at least"
+    );
     for s in 0..rig.servers.len() {
         let g = rig.group(s, members);
         let w = paced(
@@ -49,6 +53,17 @@ fn fanout_paced_delivers_everything_to_every_member() {
         if name == "chatd" {
             assert!(w.server_cpu_pct.is_some(), "chatd's CPU is read from /proc");
         }
+        if let Some((p50, p99)) = w.arrival_ms {
+            // Every message's first arrival is at or before each of its arrivals, so the
+            // quantiles of first arrivals cannot exceed those of all arrivals; and one sweep
+            // writes to 20 sockets one after another, so the last arrives after the first.
+            let ((first_p50, first_p99), (spread_p50, _)) = (
+                w.first_arrival_ms.expect("first arrivals"),
+                w.spread_ms.expect("first-to-last spreads"),
+            );
+            assert!(first_p50 <= p50 && first_p99 <= p99, "{name}: {w:?}");
+            assert!(spread_p50 > 0.0, "{name}: {w:?}");
+        }
         if s == 0 {
             let sweeps = floor_sweeps(&mut rig.net, &g);
             assert!(sweeps.is_some(), "the floor reports its sweep times");
@@ -59,7 +74,7 @@ fn fanout_paced_delivers_everything_to_every_member() {
 #[test]
 fn saturation_completes_with_echo_and_ack_flow() {
     let members = 12;
-    let mut rig = bring_up(&setup(members)).expect("servers up, members joined");
+    let mut rig = bring_up(&setup(members, false)).expect("servers up, members joined");
     let mut tag = 100;
     for s in 0..rig.servers.len() {
         for flow in [Flow::Echo, Flow::Ack] {
@@ -124,7 +139,7 @@ fn durable_windows_ack_every_send() {
         );
         let one = hot::durable::window(&mut net, s.pid, k * 4 + 3, &["lockstep".into()], 1, 0.2, 2);
         assert!(one.acked > 0 && one.unacked == 0, "{}: {one:?}", s.name);
-        if s.name == "floor" {
+        if s.name == "durable floor" {
             floor_acked = d.acked + one.acked;
         }
     }

@@ -48,6 +48,12 @@ pub struct Paced {
     pub closed: u64,
     /// Floor only: time to write one message to all members (p50, p99), ms.
     pub sweep_ms: Option<(f64, f64)>,
+    /// Per message, from its send to its first arrival at any member (p50, p99), ms: the
+    /// server's fixed delay before its sweep starts (for chatd: parse, commit, sync, hand-off).
+    pub first_arrival_ms: Option<(f64, f64)>,
+    /// Per message, from its first arrival to its last (p50, p99), ms: the server's own sweep,
+    /// as the members saw it.
+    pub spread_ms: Option<(f64, f64)>,
 }
 
 /// The text of a bench message: `~TAG~SEQ~MICROS~Pn` and padding to about 80 bytes.
@@ -98,6 +104,8 @@ pub fn paced(net: &mut Net, g: &Group, tag: u32, rate: f64, secs: f64, drain: Du
     let mut last_seq = vec![u64::MAX; g.n];
     let mut lat: Vec<u32> = Vec::with_capacity((total as usize) * g.n);
     let mut arrival: Vec<u32> = Vec::with_capacity((total as usize) * g.n);
+    // Per message sequence: earliest and latest arrival latency, µs.
+    let mut first_last: Vec<(u32, u32)> = vec![(u32::MAX, 0); total as usize];
     let (mut delivered, mut disorder, mut errors, mut closed) = (0u64, 0u64, 0u64, 0u64);
     let expected = total * g.n as u64;
     let cpu0 = g.pid.and_then(cpu_ticks);
@@ -145,7 +153,12 @@ pub fn paced(net: &mut Net, g: &Group, tag: u32, rate: f64, secs: f64, drain: Du
                             last_seq[j] = seq;
                             lat.push(micros(at).saturating_sub(us) as u32);
                             if let Some(arrived) = c.arrived_us {
-                                arrival.push(arrived.saturating_sub(us) as u32);
+                                let a = arrived.saturating_sub(us) as u32;
+                                arrival.push(a);
+                                if let Some(fl) = first_last.get_mut(seq as usize) {
+                                    fl.0 = fl.0.min(a);
+                                    fl.1 = fl.1.max(a);
+                                }
                             }
                         }
                     }
@@ -171,7 +184,15 @@ pub fn paced(net: &mut Net, g: &Group, tag: u32, rate: f64, secs: f64, drain: Du
     lat.sort_unstable();
     arrival.sort_unstable();
     let ms = |v: &[u32], q: f64| f64::from(quantile(v, q)) / 1000.0;
+    let seen: Vec<(u32, u32)> = first_last.into_iter().filter(|fl| fl.0 <= fl.1).collect();
+    let mut firsts: Vec<u32> = seen.iter().map(|fl| fl.0).collect();
+    let mut spreads: Vec<u32> = seen.iter().map(|fl| fl.1 - fl.0).collect();
+    firsts.sort_unstable();
+    spreads.sort_unstable();
+    let p50_p99 = |v: &[u32]| (!v.is_empty()).then(|| (ms(v, 0.5), ms(v, 0.99)));
     Paced {
+        first_arrival_ms: p50_p99(&firsts),
+        spread_ms: p50_p99(&spreads),
         arrival_ms: (arrival.len() == lat.len() && !arrival.is_empty())
             .then(|| (ms(&arrival, 0.5), ms(&arrival, 0.99))),
         short_members: got.iter().filter(|&&n| u64::from(n) != sent).count() as u64,
@@ -372,6 +393,9 @@ pub struct Setup {
     pub pin: super::procs::Pinning,
     /// Floor as a process (benches) or a thread of this process (tests: no CPU figure).
     pub floor_process: bool,
+    /// Also the durable floor (the floor with a journal, synced before each sweep): the least a
+    /// server that stores every message before announcing it can do.
+    pub durable_floor: bool,
     pub peer: bool,
     /// Install `ws` with npm if missing.
     pub npm_install: bool,
@@ -405,13 +429,15 @@ impl Rig {
 /// Starts floor, peer (if asked and available) and chatd; opens `members` members in room
 /// `fanout` on each (chatd: distinct imported accounts, token resume); waits for the presence
 /// flood to settle. Returns the rig; prints progress.
-/// The bench programs' rig: floor as a process, the Node peer (installed if missing) and chatd,
-/// `members` each, pinned as `pin` says. Exits the program if they cannot be brought up.
-pub fn bring_up_or_exit(members: usize, pin: super::procs::Pinning) -> Rig {
+/// The bench programs' rig: floor as a process (and the durable floor if asked), the Node peer
+/// (installed if missing) and chatd, `members` each, pinned as `pin` says. Exits the program if
+/// they cannot be brought up.
+pub fn bring_up_or_exit(members: usize, pin: super::procs::Pinning, durable_floor: bool) -> Rig {
     let setup = Setup {
         members,
         pin,
         floor_process: true,
+        durable_floor,
         peer: true,
         npm_install: true,
     };
@@ -432,6 +458,16 @@ pub fn bring_up(s: &Setup) -> Result<Rig, String> {
     } else {
         start_floor_thread(None)
     }];
+    let journal_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    if s.durable_floor {
+        let path = journal_dir.path().join("floor-journal");
+        servers.push(if s.floor_process {
+            start_floor_process(core, Some(&path))
+        } else {
+            let journal = super::floor::open_journal(&path).map_err(|e| e.to_string())?;
+            start_floor_thread(Some(journal))
+        });
+    }
     if s.peer {
         if let Some(p) = start_peer(core, s.npm_install) {
             servers.push(p);
@@ -492,6 +528,6 @@ pub fn bring_up(s: &Setup) -> Result<Rig, String> {
         servers,
         softirqd: super::procs::ksoftirqd(s.pin.server_core),
         net,
-        _dirs: vec![dir],
+        _dirs: vec![dir, journal_dir],
     })
 }

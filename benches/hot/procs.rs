@@ -286,9 +286,14 @@ pub fn start_floor_thread(journal: Option<std::fs::File>) -> Server {
     let addr = listener.local_addr().expect("addr");
     let flag = Arc::new(AtomicBool::new(false));
     let f2 = flag.clone();
+    let name = if journal.is_some() {
+        "durable floor"
+    } else {
+        "floor"
+    };
     let thread = std::thread::spawn(move || super::floor::serve(listener, &f2, journal));
     Server {
-        name: "floor".into(),
+        name: name.into(),
         addr,
         pid: None,
         child: None,
