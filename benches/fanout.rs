@@ -118,17 +118,11 @@ fn main() {
             );
             let p50 = Spread::of(&ws.iter().map(|w| w.lat_p50_ms).collect::<Vec<_>>());
             let p99 = Spread::of(&ws.iter().map(|w| w.lat_p99_ms).collect::<Vec<_>>());
-            let arrival = |q: fn(&(f64, f64)) -> f64| {
+            // One quantile (`q`) of a (p50, p99) figure, over the runs.
+            let quantile = |f: fn(&Paced) -> Option<(f64, f64)>, q: fn(&(f64, f64)) -> f64| {
                 Spread::of(
                     &ws.iter()
-                        .filter_map(|w| w.arrival_ms.as_ref().map(q))
-                        .collect::<Vec<_>>(),
-                )
-            };
-            let per_message = |f: fn(&Paced) -> Option<(f64, f64)>| {
-                Spread::of(
-                    &ws.iter()
-                        .filter_map(|w| f(w).map(|x| x.0))
+                        .filter_map(|w| f(w).as_ref().map(q))
                         .collect::<Vec<_>>(),
                 )
             };
@@ -142,10 +136,10 @@ fn main() {
                 us(s).show(1),
                 p50.show(2),
                 p99.show(2),
-                arrival(|a| a.0).show(2),
-                arrival(|a| a.1).show(2),
-                per_message(|w| w.first_arrival_ms).show(2),
-                per_message(|w| w.spread_ms).show(2),
+                quantile(|w| w.arrival_ms, |a| a.0).show(2),
+                quantile(|w| w.arrival_ms, |a| a.1).show(2),
+                quantile(|w| w.first_arrival_ms, |a| a.0).show(2),
+                quantile(|w| w.spread_ms, |a| a.0).show(2),
                 gen.show(0),
                 Spread::of(&ws.iter().filter_map(|w| w.softirqd_pct).collect::<Vec<_>>()).show(0),
                 ratio(us(s).med, floor_us),

@@ -458,9 +458,11 @@ pub fn bring_up(s: &Setup) -> Result<Rig, String> {
     } else {
         start_floor_thread(None)
     }];
-    let journal_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut dirs = Vec::new();
     if s.durable_floor {
+        let journal_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let path = journal_dir.path().join("floor-journal");
+        dirs.push(journal_dir);
         servers.push(if s.floor_process {
             start_floor_process(core, Some(&path))
         } else {
@@ -524,10 +526,11 @@ pub fn bring_up(s: &Setup) -> Result<Rig, String> {
             }
         );
     }
+    dirs.push(dir);
     Ok(Rig {
         servers,
         softirqd: super::procs::ksoftirqd(s.pin.server_core),
         net,
-        _dirs: vec![dir, journal_dir],
+        _dirs: dirs,
     })
 }
