@@ -3,7 +3,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -262,21 +262,6 @@ fn exchange(_: &Path, _: &Path) -> io::Result<()> {
     ))
 }
 
-/// Opens a database this process has just closed. sled releases its file lock from its own
-/// threads a moment after the last handle is dropped, so `Locked` is retried for a few seconds.
-fn reopen(path: &Path) -> Result<Store, StoreError> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match Store::open(path, &StoreOptions::default()) {
-            Err(StoreError::Locked { .. }) if Instant::now() < deadline => {
-                // Polling with a deadline: sled offers no event for its lock's release.
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            opened => return opened,
-        }
-    }
-}
-
 /// Rewrites the database into a fresh directory and swaps it in: reclaims the space sled keeps
 /// after many deletions. Offline only. The old database stays in place until the new one is
 /// complete, flushed and verified; the swap is one atomic `renameat2(RENAME_EXCHANGE)` on
@@ -322,7 +307,7 @@ pub fn compact(data_dir: &Path, progress: Report<'_>) -> Result<Compacted, Admin
     drop(fresh);
     // Verify before swapping, reading the copy back from disk.
     tick(entries, Some("verifying the copy"));
-    let fresh = reopen(&fresh_path)?;
+    let fresh = Store::reopen(&fresh_path, &StoreOptions::default())?;
     let same = fresh.user_count()? == store.user_count()?
         && fresh.message_count()? == store.message_count()?
         && fresh.rooms().count() == store.rooms().count()

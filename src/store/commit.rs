@@ -1001,7 +1001,7 @@ mod tests {
             f.committer.shutdown(WAIT).unwrap();
             new_id(&appended)
         };
-        let store = Arc::new(Store::open(dir.path(), &StoreOptions::default()).unwrap());
+        let store = Arc::new(Store::reopen(dir.path(), &StoreOptions::default()).unwrap());
         let f = Fixture {
             faulty: Faulty::new(store.clone()),
             committer: Committer::start(store.clone(), true, Box::new(|_, _| {}), lenient_gate()),

@@ -207,8 +207,9 @@ mod tests {
     use super::super::{Message, StoreOptions};
     use super::*;
 
+    /// Opens `dir`, also again after a handle to it was dropped.
     fn open(dir: &Path) -> Store {
-        Store::open(dir, &StoreOptions::default()).unwrap()
+        Store::reopen(dir, &StoreOptions::default()).unwrap()
     }
 
     fn write(store: &Store, room: &Room, user_key: &str, text: &str, cid: &str) -> NewEntry {

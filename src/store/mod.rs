@@ -43,6 +43,7 @@ use std::collections::BTreeMap;
 use crate::rules;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
@@ -410,6 +411,22 @@ impl Store {
         }
         store.next_id.store(max_id + 1, Ordering::SeqCst);
         Ok(store)
+    }
+
+    /// [`Store::open`] for a database this process has just closed. sled releases its file
+    /// lock from its own threads a moment after the last handle is dropped, so `Locked` is
+    /// retried for a few seconds; any other outcome is returned at once.
+    pub(crate) fn reopen(dir: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match Store::open(dir, options) {
+                Err(StoreError::Locked { .. }) if Instant::now() < deadline => {
+                    // Polling with a deadline: sled offers no event for its lock's release.
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                opened => return opened,
+            }
+        }
     }
 
     fn check_schema(&self) -> Result<(), StoreError> {
@@ -1151,8 +1168,9 @@ impl LogBackend for Store {
 mod tests {
     use super::*;
 
+    /// Opens `dir`, also again after a handle to it was dropped.
     fn open(dir: &Path) -> Store {
-        Store::open(dir, &StoreOptions::default()).unwrap()
+        Store::reopen(dir, &StoreOptions::default()).unwrap()
     }
 
     /// One message through the log's write path without a committer: cid check, id, apply.
@@ -1381,7 +1399,7 @@ mod tests {
             .unwrap();
         store.flush().unwrap();
         drop(store);
-        let err = Store::open(dir.path(), &StoreOptions::default()).unwrap_err();
+        let err = Store::reopen(dir.path(), &StoreOptions::default()).unwrap_err();
         assert!(matches!(err, StoreError::Schema { found: 99, .. }), "{err}");
     }
 
@@ -1401,7 +1419,7 @@ mod tests {
                 }
             }
         }
-        let err = Store::open(dir.path(), &StoreOptions::default()).unwrap_err();
+        let err = Store::reopen(dir.path(), &StoreOptions::default()).unwrap_err();
         assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
         assert!(err.to_string().contains(&dir.path().display().to_string()));
     }
