@@ -426,9 +426,6 @@ impl Rig {
     }
 }
 
-/// Starts floor, peer (if asked and available) and chatd; opens `members` members in room
-/// `fanout` on each (chatd: distinct imported accounts, token resume); waits for the presence
-/// flood to settle. Returns the rig; prints progress.
 /// The bench programs' rig: floor as a process (and the durable floor if asked), the Node peer
 /// (installed if missing) and chatd, `members` each, pinned as `pin` says. Exits the program if
 /// they cannot be brought up.
@@ -447,6 +444,9 @@ pub fn bring_up_or_exit(members: usize, pin: super::procs::Pinning, durable_floo
     })
 }
 
+/// Starts floor, durable floor (if asked), peer (if asked and available) and chatd; opens
+/// `members` members in room `fanout` on each (chatd: distinct imported accounts, token resume);
+/// waits for the presence flood to settle. Returns the rig; prints progress.
 pub fn bring_up(s: &Setup) -> Result<Rig, String> {
     use super::procs::{
         import_accounts, start_chatd, start_floor_process, start_floor_thread, start_peer,
